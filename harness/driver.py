@@ -1,0 +1,207 @@
+"""The driver: plans jobs, hands them to a runner, scores results with labels, writes the store.
+
+Only this process loads test labels. It computes every metric under the job's named protocol,
+then writes the run (scores with labels, metrics, provenance, log) atomically into the store.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from types import FrameType
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from occbench.harness.api import Labels, verify_labels_match
+from occbench.harness.execute import JobOutput
+from occbench.harness.protocols import get_protocol
+from occbench.harness.runner import Runner
+from occbench.harness.spec import Job, make_dataset
+from occbench.harness.store import RECORD_SCHEMA, DiskFullError, RunStore, scores_frame
+
+ProgressFn = Callable[[str, Job, JobOutput | None], None]
+
+
+@dataclass
+class RunSummary:
+    planned: int = 0
+    already_done: int = 0
+    ran: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped_locked: int = 0
+    interrupted: bool = False
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (display, message)
+    stop_reason: str | None = None
+
+    @property
+    def remaining(self) -> int:
+        return self.planned - self.already_done - self.ok - self.failed
+
+
+@lru_cache(maxsize=32)
+def _labels(dataset: str, params_json: str, root: str | None, normal_class: str | None) -> Labels:
+    ds = make_dataset(dataset, json.loads(params_json), root)
+    return ds.test_labels(normal_class)
+
+
+def job_labels(job: Job, data_root: str | None) -> Labels:
+    return _labels(job.dataset, json.dumps(job.dataset_params, sort_keys=True), data_root,
+                   job.normal_class)
+
+
+def finalize(job: Job, out: JobOutput, labels: Labels, runner: str) -> tuple[dict[str, Any], Any]:
+    """Turn a worker's output into (record, scores table); raises on protocol errors."""
+    protocol = get_protocol(job.protocol)
+    metrics = protocol.evaluate(out.raw, labels.per_video)
+    evaluated, _ = protocol.process(out.raw, labels.per_video)
+    table = scores_frame(out.raw, evaluated, labels.per_video)
+    prov = dict(out.provenance)
+    prov.update(runner=runner, driver_host=socket.gethostname(), label_source=labels.source)
+    record = {
+        "schema": RECORD_SCHEMA, "job_id": job.job_id, "status": "ok", "job": job.to_dict(),
+        "metrics": metrics, "protocol": protocol.describe(), "provenance": prov, "error": None,
+    }
+    return record, table
+
+
+def failure_record(job: Job, out: JobOutput, runner: str) -> dict[str, Any]:
+    return {
+        "schema": RECORD_SCHEMA, "job_id": job.job_id, "status": out.status, "job": job.to_dict(),
+        "metrics": None, "protocol": get_protocol(job.protocol).describe(),
+        "provenance": {**out.provenance, "runner": runner}, "error": out.error, "log": out.log,
+        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+@contextmanager
+def _sigint_to_flag(summary: RunSummary) -> Iterator[None]:
+    """First Ctrl-C: stop scheduling after the running job. Second: abort now."""
+    prev = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if summary.interrupted:
+            signal.signal(signal.SIGINT, prev)
+            raise KeyboardInterrupt
+        summary.interrupted = True
+        summary.stop_reason = "interrupted (Ctrl-C): rerun the same command to resume"
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, prev)
+
+
+def run_jobs(
+    jobs: Sequence[Job], store: RunStore, runner: Runner, data_root: str | None = None,
+    progress: ProgressFn | None = None,
+) -> RunSummary:
+    """Run the jobs not yet in ``store``; safe against other drivers on the same store."""
+    store.init()
+    summary = RunSummary(planned=len(jobs))
+    todo = []
+    for j in jobs:
+        if store.has(j.job_id):
+            summary.already_done += 1
+        else:
+            todo.append(j)
+    locks: dict[str, FileLock] = {}
+
+    def claim(job: Job) -> bool:
+        if summary.stop_reason:
+            return False
+        lock = FileLock(str(store.locks_dir / f"{job.job_id}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            summary.skipped_locked += 1
+            if progress:
+                progress("locked", job, None)
+            return False
+        if store.has(job.job_id):  # another driver finished it meanwhile
+            lock.release()
+            summary.already_done += 1
+            return False
+        locks[job.job_id] = lock
+        if progress:
+            progress("start", job, None)
+        return True
+
+    def done(job: Job, out: JobOutput) -> None:
+        try:
+            summary.ran += 1
+            if out.status == "ok":
+                try:
+                    labels = job_labels(job, data_root)
+                    verify_labels_match_raw(out, labels)
+                    record, table = finalize(job, out, labels, runner.name)
+                except (ValueError, OSError) as exc:
+                    out = JobOutput(job.job_id, "failed", {}, out.provenance, out.log,
+                                    {"type": type(exc).__name__, "message": str(exc),
+                                     "traceback": ""})
+                else:
+                    try:
+                        store.write_run(record, table, out.log)
+                    except DiskFullError as exc:
+                        summary.stop_reason = str(exc)
+                        summary.failed += 1
+                        summary.failures.append((job.display, str(exc)))
+                        if progress:
+                            progress("failed", job, out)
+                        return
+                    summary.ok += 1
+                    if progress:
+                        progress("ok", job, out)
+                    return
+            summary.failed += 1
+            msg = (out.error or {}).get("message", "unknown error")
+            summary.failures.append((job.display, f"{(out.error or {}).get('type')}: {msg}"))
+            try:
+                store.write_failure(failure_record(job, out, runner.name))
+            except OSError as exc:
+                summary.stop_reason = f"cannot record failures in {store.path}: {exc}"
+            if progress:
+                progress("failed", job, out)
+        finally:
+            lock = locks.pop(job.job_id, None)
+            if lock is not None:
+                lock.release()
+
+    with ExitStack() as stack:
+        stack.enter_context(_sigint_to_flag(summary))
+        try:
+            runner.run(todo, data_root, claim, done, lambda: summary.stop_reason is not None)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            summary.stop_reason = "interrupted (Ctrl-C): rerun the same command to resume"
+        finally:
+            for lock in locks.values():
+                lock.release()
+    return summary
+
+
+def verify_labels_match_raw(out: JobOutput, labels: Labels) -> None:
+    """Label/frame count mismatch is a dataset error, named per video."""
+    for vid, lab in labels.per_video.items():
+        if vid not in out.raw:
+            raise ValueError(f"no scores for test video {vid!r}")
+        if len(out.raw[vid]) != len(lab):
+            where = f"test video {vid!r}" if vid else "test set"
+            raise ValueError(f"{where}: {len(out.raw[vid])} scored frames but {len(lab)} labels; "
+                             "the label file does not match the frames (run `occbench data "
+                             "check`)")
+
+
+__all__ = ["RunSummary", "finalize", "job_labels", "run_jobs", "verify_labels_match"]

@@ -1,0 +1,311 @@
+"""The job as a pure function, run in a worker process that never sees test labels.
+
+``execute_job(job, data_root, device)`` loads the dataset's training and (unlabelled) test split,
+fits the method, scores the test split, checks the output and returns raw scores plus the
+provenance record. Runners (serial, Ray) only decide *where* this runs; the driver computes the
+metrics with the labels it alone loads.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from occbench.harness import registry
+from occbench.harness.api import (
+    Context,
+    Data,
+    Dataset,
+    DatasetSplit,
+    ImageData,
+    Labels,
+    Method,
+    VideoData,
+)
+from occbench.harness.spec import Job, make_dataset
+
+
+class LabelAccessError(RuntimeError):
+    """A method tried to read test labels."""
+
+
+class ScoreError(ValueError):
+    """A method returned scores that break the contract."""
+
+
+@dataclass
+class JobOutput:
+    job_id: str
+    status: str  # "ok" | "failed"
+    raw: dict[str, np.ndarray] = field(default_factory=dict)  # "" → (N,) for images
+    provenance: dict[str, Any] = field(default_factory=dict)
+    log: str = ""
+    error: dict[str, str] | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------
+
+_PACKAGES = ("occbench", "numpy", "torch", "scikit-learn", "scipy", "pandas", "ray")
+
+
+@lru_cache(maxsize=1)
+def static_provenance() -> dict[str, Any]:
+    """What does not change between jobs of one process: versions, git SHA, hardware."""
+    versions = {}
+    for p in _PACKAGES:
+        try:
+            versions[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            versions[p] = None
+    return {
+        "python": platform.python_version(),
+        "packages": versions,
+        "git_sha": git_sha(),
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def git_sha() -> str | None:
+    """The commit of the occbench source tree, with ``-dirty`` if it has local changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "-uno"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def gpu_info(device: str) -> dict[str, Any]:
+    if not device.startswith("cuda") or "torch" not in sys.modules:
+        return {}
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    idx = torch.device(device).index or 0
+    return {"gpu": torch.cuda.get_device_name(idx), "cuda": torch.version.cuda,
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated(idx) / 2**20, 1)}
+
+
+class PeakRSS:
+    """Samples this process's resident memory in a thread; ``peak_mb`` after ``stop()``."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __enter__(self) -> PeakRSS:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: lifetime peak is the best we have
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Label isolation
+# --------------------------------------------------------------------------------------------
+
+_guard_installed = False
+
+
+def install_label_guard() -> None:
+    """Make every registered dataset's ``test_labels`` raise in this (worker) process.
+
+    The worker never needs labels; a method that asks for them fails loudly instead of
+    silently peeking.
+    """
+    global _guard_installed
+    if _guard_installed:
+        return
+
+    def _deny(self: Dataset, normal_class: str | None = None) -> Labels:
+        raise LabelAccessError(
+            f"test labels of {type(self).name!r} were requested inside the worker process; "
+            "methods must not read test labels"
+        )
+
+    for entry in registry.datasets.entries():
+        entry.obj.test_labels = _deny  # type: ignore[method-assign]
+    _guard_installed = True
+
+
+# --------------------------------------------------------------------------------------------
+# Output checks
+# --------------------------------------------------------------------------------------------
+
+
+def normalise_scores(method: Method, test: Data, out: Any) -> dict[str, np.ndarray]:
+    """Check a method's output against the contract and return ``{video_id: float64 array}``."""
+    name = type(method).name
+    if isinstance(test, ImageData):
+        arr = np.asarray(out, dtype=np.float64) if not isinstance(out, dict) else None
+        if arr is None or arr.ndim != 1:
+            raise ScoreError(f"method {name!r} must return a 1-D array of scores for images, got "
+                             f"{type(out).__name__} {getattr(arr, 'shape', '')}")
+        if len(arr) != len(test):
+            raise ScoreError(f"method {name!r} returned {len(arr)} scores for {len(test)} images")
+        if not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise ScoreError(f"method {name!r} returned {bad} non-finite scores (NaN/inf) "
+                             f"of {len(arr)}")
+        return {"": arr}
+    assert isinstance(test, VideoData)
+    if not isinstance(out, dict):
+        raise ScoreError(f"method {name!r} must return {{video_id: scores}} for video, got "
+                         f"{type(out).__name__}")
+    missing = [v for v in test.video_ids if v not in out]
+    extra = [v for v in out if v not in test.video_ids]
+    if missing or extra:
+        raise ScoreError(f"method {name!r}: scores missing for videos {missing}, unknown {extra}")
+    before, after = type(method).temporal_context
+    res: dict[str, np.ndarray] = {}
+    for v in test.videos:
+        arr = np.asarray(out[v.video_id], dtype=np.float64)
+        if arr.shape != (len(v),):
+            raise ScoreError(f"method {name!r}: video {v.video_id!r} has {len(v)} frames but "
+                             f"{arr.shape} scores")
+        if np.isinf(arr).any():
+            raise ScoreError(f"method {name!r}: video {v.video_id!r} has infinite scores")
+        nan = np.isnan(arr)
+        if nan.any():
+            idx = np.flatnonzero(nan)
+            inner = idx[(idx >= before) & (idx < len(v) - after)]
+            if len(inner):
+                raise ScoreError(
+                    f"method {name!r}: video {v.video_id!r} has NaN scores at frames "
+                    f"{inner[:5].tolist()}...; NaN is allowed only in the first {before} and "
+                    f"last {after} frames (declared temporal_context)"
+                )
+        res[v.video_id] = arr
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def _load_split(dataset: str, params_json: str, root: str | None,
+                normal_class: str | None) -> DatasetSplit:
+    # cached per worker process: a grid's jobs on one dataset decode it once
+    import json
+
+    ds = make_dataset(dataset, json.loads(params_json), root)
+    return ds.load(normal_class)
+
+
+def execute_job(job: Job, data_root: str | None = None, device: str = "cpu") -> JobOutput:
+    """Run one job: fit on normal training data, score the unlabelled test split.
+
+    Never raises for a method's fault: failures come back as ``status="failed"`` with the
+    traceback, so the driver can record them.
+    """
+    import json
+
+    install_label_guard()
+    log_buf = io.StringIO()
+    handler = logging.StreamHandler(log_buf)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger(f"occbench.job.{job.job_id}")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    logger.propagate = False
+    prov: dict[str, Any] = {**static_provenance(), "device": device, "pid": os.getpid(),
+                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    t0 = time.perf_counter()
+    try:
+        with PeakRSS() as mem, tempfile.TemporaryDirectory(prefix="occbench-job-") as wd:
+            if device.startswith("cuda"):
+                import torch
+
+                torch.cuda.reset_peak_memory_stats()
+            t_load = time.perf_counter()
+            split = _load_split(job.dataset, json.dumps(job.dataset_params, sort_keys=True),
+                                None if data_root is None else str(data_root), job.normal_class)
+            prov["load_time_s"] = round(time.perf_counter() - t_load, 3)
+            cls = registry.methods.get(job.method)
+            method = cls(**job.method_params)
+            ctx = Context(seed=job.seed, device=device, logger=logger, workdir=Path(wd),
+                          fast=job.fast)
+            t_fit = time.perf_counter()
+            fitted = method.fit(split.train, ctx)
+            if fitted is not method:
+                logger.warning("fit() did not return self; using the returned object")
+                method = fitted
+            prov["fit_time_s"] = round(time.perf_counter() - t_fit, 3)
+            t_score = time.perf_counter()
+            raw = normalise_scores(method, split.test, method.score(split.test, ctx))
+            prov["score_time_s"] = round(time.perf_counter() - t_score, 3)
+            prov["n_parameters"] = method.n_parameters()
+        prov["peak_rss_mb"] = mem.peak_mb
+        prov.update(gpu_info(device))
+        prov["wall_time_s"] = round(time.perf_counter() - t0, 3)
+        return JobOutput(job.job_id, "ok", raw, prov, log_buf.getvalue())
+    except Exception as exc:
+        prov["wall_time_s"] = round(time.perf_counter() - t0, 3)
+        return JobOutput(
+            job.job_id, "failed", {}, prov, log_buf.getvalue(),
+            {"type": type(exc).__name__, "message": str(exc),
+             "traceback": traceback.format_exc()},
+        )
+    finally:
+        logger.removeHandler(handler)

@@ -1,0 +1,211 @@
+"""Named, versioned scoring protocols and the metrics they produce.
+
+A protocol turns a method's raw per-item scores into the scores that are evaluated, and states
+every choice that changes the number (see ``shared/notes``-style conventions in
+``docs/protocols.md``):
+
+* ``normalize``: ``"none"`` or ``"minmax"`` — per-video min-max normalisation of the raw score
+  (LNTRA eq. 10: with raw score = −PSNR this is exactly ``1 − normalised PSNR``). It looks at the
+  whole test video (not causal).
+* ``border``: what happens to frames a clip-based method could not score (NaN raw scores at the
+  start/end of a video): ``"drop"`` removes those frames and their labels (the LNTRA release's
+  ``labels[8:len-7]``), ``"nearest"`` fills them with the nearest scored frame of the same video.
+* ``smooth_sigma``: optional Gaussian temporal smoothing (frames), 0 = off.
+
+Metrics (from scikit-learn's ROC):
+
+* ``auc_micro`` — all evaluated frames of all test videos pooled into one ROC (the papers'
+  "frame-level AUC"); for images the AUROC of the one-vs-rest job (``auc``).
+* ``auc_macro`` — mean of per-video AUCs; videos with a single class are listed in
+  ``excluded_videos`` and left out, never padded.
+* ``eer`` — the point where FPR = FNR, at ``argmin |FPR − FNR|`` on the same ROC (mean of the two).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+from sklearn.metrics import roc_auc_score, roc_curve
+
+
+class ProtocolError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A scoring protocol; ``id`` (``name@version``) is recorded with every metric."""
+
+    name: str
+    version: int
+    modality: Literal["image", "video"]
+    normalize: Literal["none", "minmax"] = "none"
+    border: Literal["drop", "nearest"] = "drop"
+    smooth_sigma: float = 0.0
+    description: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def describe(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["id"] = self.id
+        return d
+
+    # -- score post-processing -----------------------------------------------------------------
+    def process(
+        self, raw: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Apply the protocol: returns (evaluated scores, matching labels) per video.
+
+        ``raw[v]`` and ``labels[v]`` must have equal length; NaN raw scores are border frames.
+        """
+        out_s: dict[str, np.ndarray] = {}
+        out_l: dict[str, np.ndarray] = {}
+        for vid, lab in labels.items():
+            if vid not in raw:
+                raise ProtocolError(f"no scores for video {vid!r}")
+            s = np.asarray(raw[vid], dtype=np.float64)
+            y = np.asarray(lab).astype(np.int8)
+            if s.shape != y.shape:
+                raise ProtocolError(
+                    f"video {vid!r}: {s.shape[0]} scores for {y.shape[0]} labels"
+                )
+            if np.isinf(s).any():
+                raise ProtocolError(f"video {vid!r}: infinite scores")
+            valid = ~np.isnan(s)
+            if not valid.any():
+                raise ProtocolError(f"video {vid!r}: no frame was scored (all NaN)")
+            if self.modality == "image" and not valid.all():
+                raise ProtocolError("image scores contain NaN")
+            if self.border == "nearest" and not valid.all():
+                idx = np.arange(len(s))
+                nearest = np.interp(idx, idx[valid], idx[valid]).round().astype(int)
+                # np.interp clamps at the ends, so leading/trailing NaNs take the first/last score
+                s = s[nearest]
+                valid = np.ones_like(valid)
+            s, y = s[valid], y[valid]
+            if self.smooth_sigma > 0 and len(s) > 1:
+                s = gaussian_filter1d(s, self.smooth_sigma, mode="nearest")
+            if self.normalize == "minmax":
+                lo, hi = float(s.min()), float(s.max())
+                s = (s - lo) / (hi - lo) if hi > lo else np.zeros_like(s)
+            out_s[vid] = s
+            out_l[vid] = y
+        return out_s, out_l
+
+    def evaluate(
+        self, raw: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]
+    ) -> dict[str, Any]:
+        """Metrics of one run under this protocol."""
+        scores, labs = self.process(raw, labels)
+        if self.modality == "image":
+            y, s = labs[""], scores[""]
+            m = {"auc": roc_auc(y, s), "eer": eer(y, s)}
+            m.update(n_items=int(len(y)), n_anomalous=int(y.sum()))
+        else:
+            m = frame_metrics(scores, labs)
+        m["protocol"] = self.id
+        return m
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (labels 1 = anomalous, higher score = more anomalous)."""
+    y = np.asarray(labels)
+    if len(np.unique(y)) < 2:
+        raise ProtocolError("AUC is undefined when all items have the same label")
+    return float(roc_auc_score(y, scores))
+
+
+def eer(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Equal error rate: FPR at the ROC point where FPR and FNR are closest (their mean)."""
+    y = np.asarray(labels)
+    if len(np.unique(y)) < 2:
+        raise ProtocolError("EER is undefined when all items have the same label")
+    fpr, tpr, _ = roc_curve(y, scores)
+    fnr = 1.0 - tpr
+    i = int(np.nanargmin(np.abs(fpr - fnr)))
+    return float((fpr[i] + fnr[i]) / 2.0)
+
+
+def frame_metrics(
+    scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]
+) -> dict[str, Any]:
+    """Micro AUC, macro AUC (single-class videos excluded and listed), EER, counts."""
+    vids = list(labels)
+    y = np.concatenate([np.asarray(labels[v]) for v in vids])
+    s = np.concatenate([np.asarray(scores[v], dtype=np.float64) for v in vids])
+    per_video: dict[str, float] = {}
+    excluded: list[str] = []
+    for v in vids:
+        if len(np.unique(labels[v])) < 2:
+            excluded.append(v)
+        else:
+            per_video[v] = roc_auc(labels[v], scores[v])
+    return {
+        "auc_micro": roc_auc(y, s),
+        "auc_macro": float(np.mean(list(per_video.values()))) if per_video else None,
+        "eer": eer(y, s),
+        "per_video_auc": per_video,
+        "excluded_videos": excluded,
+        "n_videos": len(vids),
+        "n_items": int(len(y)),
+        "n_anomalous": int(y.sum()),
+    }
+
+
+_PROTOCOLS: dict[str, Protocol] = {}
+
+
+def register_protocol(p: Protocol) -> Protocol:
+    if p.id in _PROTOCOLS and _PROTOCOLS[p.id] != p:
+        raise ProtocolError(f"protocol {p.id} is already defined differently; bump its version")
+    _PROTOCOLS[p.id] = p
+    return p
+
+
+for _p in (
+    Protocol("image", 1, "image", description="One-vs-rest AUROC and EER of the raw scores."),
+    Protocol(
+        "video-raw", 1, "video", "none", "drop",
+        description="Raw scores pooled over all frames; unscorable border frames dropped.",
+    ),
+    Protocol(
+        "video-minmax", 1, "video", "minmax", "drop",
+        description=(
+            "Per-video min-max normalisation (LNTRA eq. 10), border frames dropped as in the "
+            "LNTRA release (labels[8:len-7] for 16-frame clips)."
+        ),
+    ),
+    Protocol(
+        "video-minmax-nearest", 1, "video", "minmax", "nearest",
+        description="Per-video min-max normalisation; border frames take the nearest score.",
+    ),
+    Protocol(
+        "video-minmax-smooth15", 1, "video", "minmax", "drop", 15.0,
+        description="Gaussian smoothing (sigma 15 frames) then per-video min-max; borders dropped.",
+    ),
+):
+    register_protocol(_p)
+
+DEFAULT_PROTOCOL = {"image": "image@1", "video": "video-minmax@1"}
+
+
+def get_protocol(pid: str) -> Protocol:
+    """Look a protocol up by ``name@version`` (or bare ``name``, meaning the latest version)."""
+    if pid in _PROTOCOLS:
+        return _PROTOCOLS[pid]
+    versions = [p for p in _PROTOCOLS.values() if p.name == pid]
+    if versions:
+        return max(versions, key=lambda p: p.version)
+    known = ", ".join(sorted(_PROTOCOLS))
+    raise ProtocolError(f"unknown protocol {pid!r} (known: {known})")
+
+
+def protocols() -> list[Protocol]:
+    return [_PROTOCOLS[k] for k in sorted(_PROTOCOLS)]

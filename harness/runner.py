@@ -1,0 +1,110 @@
+"""Runners execute jobs; they never compute metrics or touch labels.
+
+A runner receives the jobs and three callbacks from the driver:
+
+* ``claim(job) -> bool`` just before a job is dispatched (False: skip it — it is done, or another
+  driver holds it);
+* ``done(job, output)`` with the :class:`~occbench.harness.execute.JobOutput` of each job;
+* ``stopped()`` → True when the driver wants scheduling to stop (Ctrl-C, disk full).
+
+The serial runner keeps one worker *process* (spawned, so it inherits nothing from the driver,
+labels included) and runs jobs in it one at a time. A job that outlives its time limit, or a
+worker that dies (killed, out of memory), is recorded as failed and a fresh worker takes over.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+
+from occbench.harness.execute import JobOutput, execute_job
+from occbench.harness.spec import Job
+
+ClaimFn = Callable[[Job], bool]
+DoneFn = Callable[[Job, JobOutput], None]
+StopFn = Callable[[], bool]
+
+
+class Runner(ABC):
+    """Executes ``execute_job`` for each job somewhere; see module docstring for the callbacks."""
+
+    name: str = "runner"
+
+    @abstractmethod
+    def run(self, jobs: Sequence[Job], data_root: str | None, claim: ClaimFn, done: DoneFn,
+            stopped: StopFn) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (workers, clusters)."""
+
+
+def failed_output(job: Job, kind: str, message: str, wall: float | None = None) -> JobOutput:
+    return JobOutput(job.job_id, "failed", {}, {"wall_time_s": wall},
+                     error={"type": kind, "message": message, "traceback": ""})
+
+
+class SerialRunner(Runner):
+    """One job at a time in a separate worker process (``in_process=True`` for debugging)."""
+
+    name = "serial"
+
+    def __init__(self, device: str = "cpu", in_process: bool = False) -> None:
+        self.device = device
+        self.in_process = in_process
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+        return self._pool
+
+    def _kill_pool(self) -> None:
+        if self._pool is None:
+            return
+        procs = list(getattr(self._pool, "_processes", {}).values())
+        for p in procs:
+            p.kill()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            p.join(timeout=5)
+        self._pool = None
+
+    def run(self, jobs: Sequence[Job], data_root: str | None, claim: ClaimFn, done: DoneFn,
+            stopped: StopFn) -> None:
+        for job in jobs:
+            if stopped():
+                break
+            if not claim(job):
+                continue
+            if self.in_process:
+                done(job, execute_job(job, data_root, self.device))
+                continue
+            t0 = time.perf_counter()
+            fut = self._get_pool().submit(execute_job, job, data_root, self.device)
+            try:
+                out = fut.result(timeout=job.time_limit_s)
+            except FutureTimeout:
+                self._kill_pool()
+                out = failed_output(job, "TimeLimitExceeded",
+                                    f"job exceeded its time limit of {job.time_limit_s} s",
+                                    time.perf_counter() - t0)
+                out.status = "timeout"
+            except BrokenProcessPool:
+                self._kill_pool()
+                out = failed_output(job, "WorkerDied",
+                                    "the worker process died during the job (killed, or out of "
+                                    "memory)", time.perf_counter() - t0)
+            except KeyboardInterrupt:
+                self._kill_pool()
+                raise
+            done(job, out)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

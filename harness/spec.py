@@ -1,0 +1,265 @@
+"""Benchmark spec files (TOML) and their expansion into content-addressed jobs.
+
+Example::
+
+    name = "quick"
+    seeds = [0, 1, 2]
+
+    [protocols]                 # default protocol per modality (optional)
+    video = "video-minmax@1"
+
+    [[methods]]
+    name = "ocsvm"
+    params = { nu = 0.1 }
+
+    [[datasets]]
+    name = "digits"
+    classes = "all"             # or ["0", "3"]
+
+    [[datasets]]
+    name = "toy-video"
+    params = { seed = 0 }
+    protocol = "video-minmax@1" # overrides [protocols]
+    time_limit_s = 600
+
+A method that does not support a dataset's modality is skipped for it (reported, not an error).
+Every name is checked before any job starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from occbench.harness import registry
+from occbench.harness.api import Dataset, Method
+from occbench.harness.protocols import DEFAULT_PROTOCOL, get_protocol
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BUILTIN_SPECS = Path(__file__).parent / "specs"
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; the message names the file and the entry."""
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work: a method with resolved parameters on one dataset split, one seed.
+
+    ``job_id`` is a content hash of everything that determines the scores, including the
+    method's version and the dataset's fingerprint, so a change to any of them is a new job.
+    """
+
+    method: str
+    method_params: dict[str, Any]
+    method_version: str
+    dataset: str
+    dataset_params: dict[str, Any]
+    dataset_version: str
+    dataset_fingerprint: str
+    normal_class: str | None
+    protocol: str
+    seed: int
+    modality: str
+    fast: bool = False
+    selected_on_test: bool = False
+    time_limit_s: float | None = None  # execution option: not part of the id
+    label: str = ""  # display name; not part of the id
+    tags: dict[str, Any] = field(default_factory=dict)  # not part of the id (e.g. sweep trial)
+
+    def identity(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("time_limit_s", "label", "tags"):
+            d.pop(k)
+        return d
+
+    @property
+    def job_id(self) -> str:
+        return hashlib.sha256(canonical_json(self.identity()).encode()).hexdigest()[:20]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["job_id"] = self.job_id
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Job:
+        d = dict(d)
+        d.pop("job_id", None)
+        return cls(**d)
+
+    @property
+    def display(self) -> str:
+        cls_ = f"[{self.normal_class}]" if self.normal_class is not None else ""
+        return f"{self.label or self.method} × {self.dataset}{cls_} seed {self.seed}"
+
+
+@dataclass
+class Spec:
+    name: str
+    seeds: list[int]
+    methods: list[dict[str, Any]]
+    datasets: list[dict[str, Any]]
+    protocols: dict[str, str]
+    path: str = "<memory>"
+    fast: bool = False
+
+
+def load_spec(path_or_name: str | Path) -> Spec:
+    """Read a spec file, or a built-in spec by name (``quick``)."""
+    p = Path(path_or_name)
+    if not p.exists():
+        builtin = BUILTIN_SPECS / f"{path_or_name}.toml"
+        if builtin.exists():
+            p = builtin
+        else:
+            names = sorted(x.stem for x in BUILTIN_SPECS.glob("*.toml"))
+            raise SpecError(f"spec {str(path_or_name)!r} not found (built-in specs: {names})")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{p}: not valid TOML: {exc}") from exc
+    return spec_from_dict(data, str(p))
+
+
+def spec_from_dict(data: Mapping[str, Any], path: str = "<memory>") -> Spec:
+    unknown = set(data) - {"name", "seeds", "methods", "datasets", "protocols", "fast"}
+    if unknown:
+        raise SpecError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds:
+        raise SpecError(f"{path}: `seeds` must be a non-empty list of integers")
+    methods = data.get("methods") or []
+    datasets = data.get("datasets") or []
+    if not methods or not datasets:
+        raise SpecError(f"{path}: needs at least one [[methods]] and one [[datasets]] entry")
+    for i, m in enumerate(methods):
+        if "name" not in m:
+            raise SpecError(f"{path}: [[methods]] entry {i + 1} has no `name`")
+        bad = set(m) - {"name", "params", "label", "selected_on_test"}
+        if bad:
+            raise SpecError(f"{path}: [[methods]] {m['name']!r}: unknown keys {sorted(bad)}")
+    for i, d in enumerate(datasets):
+        if "name" not in d:
+            raise SpecError(f"{path}: [[datasets]] entry {i + 1} has no `name`")
+        bad = set(d) - {"name", "params", "classes", "protocol", "time_limit_s"}
+        if bad:
+            raise SpecError(f"{path}: [[datasets]] {d['name']!r}: unknown keys {sorted(bad)}")
+    protocols = {**DEFAULT_PROTOCOL, **dict(data.get("protocols") or {})}
+    return Spec(
+        name=str(data.get("name", Path(path).stem)), seeds=list(seeds), methods=list(methods),
+        datasets=list(datasets), protocols=protocols, path=path, fast=bool(data.get("fast", False)),
+    )
+
+
+@dataclass
+class Plan:
+    jobs: list[Job]
+    skipped: list[str]  # human-readable reasons (method/modality mismatches)
+
+
+def resolve_method(name: str, params: Mapping[str, Any], where: str = "") -> tuple[type[Method],
+                                                                                   dict[str, Any]]:
+    """Class and fully resolved parameters (defaults filled in); unknown params are an error."""
+    try:
+        cls = registry.methods.get(name)
+    except registry.RegistryError as exc:
+        raise SpecError(f"{where}{exc}") from exc
+    allowed = cls.param_names()
+    bad = sorted(set(params) - set(allowed))
+    if bad:
+        raise SpecError(f"{where}method {name!r} has no parameters {bad} (it takes {allowed})")
+    resolved = {**cls.default_params(), **dict(params)}
+    missing = sorted(set(allowed) - set(resolved))
+    if missing:
+        raise SpecError(f"{where}method {name!r} needs parameters {missing}")
+    try:
+        cls(**resolved)  # __init__ only stores: cheap, and catches type errors up front
+    except TypeError as exc:
+        raise SpecError(f"{where}method {name!r}: {exc}") from exc
+    return cls, resolved
+
+
+def make_dataset(name: str, params: Mapping[str, Any], data_root: str | Path | None,
+                 where: str = "") -> Dataset:
+    try:
+        cls = registry.datasets.get(name)
+    except registry.RegistryError as exc:
+        raise SpecError(f"{where}{exc}") from exc
+    try:
+        return cls(root=data_root, **dict(params))
+    except TypeError as exc:
+        raise SpecError(f"{where}dataset {name!r}: {exc}") from exc
+
+
+def expand(spec: Spec, data_root: str | Path | None = None) -> Plan:
+    """All jobs of a spec. Raises :class:`SpecError` before anything runs if any name is bad."""
+    jobs: list[Job] = []
+    skipped: list[str] = []
+    resolved_methods = []
+    for m in spec.methods:
+        cls, params = resolve_method(m["name"], m.get("params") or {}, f"{spec.path}: ")
+        resolved_methods.append((m, cls, params))
+    for d in spec.datasets:
+        where = f"{spec.path}: dataset {d['name']!r}: "
+        ds = make_dataset(d["name"], d.get("params") or {}, data_root, f"{spec.path}: ")
+        modality = ds.modality
+        proto_id = d.get("protocol") or spec.protocols.get(modality)
+        try:
+            proto = get_protocol(str(proto_id))
+        except ValueError as exc:
+            raise SpecError(f"{where}{exc}") from exc
+        if proto.modality != modality:
+            raise SpecError(f"{where}protocol {proto.id} is for {proto.modality}, not {modality}")
+        classes: list[str | None]
+        if modality == "image":
+            known = ds.classes() or []
+            want = d.get("classes", "all")
+            if want == "all":
+                classes = list(known)
+            else:
+                want_list = [str(c) for c in (want if isinstance(want, list) else [want])]
+                bad = [c for c in want_list if c not in known]
+                if bad:
+                    raise SpecError(f"{where}unknown classes {bad} (classes are {known})")
+                classes = list(want_list)
+        else:
+            if d.get("classes") not in (None, "all"):
+                raise SpecError(f"{where}video datasets have no classes")
+            classes = [None]
+        try:
+            fingerprint = ds.fingerprint()
+        except (OSError, ValueError) as exc:
+            raise SpecError(f"{where}{exc}") from exc
+        for m, cls, params in resolved_methods:
+            if modality not in cls.modalities:
+                skipped.append(f"{m['name']} does not support {modality} ({d['name']})")
+                continue
+            for c in classes:
+                for seed in spec.seeds:
+                    jobs.append(Job(
+                        method=m["name"], method_params=params, method_version=str(cls.version),
+                        dataset=d["name"], dataset_params=dict(d.get("params") or {}),
+                        dataset_version=str(ds.version), dataset_fingerprint=fingerprint,
+                        normal_class=c, protocol=proto.id, seed=int(seed), modality=modality,
+                        fast=spec.fast, selected_on_test=bool(m.get("selected_on_test", False)),
+                        time_limit_s=d.get("time_limit_s"), label=str(m.get("label", "")),
+                    ))
+    ids = [j.job_id for j in jobs]
+    if len(set(ids)) != len(ids):
+        raise SpecError(f"{spec.path}: the spec lists the same job twice")
+    return Plan(jobs, skipped)
