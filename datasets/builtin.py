@@ -8,7 +8,6 @@ from functools import lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
-
 from occbench.harness.api import (
     Dataset,
     DatasetSplit,

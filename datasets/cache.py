@@ -21,10 +21,10 @@ import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from filelock import FileLock
-
 from occbench.harness.api import DatasetFormatError
 
 #: Bump when decoding/resizing changes so old entries are rebuilt.
@@ -116,7 +116,7 @@ def _build(
 ) -> tuple[int, ...]:
     """Decode into ``npy`` via a temporary file renamed into place; return the array shape."""
     tmp = npy.with_name(npy.name + f".tmp{os.getpid()}")
-    mm: np.ndarray | None = None
+    mm: np.memmap | None = None
     extra: list[np.ndarray] = []
     n = 0
     try:
@@ -138,7 +138,8 @@ def _build(
         if mm is None or n == 0:
             raise DatasetFormatError(f"video {video_id!r}: no frames could be decoded")
         if n != mm.shape[0]:  # the hint was wrong (e.g. an AVI header): rewrite at true length
-            full = np.concatenate([np.asarray(mm[: min(n, mm.shape[0])]), *[e[None] for e in extra]])
+            head = np.asarray(mm[: min(n, mm.shape[0])])
+            full = np.concatenate([head, *[e[None] for e in extra]])
             mm.flush()
             del mm
             mm = None
@@ -185,7 +186,7 @@ def gather_clips(
     """Clips ``(B, clip_len, H, W, C)`` uint8 from one video's frames ``(T, H, W, C)``."""
     starts = np.asarray(starts, dtype=np.int64)
     if skip == 1:
-        # contiguous slices: one sequential read per clip, much faster on memmaps than fancy indexing
+        # contiguous slices: one sequential read per clip, faster on memmaps than fancy indexing
         return np.stack([np.asarray(frames[s: s + clip_len]) for s in starts])
     idx = starts[:, None] + np.arange(clip_len) * skip
     return np.asarray(frames[idx.ravel()]).reshape(len(starts), clip_len, *frames.shape[1:])
@@ -195,7 +196,8 @@ class ClipIndex:
     """Every clip of several videos, addressable by one integer (a map-style dataset).
 
     ``ClipIndex(videos, 16)[i]`` is a ``(16, H, W, C)`` uint8 array; pass the object straight to
-    ``torch.utils.data.DataLoader`` (with ``num_workers=0``: the data already sits in memory maps).
+    ``torch.utils.data.DataLoader(clips, collate_fn=ClipIndex.collate)`` (``num_workers=0`` is
+    enough: the data already sits in memory maps).
     """
 
     def __init__(
@@ -218,6 +220,16 @@ class ClipIndex:
         v, s = self.index[i]
         f = self.videos[int(v)]
         return np.asarray(f[int(s): int(s) + (self.clip_len - 1) * self.skip + 1: self.skip])
+
+    @staticmethod
+    def collate(clips: Sequence[np.ndarray]) -> Any:
+        """``collate_fn`` for a DataLoader: one copy into a writable ``(B, T, H, W, C)`` tensor.
+
+        (The default collate would wrap the read-only memmap slices first and warn.)
+        """
+        import torch  # only needed when used with a DataLoader
+
+        return torch.from_numpy(np.stack(clips))
 
     def batch(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Several clips at once, ``(B, clip_len, H, W, C)``."""

@@ -23,7 +23,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-
 from occbench.harness.api import DatasetFormatError, DatasetNotFoundError
 
 #: Extensions recognised as frames / images in folder layouts (lower case).
@@ -89,7 +88,9 @@ def list_images(folder: Path) -> list[Path]:
 # IDX (MNIST / Fashion-MNIST)
 # --------------------------------------------------------------------------------------------
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, Any] = {
+    0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8",
+}
 
 
 def find_idx(folder: Path, stem: str) -> Path | None:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-
 from occbench.datasets import formats as fmt
 from occbench.harness.api import (
     CheckReport,
@@ -178,7 +177,7 @@ class IDXDataset(ImageDataset):
             except (DatasetFormatError, DatasetNotFoundError) as exc:
                 rep.errors.append(str(exc))
                 continue
-            rep.facts[key] = int(len(a))
+            rep.facts[key] = len(a)
             expected = self.counts[0] if key.startswith("train") else self.counts[1]
             if len(a) != expected:
                 rep.warnings.append(f"{p}: {len(a)} items, the official file has {expected}")
@@ -580,7 +579,8 @@ class GTSRBStop(ImageDataset):
         test = self._test_images(rows)
         if len(attacked):
             test = np.concatenate([test, self.adversarial_examples(test[attacked])])
-        return DatasetSplit(train=ImageData(train), test=ImageData(np.ascontiguousarray(test[perm])))
+        return DatasetSplit(train=ImageData(train),
+                            test=ImageData(np.ascontiguousarray(test[perm])))
 
     def test_labels(self, normal_class: str | None = None) -> Labels:
         """``(N,)`` 0/1 in :meth:`load`'s test order; 1 = adversarial (or not a stop sign)."""

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-
 from occbench.datasets import formats as fmt
 from occbench.datasets.cache import FrameCache, cache_root
 from occbench.harness.api import (
@@ -285,8 +284,9 @@ class VideoDataset(Dataset):
         lay = self.layout()
         h = hashlib.sha256()
         h.update(f"{self.name}:{self.version}:{lay.kind}:".encode())
-        h.update(json.dumps({k: v for k, v in sorted(self.params.items()) if k != "cache_dir"},
-                            sort_keys=True, default=str).encode())
+        # where frames are cached does not change the data: leave cache options out
+        params = {k: v for k, v in self.params.items() if k not in ("cache", "cache_dir")}
+        h.update(json.dumps(params, sort_keys=True, default=str).encode())
         for s in [*self.train_sources(), *self.test_sources()]:
             h.update(f"{s.video_id}={s.fingerprint()};".encode())
         h.update(fmt.stat_fingerprint(self._label_files()).encode())
@@ -377,7 +377,8 @@ class VideoDataset(Dataset):
             rep.facts["test_frames"] = sum(counts.values())
             labels = self.test_labels()
             rep.facts["label_source"] = labels.source
-            rep.facts["anomalous_frames"] = int(sum(int(v.sum()) for v in labels.per_video.values()))
+            rep.facts["anomalous_frames"] = int(
+                sum(int(v.sum()) for v in labels.per_video.values()))
             for vid, n in counts.items():
                 lab = labels.per_video.get(vid)
                 if lab is not None and len(lab) != n:
@@ -400,7 +401,8 @@ def _find_file(folders: Sequence[Path], names: Sequence[str]) -> Path | None:
 
 
 def _lengths_for(
-    sources: Sequence[VideoSource], official: Sequence[tuple[str, int]], n_labels: int
+    sources: Sequence[VideoSource], official: Sequence[tuple[str, int]], n_labels: int,
+    label_file: Path,
 ) -> list[tuple[str, int]]:
     """(video id, length) pairs to cut a concatenated label file.
 
@@ -409,7 +411,15 @@ def _lengths_for(
     """
     if official and sum(n for _, n in official) == n_labels:
         return list(official)
-    return [(s.video_id, s.n_frames()) for s in sources]
+    lengths = [(s.video_id, s.n_frames()) for s in sources]
+    if sum(n for _, n in lengths) != n_labels:
+        raise DatasetFormatError(
+            f"{label_file}: {n_labels} concatenated frame labels but the test videos on disk have "
+            f"{sum(n for _, n in lengths)} frames ("
+            + ", ".join(f"{v}={n}" for v, n in lengths)
+            + "); a video is missing frames or the label file belongs to another copy"
+        )
+    return lengths
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,16 +492,17 @@ class Ped2(VideoDataset):
         source = f"ped2:{path.name}"
         if kind == "npy":
             lab = fmt.read_concatenated_labels(path)
-            return fmt.split_concatenated(lab, _lengths_for(test, official, len(lab)), path), source
+            lengths = _lengths_for(test, official, len(lab), path)
+            return fmt.split_concatenated(lab, lengths, path), source
         ranges = fmt.parse_ucsd_m(path) if kind == "ucsd-m" else fmt.read_ped2_mat(path)
         ids = [f"{i + 1:02d}" for i in range(len(ranges))]
         present = {s.video_id: s for s in test}
-        lengths = dict(official) if len(ranges) == len(official) else {}
+        known = dict(official) if len(ranges) == len(official) else {}
         out = {}
         for vid, rr in zip(ids, ranges, strict=True):
             # ranges do not say how long a video is: use the official count (so check() can
             # compare it with the frames on disk), else the frames on disk
-            n = lengths.get(vid) or (present[vid].n_frames() if vid in present else None)
+            n = known.get(vid) or (present[vid].n_frames() if vid in present else None)
             if n is None:
                 continue
             if rr and max(b for _, b in rr) > n:
@@ -582,7 +593,11 @@ class Avenue(VideoDataset):
                 )
             lab = fmt.read_concatenated_labels(p)
             official = list(zip(self.official_test_ids, AVENUE_TEST_LENGTHS, strict=True))
-            lengths = _lengths_for(self.layout().test, official, len(lab))
+            masks = self._mask_files()
+            if sum(AVENUE_TEST_LENGTHS) != len(lab) and masks:
+                # not the official copy: take each video's length from its mask file
+                official = [(v, len(self._mask_labels(m))) for v, m in masks.items()]
+            lengths = _lengths_for(self.layout().test, official, len(lab), p)
             return fmt.split_concatenated(lab, lengths, p), f"avenue:lntra:{p.name}"
         masks = self._mask_files()
         if not masks:
@@ -685,7 +700,7 @@ class ShanghaiTech(VideoDataset):
             return {f.stem: fmt.read_concatenated_labels(f) for f in sorted(p.glob("*.npy"))}, \
                 "shanghaitech:test_frame_mask"
         lab = fmt.read_concatenated_labels(p)
-        lengths = _lengths_for(self.layout().test, SHANGHAITECH_TEST_LENGTHS, len(lab))
+        lengths = _lengths_for(self.layout().test, SHANGHAITECH_TEST_LENGTHS, len(lab), p)
         return fmt.split_concatenated(lab, lengths, p), f"shanghaitech:{p.name}"
 
 

@@ -12,10 +12,12 @@ Conventions used everywhere:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeAlias
@@ -137,6 +139,27 @@ class DatasetSplit:
 # --------------------------------------------------------------------------------------------
 
 
+class LabelAccessError(RuntimeError):
+    """Test labels were requested while a method was running."""
+
+
+_label_guard = {"depth": 0}
+
+
+@contextmanager
+def labels_blocked() -> Iterator[None]:
+    """Within the block, every :meth:`Dataset.test_labels` raises :class:`LabelAccessError`.
+
+    The harness runs methods inside it. Labels are never loaded in a worker process in the
+    first place; this guard makes an attempt fail loudly instead of silently peeking.
+    """
+    _label_guard["depth"] += 1
+    try:
+        yield
+    finally:
+        _label_guard["depth"] -= 1
+
+
 class DatasetNotFoundError(FileNotFoundError):
     """Raised when a dataset's files are missing; the message names the layout and the source."""
 
@@ -176,6 +199,25 @@ class Dataset(ABC):
     def __init__(self, root: str | Path | None = None, **params: Any) -> None:
         self.root = Path(root) if root is not None else None
         self.params = dict(params)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # wrap every subclass's test_labels so that labels_blocked() can refuse it
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("test_labels")
+        if fn is None or getattr(fn, "_occbench_guarded", False):
+            return
+
+        @functools.wraps(fn)
+        def guarded(self: Dataset, normal_class: str | None = None) -> Labels:
+            if _label_guard["depth"]:
+                raise LabelAccessError(
+                    f"test labels of dataset {type(self).name!r} were requested while a method "
+                    "was running; methods must not read test labels"
+                )
+            return fn(self, normal_class)  # type: ignore[no-any-return]
+
+        guarded._occbench_guarded = True  # type: ignore[attr-defined]
+        cls.test_labels = guarded  # type: ignore[method-assign]
 
     def classes(self) -> list[str] | None:
         """Class names for one-vs-rest image protocols; ``None`` for video datasets."""

@@ -12,7 +12,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 app = typer.Typer(
@@ -57,8 +64,8 @@ def make_runner(name: str, device: str, address: str | None, max_concurrent: int
     """Build a runner by name (``serial``; ``ray`` when the Ray runner is installed)."""
     from occbench.harness.runner import SerialRunner
 
-    if name == "serial":
-        return SerialRunner(device=device)
+    if name == "serial":  # "auto" means cpu here: the serial runner does no GPU placement
+        return SerialRunner(device="cpu" if device == "auto" else device)
     if name == "ray":
         mod = importlib.import_module("occbench.harness.ray_runner")
         return mod.RayRunner(address=address, max_concurrent=max_concurrent, device=device)
@@ -83,7 +90,8 @@ def run(
     address: Annotated[str | None, typer.Option(help="Ray cluster address (auto, ray://...); "
                                                 "default: start an embedded local Ray.")] = None,
     max_concurrent: Annotated[int | None, typer.Option(help="Most jobs in flight at once.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (Ray: GPU jobs get the GPUs their method "
+                                        "declares when there are any), cpu or cuda.")] = "auto",
     board: Annotated[bool, typer.Option(help="Print the aggregated table at the end.")] = True,
     check_data: Annotated[bool, typer.Option(help="Check each dataset before any job starts."
                                              )] = True,
@@ -115,23 +123,30 @@ def run(
     r = make_runner(rname, device, address, max_concurrent)
     t0 = time.perf_counter()
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
+                  MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                  TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
                   console=console, transient=False, disable=not todo) as prog:
         task = prog.add_task("jobs", total=todo, status="")
-        counts = {"ok": 0, "failed": 0}
+        counts = {"ok": 0, "failed": 0, "running": 0, "gone": 0}  # gone: held by another driver
 
         def progress(event: str, job: Any, out: Any) -> None:
             if event == "start":
-                prog.update(task, status=escape(job.display))
+                counts["running"] += 1
+            elif event == "locked":
+                counts["gone"] += 1
+                prog.update(task, total=max(todo - counts["gone"], 0))
             elif event in ("ok", "failed"):
                 counts[event] += 1
+                counts["running"] = max(counts["running"] - 1, 0)
                 prog.advance(task)
                 if event == "failed":
                     e = (out.error or {}) if out is not None else {}
                     prog.console.print(f"[red]failed[/red] {escape(job.display)}: "
                                        f"{escape(str(e.get('type')))}: "
-                                       f"{escape(str(e.get('message', ''))[:300])}")
-                prog.update(task, status=f"ok {counts['ok']} failed {counts['failed']}")
+                                       f"{escape(_one_line(e.get('message')))}")
+            queued = todo - counts["gone"] - counts["ok"] - counts["failed"] - counts["running"]
+            prog.update(task, status=f"ok {counts['ok']} · running {counts['running']} · failed "
+                                     f"{counts['failed']} · queued {max(queued, 0)}")
 
         try:
             summary = run_jobs(plan.jobs, st, r, root, progress)
@@ -142,12 +157,20 @@ def run(
                   f"failed, {summary.already_done} already done"
                   + (f", {summary.skipped_locked} held by another driver"
                      if summary.skipped_locked else ""))
+    for disp, why in summary.failures:
+        err.print(f"  [red]failed[/red] {escape(disp)}: {escape(_one_line(why))}")
     if summary.stop_reason:
         err.print(f"[yellow]stopped:[/yellow] {escape(summary.stop_reason)}")
     if board:
         _print_board(st)
     if summary.failed or summary.stop_reason:
         raise typer.Exit(1)
+
+
+def _one_line(msg: object, limit: int = 300) -> str:
+    """First line of a failure message, shortened for the live display."""
+    lines = str(msg or "").strip().splitlines()
+    return lines[0][:limit] if lines else ""
 
 
 def _precheck(sp: Any, root: str | None) -> None:
@@ -184,24 +207,6 @@ def _print_board(st: Any) -> None:
 # --------------------------------------------------------------------------------------------
 # board, export, list, validate, store
 # --------------------------------------------------------------------------------------------
-
-
-@app.command()
-def board(
-    store: StoreOpt = Path("runs"),
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("board"),
-) -> None:
-    """Aggregate the store into leaderboard.csv and leaderboard.md (mean ± std over seeds)."""
-    from occbench.harness.store import RunStore
-    from occbench.leaderboard.table import write_board
-
-    st = RunStore(store)
-    if not st.runs_dir.exists():
-        raise _fail(f"{store} is not a run store (no runs/ folder); run `occbench run` first")
-    _, files = write_board(st, out)
-    _print_board(st)
-    for f in files:
-        console.print(f"wrote {escape(str(f))}")
 
 
 @app.command()

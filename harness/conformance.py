@@ -31,20 +31,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from occbench.harness import registry
 from occbench.harness.api import (
     Context,
     Data,
-    Dataset,
     ImageData,
-    Labels,
     Method,
     Modality,
     Video,
     VideoData,
 )
-from occbench.harness.execute import LabelAccessError, ScoreError, normalise_scores
+from occbench.harness.execute import (
+    LabelAccessError,
+    ScoreError,
+    label_guard,
+    normalise_scores,
+)
 
 
 @dataclass
@@ -145,25 +147,13 @@ def label_tripwire(label_files: list[Path]) -> Iterator[list[str]]:
     if not _hook_installed:
         sys.addaudithook(_audit)  # hooks cannot be removed; it is inert outside the block
         _hook_installed = True
-    patched: list[tuple[type[Dataset], Any]] = []
-
-    def _deny(self: Dataset, normal_class: str | None = None) -> Labels:
-        raise LabelAccessError(f"test labels of dataset {type(self).name!r} were requested")
-
-    for entry in registry.datasets.entries():
-        patched.append((entry.obj, entry.obj.__dict__.get("test_labels")))
-        entry.obj.test_labels = _deny  # type: ignore[method-assign]
     _watch["paths"] = {str(p.resolve()) for p in label_files}
     _watch["hits"] = []
     try:
-        yield _watch["hits"]
+        with label_guard():
+            yield _watch["hits"]
     finally:
         _watch["paths"] = set()
-        for cls, orig in patched:
-            if orig is None:
-                del cls.test_labels
-            else:
-                cls.test_labels = orig  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from types import FrameType
 from typing import Any
 
 from filelock import FileLock, Timeout
-
 from occbench.harness.api import Labels, verify_labels_match
 from occbench.harness.execute import JobOutput
 from occbench.harness.protocols import get_protocol

@@ -26,23 +26,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from occbench.harness import registry
 from occbench.harness.api import (
     Context,
     Data,
-    Dataset,
     DatasetSplit,
     ImageData,
-    Labels,
+    LabelAccessError,
     Method,
     VideoData,
+    labels_blocked,
 )
+
+__all__ = ["JobOutput", "LabelAccessError", "ScoreError", "execute_job", "label_guard"]
 from occbench.harness.spec import Job, make_dataset
-
-
-class LabelAccessError(RuntimeError):
-    """A method tried to read test labels."""
 
 
 class ScoreError(ValueError):
@@ -163,28 +160,8 @@ def _rss_bytes() -> int:
 # Label isolation
 # --------------------------------------------------------------------------------------------
 
-_guard_installed = False
-
-
-def install_label_guard() -> None:
-    """Make every registered dataset's ``test_labels`` raise in this (worker) process.
-
-    The worker never needs labels; a method that asks for them fails loudly instead of
-    silently peeking.
-    """
-    global _guard_installed
-    if _guard_installed:
-        return
-
-    def _deny(self: Dataset, normal_class: str | None = None) -> Labels:
-        raise LabelAccessError(
-            f"test labels of {type(self).name!r} were requested inside the worker process; "
-            "methods must not read test labels"
-        )
-
-    for entry in registry.datasets.entries():
-        entry.obj.test_labels = _deny  # type: ignore[method-assign]
-    _guard_installed = True
+#: Jobs run inside this: every Dataset.test_labels raises (see api.labels_blocked).
+label_guard = labels_blocked
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,7 +238,6 @@ def execute_job(job: Job, data_root: str | None = None, device: str = "cpu") -> 
     """
     import json
 
-    install_label_guard()
     log_buf = io.StringIO()
     handler = logging.StreamHandler(log_buf)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -273,7 +249,8 @@ def execute_job(job: Job, data_root: str | None = None, device: str = "cpu") -> 
                             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     t0 = time.perf_counter()
     try:
-        with PeakRSS() as mem, tempfile.TemporaryDirectory(prefix="occbench-job-") as wd:
+        with label_guard(), PeakRSS() as mem, \
+                tempfile.TemporaryDirectory(prefix="occbench-job-") as wd:
             if device.startswith("cuda"):
                 import torch
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-
 from occbench.harness.store import RunStore
 
 

@@ -107,7 +107,7 @@ class Protocol:
         if self.modality == "image":
             y, s = labs[""], scores[""]
             m = {"auc": roc_auc(y, s), "eer": eer(y, s)}
-            m.update(n_items=int(len(y)), n_anomalous=int(y.sum()))
+            m.update(n_items=len(y), n_anomalous=int(y.sum()))
         else:
             m = frame_metrics(scores, labs)
         m["protocol"] = self.id
@@ -154,7 +154,7 @@ def frame_metrics(
         "per_video_auc": per_video,
         "excluded_videos": excluded,
         "n_videos": len(vids),
-        "n_items": int(len(y)),
+        "n_items": len(y),
         "n_anomalous": int(y.sum()),
     }
 

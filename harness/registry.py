@@ -9,6 +9,8 @@ is the class. A name claimed twice is an error naming both packages; an unknown 
 from __future__ import annotations
 
 import difflib
+import importlib
+import os
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
@@ -19,6 +21,7 @@ T = TypeVar("T")
 
 METHOD_GROUP = "occbench.methods"
 DATASET_GROUP = "occbench.datasets"
+PLUGIN_MODULES_ENV = "OCCBENCH_PLUGIN_MODULES"
 
 
 class RegistryError(LookupError):
@@ -46,40 +49,67 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    """A name → class registry for one entry-point group."""
+    """A name → class registry for one entry-point group.
+
+    Entry points are *listed* eagerly (so duplicates are caught at once) but *imported* only
+    when a plugin is asked for, so a worker running one method never imports the others.
+    """
 
     def __init__(self, kind: str, group: str, base: type[T]) -> None:
         self.kind = kind
         self.group = group
         self.base = base
-        self._entries: dict[str, Entry[T]] | None = None
+        self._eps: dict[str, tuple[EntryPoint | None, str]] | None = None
+        self._loaded: dict[str, Entry[T]] = {}
         self._broken: dict[str, str] = {}
 
     # -- loading -------------------------------------------------------------------------------
-    def _load(self) -> dict[str, Entry[T]]:
-        if self._entries is not None:
-            return self._entries
-        entries: dict[str, Entry[T]] = {}
+    def _scan(self) -> dict[str, tuple[EntryPoint | None, str]]:
+        if self._eps is not None:
+            return self._eps
+        eps: dict[str, tuple[EntryPoint | None, str]] = {}
         seen: set[tuple[str, str]] = set()
         for ep in entry_points(group=self.group):
             source = _dist_name(ep)
             if (ep.name, ep.value) in seen:  # same package visible twice on sys.path
                 continue
             seen.add((ep.name, ep.value))
-            if ep.name in entries:
+            if ep.name in eps:
                 raise DuplicatePluginError(
-                    f"{self.kind} {ep.name!r} is registered twice: by {entries[ep.name].source!r} "
-                    f"and by {source!r} (entry-point group {self.group!r}); uninstall one or rename it"
+                    f"{self.kind} {ep.name!r} is registered twice: by {eps[ep.name][1]!r} and by "
+                    f"{source!r} (entry-point group {self.group!r}); uninstall one or rename it"
                 )
+            eps[ep.name] = (ep, source)
+        self._eps = eps
+        # Modules named in $OCCBENCH_PLUGIN_MODULES are imported too: they register classes with
+        # register() at import time. This lets unpackaged plugins (and tests) reach worker
+        # processes, which inherit the environment.
+        for mod in filter(None, os.environ.get(PLUGIN_MODULES_ENV, "").split(",")):
             try:
-                obj = ep.load()
-            except Exception as exc:  # a broken third-party plugin must not hide the others
-                self._broken[ep.name] = f"{source}: {ep.value}: {type(exc).__name__}: {exc}"
-                continue
-            self._check(ep.name, obj, source)
-            entries[ep.name] = Entry(ep.name, obj, source)
-        self._entries = entries
-        return entries
+                importlib.import_module(mod.strip())
+            except Exception as exc:
+                self._broken[f"<module {mod}>"] = f"{type(exc).__name__}: {exc}"
+        return eps
+
+    def _load_one(self, name: str) -> Entry[T] | None:
+        if name in self._loaded:
+            return self._loaded[name]
+        eps = self._scan()  # may import $OCCBENCH_PLUGIN_MODULES, which register() directly
+        if name in self._loaded:
+            return self._loaded[name]
+        if name not in eps or name in self._broken:
+            return None
+        ep, source = eps[name]
+        assert ep is not None
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not hide the others
+            self._broken[name] = f"{source}: {ep.value}: {type(exc).__name__}: {exc}"
+            return None
+        self._check(name, obj, source)
+        entry = Entry(name, obj, source)
+        self._loaded[name] = entry
+        return entry
 
     def _check(self, name: str, obj: object, source: str) -> None:
         if not (isinstance(obj, type) and issubclass(obj, self.base)):  # type: ignore[arg-type]
@@ -97,53 +127,62 @@ class Registry(Generic[T]):
     # -- public API ----------------------------------------------------------------------------
     def register(self, obj: type[T], source: str = "<runtime>") -> type[T]:
         """Register a class at run time (tests, notebooks). Same duplicate rules as entry points."""
-        entries = self._load()
+        eps = self._scan()
         name = getattr(obj, "name", None)
         if not isinstance(name, str):
             raise BrokenPluginError(f"{obj!r} has no string `name`")
         self._check(name, obj, source)
-        if name in entries:
+        if name in eps:
             raise DuplicatePluginError(
-                f"{self.kind} {name!r} is registered twice: by {entries[name].source!r} and by "
+                f"{self.kind} {name!r} is registered twice: by {eps[name][1]!r} and by "
                 f"{source!r}"
             )
-        entries[name] = Entry(name, obj, source)
+        eps[name] = (None, source)
+        self._loaded[name] = Entry(name, obj, source)
         return obj
 
     def unregister(self, name: str) -> None:
-        self._load().pop(name, None)
+        self._scan().pop(name, None)
+        self._loaded.pop(name, None)
 
     def get(self, name: str) -> type[T]:
         return self.entry(name).obj
 
     def entry(self, name: str) -> Entry[T]:
-        entries = self._load()
-        if name in entries:
-            return entries[name]
+        e = self._load_one(name)
+        if e is not None:
+            return e
         if name in self._broken:
             raise BrokenPluginError(f"{self.kind} {name!r} failed to load: {self._broken[name]}")
-        close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.5)
+        names = list(self._scan())
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        known = ", ".join(sorted(entries)) or "none"
+        known = ", ".join(sorted(names)) or "none"
         raise UnknownPluginError(f"unknown {self.kind} {name!r}{hint} (known: {known})")
 
     def names(self) -> list[str]:
-        return sorted(self._load())
+        """Names of plugins that load (imports every plugin)."""
+        return [e.name for e in self.entries()]
 
     def entries(self) -> list[Entry[T]]:
-        entries = self._load()
-        return [entries[n] for n in sorted(entries)]
+        out = []
+        for n in sorted(self._scan()):
+            e = self._load_one(n)
+            if e is not None:
+                out.append(e)
+        return out
 
     def broken(self) -> dict[str, str]:
-        self._load()
+        self.entries()
         return dict(self._broken)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._load()
+        return isinstance(name, str) and name in self._scan() and name not in self._broken
 
     def reset(self) -> None:
         """Forget what was loaded (re-read entry points on next use)."""
-        self._entries = None
+        self._eps = None
+        self._loaded = {}
         self._broken = {}
 
 

@@ -48,6 +48,10 @@ def failed_output(job: Job, kind: str, message: str, wall: float | None = None) 
                      error={"type": kind, "message": message, "traceback": ""})
 
 
+def _warm_up() -> None:
+    import occbench.harness.execute  # noqa: F401
+
+
 class SerialRunner(Runner):
     """One job at a time in a separate worker process (``in_process=True`` for debugging)."""
 
@@ -61,6 +65,8 @@ class SerialRunner(Runner):
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+            # start the worker (imports) before any job's time limit starts counting
+            self._pool.submit(_warm_up).result()
         return self._pool
 
     def _kill_pool(self) -> None:

@@ -1,8 +1,10 @@
-"""Runs in a store → tidy tables, and the aggregated mean ± std table of ``occbench board``.
+"""Runs in a store → tidy tables, and the aggregated table of ``occbench board``.
 
 Reads only the run store. ``auc`` is the headline metric: the one-vs-rest AUROC for image jobs
 and the micro (pooled) frame AUC for video jobs. For image protocols a seed's score is the mean
-over normal classes; the table then gives mean ± std of that over seeds.
+over normal classes; the table then gives mean, std, count and a 95 % Student-t interval of that
+over seeds (see :mod:`occbench.leaderboard.stats`). Costs: wall time in seconds, GPU-hours =
+wall time × GPUs the job declared / 3600, peak memory in MiB, parameter count.
 """
 
 from __future__ import annotations
@@ -12,14 +14,31 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from occbench.harness.store import RunStore
+from occbench.leaderboard.stats import summarize
 
 RUN_COLUMNS = [
     "job_id", "method", "label", "method_version", "dataset", "normal_class", "protocol", "seed",
     "modality", "selected_on_test", "auc", "auc_macro", "eer", "n_items", "wall_time_s",
-    "peak_rss_mb", "peak_gpu_mb", "n_parameters", "device", "git_sha",
+    "peak_rss_mb", "peak_gpu_mb", "n_parameters", "device", "git_sha", "gpus", "gpu_hours",
 ]
+
+
+def declared_gpus(rec: dict[str, Any]) -> float:
+    """GPUs the job declared (fractional allowed); 0 when the record names none.
+
+    Looked up in ``job.resources.gpus``, then ``provenance.resources.gpus``, then
+    ``provenance.gpus`` — the runners have written it in different places over time.
+    """
+    job, prov = rec.get("job") or {}, rec.get("provenance") or {}
+    for src in ((job.get("resources") or {}), (prov.get("resources") or {}), prov):
+        v = src.get("gpus") if isinstance(src, dict) else None
+        if v is not None:
+            try:
+                return float(v)
+            except (TypeError, ValueError):
+                continue
+    return 0.0
 
 
 def runs_frame(store: RunStore | str | Path) -> pd.DataFrame:
@@ -41,39 +60,85 @@ def runs_frame(store: RunStore | str | Path) -> pd.DataFrame:
             "wall_time_s": prov.get("wall_time_s"), "peak_rss_mb": prov.get("peak_rss_mb"),
             "peak_gpu_mb": prov.get("peak_gpu_mb"), "n_parameters": prov.get("n_parameters"),
             "device": prov.get("device"), "git_sha": prov.get("git_sha"),
+            "gpus": declared_gpus(rec),
         })
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    for c in ("auc", "auc_macro", "eer", "wall_time_s", "peak_rss_mb", "peak_gpu_mb"):
-        df[c] = pd.to_numeric(df[c], errors="coerce")
-    return df
+    for c in ("auc", "auc_macro", "eer", "wall_time_s", "peak_rss_mb", "peak_gpu_mb",
+              "n_parameters", "gpus"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    df["gpu_hours"] = df["wall_time_s"] * df["gpus"] / 3600.0
+    df["normal_class"] = df["normal_class"].astype(object)
+    return df.sort_values("job_id", kind="stable").reset_index(drop=True)
 
 
 def per_seed(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (label, dataset, protocol, seed): image class means, video metrics."""
+    """One row per (label, dataset, protocol, seed): image class means, video metrics.
+
+    Costs are summed over the classes of the seed (wall time, GPU-hours) or maxed (memory,
+    parameters), so a seed's cost is what one full run of the protocol costs.
+    """
     keys = ["label", "method", "dataset", "protocol", "seed", "selected_on_test"]
-    g = df.groupby(keys, dropna=False)
+    g = df.groupby(keys, dropna=False, sort=True)
     out = g.agg(auc=("auc", "mean"), auc_macro=("auc_macro", "mean"), eer=("eer", "mean"),
-                n_classes=("normal_class", "nunique"), wall_time_s=("wall_time_s", "sum"))
+                n_classes=("normal_class", "nunique"), wall_time_s=("wall_time_s", "sum"),
+                gpu_hours=("gpu_hours", "sum"), peak_rss_mb=("peak_rss_mb", "max"),
+                peak_gpu_mb=("peak_gpu_mb", "max"), n_parameters=("n_parameters", "max"),
+                modality=("modality", "first"))
     return out.reset_index()
 
 
-def aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds per (method label, dataset, protocol)."""
+AGG_COLUMNS = [
+    "method", "dataset", "protocol", "selected_on_test", "modality", "seeds", "classes",
+    "auc_mean", "auc_std", "auc_lo", "auc_hi", "auc_macro_mean", "auc_macro_std", "auc_macro_lo",
+    "auc_macro_hi", "eer_mean", "eer_std", "eer_lo", "eer_hi", "wall_time_s", "gpu_hours",
+    "peak_rss_mb", "peak_gpu_mb", "n_parameters",
+]
+
+
+def aggregate(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Mean, std, seeds and a ``level`` t interval over seeds per (method label, dataset, protocol).
+
+    ``wall_time_s``/``gpu_hours`` are the mean per seed (one full protocol run); memory and
+    parameter count the maximum over runs. Sorted by dataset, protocol, then AUC (best first).
+    """
     if df.empty:
-        return pd.DataFrame(columns=["method", "dataset", "protocol", "seeds", "auc_mean",
-                                     "auc_std", "auc_macro_mean", "eer_mean", "eer_std"])
+        return pd.DataFrame(columns=AGG_COLUMNS)
     ps = per_seed(df)
     keys = ["label", "dataset", "protocol", "selected_on_test"]
-    g = ps.groupby(keys, dropna=False)
-    out = g.agg(
-        seeds=("seed", "nunique"), classes=("n_classes", "max"),
-        auc_mean=("auc", "mean"), auc_std=("auc", "std"),
-        auc_macro_mean=("auc_macro", "mean"), auc_macro_std=("auc_macro", "std"),
-        eer_mean=("eer", "mean"), eer_std=("eer", "std"),
-        wall_time_s=("wall_time_s", "sum"),
-    ).reset_index().rename(columns={"label": "method"})
-    return out.sort_values(["dataset", "protocol", "auc_mean"],
-                           ascending=[True, True, False]).reset_index(drop=True)
+    out = ps.groupby(keys, dropna=False, sort=True).agg(
+        modality=("modality", "first"), seeds=("seed", "nunique"), classes=("n_classes", "max"),
+        wall_time_s=("wall_time_s", "mean"), gpu_hours=("gpu_hours", "mean"),
+        peak_rss_mb=("peak_rss_mb", "max"), peak_gpu_mb=("peak_gpu_mb", "max"),
+        n_parameters=("n_parameters", "max"),
+    ).reset_index()
+    for v in ("auc", "auc_macro", "eer"):
+        s = summarize(ps, keys, v, level).drop(columns=[f"{v}_n"])
+        out = out.merge(s, on=keys, how="left")
+    out = out.rename(columns={"label": "method"})[AGG_COLUMNS]
+    return out.sort_values(["dataset", "protocol", "auc_mean", "method"],
+                           ascending=[True, True, False, True]).reset_index(drop=True)
+
+
+def per_class(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Image protocols: per (method label, dataset, protocol, class) AUC over seeds with interval.
+
+    Columns: ``method, dataset, protocol, selected_on_test, normal_class, auc_mean, auc_std,
+    auc_n, auc_lo, auc_hi``. Video runs (no class) are left out.
+    """
+    keys = ["label", "dataset", "protocol", "selected_on_test", "normal_class"]
+    img = df[(df["modality"] == "image") & df["normal_class"].notna()]
+    out = summarize(img, keys, "auc", level).rename(columns={"label": "method"})
+    return out.sort_values(["dataset", "protocol", "method", "normal_class"],
+                           key=_natural_key).reset_index(drop=True)
+
+
+def _natural_key(col: pd.Series) -> pd.Series:
+    """Sort class names '2' before '10' (numeric when every value is an integer string)."""
+    if col.name == "normal_class":
+        as_num = pd.to_numeric(col, errors="coerce")
+        if as_num.notna().all():
+            return as_num
+    return col
 
 
 def _pm(mean: float, std: float, scale: float = 100.0) -> str:
@@ -94,20 +159,31 @@ def display_table(agg: pd.DataFrame) -> pd.DataFrame:
         "AUC (macro) %": [_pm(m, s) for m, s in zip(agg["auc_macro_mean"], agg["auc_macro_std"],
                                                      strict=True)],
         "EER %": [_pm(m, s) for m, s in zip(agg["eer_mean"], agg["eer_std"], strict=True)],
+        "AUC 95% CI": [_ci(lo, hi) for lo, hi in zip(agg["auc_lo"], agg["auc_hi"], strict=True)],
         "wall s": agg["wall_time_s"].round(1),
     })
 
 
+def _ci(lo: float, hi: float, scale: float = 100.0) -> str:
+    if pd.isna(lo) or pd.isna(hi):
+        return "—"
+    return f"[{lo * scale:.2f}, {hi * scale:.2f}]"
+
+
 def write_board(store: RunStore | str | Path, out: str | Path) -> tuple[pd.DataFrame, list[Path]]:
-    """Write ``leaderboard.csv`` (numbers) and ``leaderboard.md`` (mean ± std) into ``out``."""
+    """Write ``leaderboard.csv`` (numbers) and ``leaderboard.md`` (mean ± std, CI) into ``out``.
+
+    The other tables (per class, comparisons, ranks, published vs reproduced) are written by
+    :func:`occbench.leaderboard.analysis.write_tables`.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     agg = aggregate(runs_frame(store))
     csv, md = out / "leaderboard.csv", out / "leaderboard.md"
     agg.to_csv(csv, index=False)
     md.write_text(
-        "# occbench leaderboard\n\nMean ± std over seeds; AUC = frame-level micro AUC for video, "
-        "class-mean AUROC for images (one vs rest).\n\n"
+        "# occbench leaderboard\n\nMean ± std over seeds and a 95 % t interval of the mean; "
+        "AUC = frame-level micro AUC for video, class-mean AUROC for images (one vs rest).\n\n"
         + markdown(display_table(agg)) + "\n"
         if not agg.empty else "# occbench leaderboard\n\nNo runs yet.\n"
     )

@@ -16,12 +16,6 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.ensemble import IsolationForest
-from sklearn.model_selection import GridSearchCV
-from sklearn.neighbors import KernelDensity
-from sklearn.svm import OneClassSVM
-
 from occbench.harness.api import (
     Context,
     Data,
@@ -34,6 +28,11 @@ from occbench.harness.api import (
     frames_of,
     split_frames,
 )
+from sklearn.decomposition import PCA
+from sklearn.ensemble import IsolationForest
+from sklearn.model_selection import GridSearchCV
+from sklearn.neighbors import KernelDensity
+from sklearn.svm import OneClassSVM
 
 Preprocess = Literal["minmax", "gcn"]
 

@@ -67,7 +67,8 @@ def padded_size(h: int, w: int, multiple: int, minimum: int = 8) -> tuple[int, i
 
 def to_tensor(images: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
     """``uint8 (N, H, W, C)`` → ``float32 (N, C, H', W')`` in [0, 1], bilinearly resized to ``size``."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    # A copy: inputs may be read-only memmaps, which torch cannot wrap.
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
     if size is not None and tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     return x
@@ -179,7 +180,7 @@ def train_autoencoder(ae: nn.Module, x: torch.Tensor, *, epochs: int, lr: float,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(xb)
+            total += float(loss.detach()) * len(xb)
         losses.append(total / len(x))
         if log is not None:
             log(f"ae epoch {ep + 1}/{epochs} loss {losses[-1]:.5f}")

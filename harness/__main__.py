@@ -1,0 +1,5 @@
+"""``python -m occbench.harness`` is the ``occbench`` command."""
+
+from occbench.harness.cli import main
+
+main()

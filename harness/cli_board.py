@@ -1,0 +1,89 @@
+"""``occbench board``: leaderboard tables with statistics, and the static site."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from occbench.harness.cli import StoreOpt, _fail, _print_board, console
+from rich.markup import escape
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(board)
+
+
+def board(
+    store: StoreOpt = Path("runs"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("board"),
+    site: Annotated[bool, typer.Option(
+        "--site/--no-site", help="Also build the static HTML site into --out.")] = True,
+    serve: Annotated[bool, typer.Option(
+        help="Serve --out on http://127.0.0.1:PORT after building (Ctrl-C stops).")] = False,
+    port: Annotated[int, typer.Option(help="Port for --serve.")] = 8000,
+    published: Annotated[Path | None, typer.Option(
+        help="Published-numbers CSV (default: the one shipped in occbench.leaderboard).")] = None,
+    bootstrap: Annotated[int, typer.Option(
+        help="Bootstrap replicates (video-run intervals, rank uncertainty); 0 = no video "
+             "bootstrap.")] = 1000,
+) -> None:
+    """Aggregate the store: leaderboard.csv/.md (mean, std, 95 % CI over seeds), statistics
+    tables, and the static site (overview, dataset, method and run pages)."""
+    from occbench.harness.store import RunStore
+    from occbench.leaderboard.analysis import analyze, write_tables
+    from occbench.leaderboard.published import PublishedFormatError
+    from occbench.leaderboard.site import SiteError, SiteOptions, build_site
+    from occbench.leaderboard.table import write_board
+
+    st = RunStore(store)
+    if not st.runs_dir.exists():
+        raise _fail(f"{store} is not a run store (no runs/ folder); run `occbench run` first")
+    if published is not None and not published.exists():
+        raise _fail(f"--published {published}: no such file")
+    if bootstrap < 0:
+        raise _fail("--bootstrap must be >= 0")
+    try:
+        if site:
+            pages = build_site(st, out, published, SiteOptions(n_boot=bootstrap))
+            _, files = write_board(st, out)
+            files.append(out / "index.html")
+            console.print(f"built {len(pages)} pages into {escape(str(out))}/ "
+                          f"(tables in {escape(str(out / 'data'))}/)")
+        else:
+            _, files = write_board(st, out)
+            a = analyze(st, published, n_boot=bootstrap or 200)
+            files += write_tables(a, out)
+    except (SiteError, PublishedFormatError) as exc:
+        raise _fail(str(exc)) from exc
+    _print_board(st)
+    for f in files:
+        console.print(f"wrote {escape(str(f))}")
+    if serve:
+        if not site:
+            raise _fail("--serve needs the site: drop --no-site")
+        serve_dir(out, port)
+
+
+def serve_dir(folder: Path, port: int) -> None:
+    """Serve ``folder`` on 127.0.0.1 only (not the network) until interrupted."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    try:
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as exc:
+        raise _fail(f"cannot serve on 127.0.0.1:{port} ({exc}); pick another --port") from exc
+    console.print(f"serving {escape(str(folder))} on http://127.0.0.1:{httpd.server_port}/ "
+                  "(Ctrl-C stops)")
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        httpd.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass

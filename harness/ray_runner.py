@@ -1,0 +1,450 @@
+"""Run jobs as Ray tasks: one laptop (embedded local Ray) to a GPU cluster (``--address``).
+
+This is the only module of occbench that imports :mod:`ray`.
+
+How a job runs
+    Each job is one Ray task calling :func:`~occbench.harness.execute.execute_job`, with the
+    resources its method declares (``Method.resources_for()``: CPUs, fractional GPUs, memory).
+    Ray sets ``CUDA_VISIBLE_DEVICES`` for the task, so a GPU job sees only its GPU and gets
+    ``device="cuda"``; a job given no GPU runs with ``device="cpu"``. The task returns the raw
+    scores; the driver fetches finished results one at a time (``ray.wait`` then ``ray.get`` of
+    that ref), computes metrics with the labels only it loads, and writes the store, so worker
+    nodes need no shared file system and score arrays travel through Ray's object store.
+
+Data preparation
+    Datasets are prepared once per node and worker process, not once per job: video datasets
+    decode into the per-node frame cache (``occbench.datasets.cache``, memmapped by every worker),
+    and CPU workers are reused between tasks so ``execute._load_split``'s in-process cache serves
+    later jobs on the same split (recorded as ``provenance["data_cache"]``: ``hit``/``miss``).
+    GPU workers are reused too when every GPU node has a single GPU; on multi-GPU nodes each GPU
+    job gets a fresh process (a CUDA context cannot follow a changed ``CUDA_VISIBLE_DEVICES``).
+
+Faults
+    A worker or node that dies mid-job (``kill -9``, out of memory) is retried by Ray up to
+    ``max_retries`` times, then recorded as failed (``WorkerDied``) with Ray's reason. A method's
+    exception is never retried: ``execute_job`` returns it as a failure with the traceback. A job
+    running longer than ``job.time_limit_s`` (measured from when it starts on a worker, not from
+    submission) is force-cancelled (its worker is killed) and recorded with status ``timeout``.
+    When the driver asks to stop (first Ctrl-C) no new job is submitted and the running ones are
+    finished; a second Ctrl-C cancels them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import ray
+from occbench.harness import registry
+from occbench.harness.api import Resources
+from occbench.harness.execute import JobOutput, _load_split, execute_job
+from occbench.harness.runner import ClaimFn, DoneFn, Runner, StopFn, failed_output
+from occbench.harness.spec import Job
+from ray import cloudpickle
+
+log = logging.getLogger("occbench.ray")
+
+#: Default object store size of an embedded Ray (MiB): scores are small, and CI boxes have
+#: little shared memory. Override with ``$OCCBENCH_RAY_OBJECT_STORE_MB``.
+DEFAULT_OBJECT_STORE_MB = 512
+_POLL_S = 0.25
+
+
+# --------------------------------------------------------------------------------------------
+# What runs in the worker
+# --------------------------------------------------------------------------------------------
+
+
+@ray.remote(num_cpus=0)
+class JobClock:
+    """Records when each job actually starts on a worker (queued time must not count)."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}
+
+    def start(self, job_id: str) -> None:
+        self.started[job_id] = time.time()
+
+    def starts(self) -> dict[str, float]:
+        return dict(self.started)
+
+
+def _ensure_method(job: Job, method_blob: bytes | None) -> None:
+    """Register a method that the driver registered at run time (not by entry point)."""
+    if method_blob is None or job.method in registry.methods:
+        return
+    cls = cloudpickle.loads(method_blob)
+    registry.methods.register(cls, source="<runtime, shipped by the driver>")
+
+
+def run_in_worker(job: Job, data_root: str | None, device: str, method_blob: bytes | None,
+                  clock: Any | None) -> JobOutput:
+    """The Ray task body: ``execute_job`` plus where it ran (node, pid, GPUs, cache hit)."""
+    if clock is not None:
+        clock.start.remote(job.job_id)
+    _ensure_method(job, method_blob)
+    gpu_ids = ray.get_gpu_ids()
+    # Ray narrowed CUDA_VISIBLE_DEVICES to this task's GPU(s), so "cuda" is the right device.
+    # (A GPU resource without CUDA, e.g. a simulated cluster's fake GPUs, runs on cpu.)
+    dev = "cuda" if gpu_ids and _cuda_available() else "cpu"
+    if device.startswith("cuda") and dev == "cpu":
+        log.warning("job %s asked for cuda but got no usable GPU; running on cpu", job.job_id)
+    hits = _load_split.cache_info().hits
+    out = execute_job(job, data_root, dev)
+    rc = ray.get_runtime_context()
+    out.provenance.update(
+        ray_node_id=rc.get_node_id(), ray_worker_pid=os.getpid(),
+        ray_gpu_ids=[str(g) for g in gpu_ids], ray_resources=rc.get_assigned_resources(),
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        data_cache="hit" if _load_split.cache_info().hits > hits else "miss",
+        resources=asdict(resources_of(job)),
+    )
+    return out
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+_cpu_task = ray.remote(max_calls=0)(run_in_worker)  # reused workers keep the data cache warm
+_gpu_task_fresh = ray.remote(max_calls=1)(run_in_worker)  # one job per process (multi-GPU)
+
+
+# --------------------------------------------------------------------------------------------
+# The runner
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _InFlight:
+    job: Job
+    submitted: float
+    started: float | None = None  # driver's monotonic clock when the worker began
+
+
+def _object_store_bytes() -> int:
+    mb = int(os.environ.get("OCCBENCH_RAY_OBJECT_STORE_MB", DEFAULT_OBJECT_STORE_MB))
+    return max(mb, 80) * 2**20  # Ray refuses less than ~75 MiB
+
+
+def init_local_ray(num_cpus: int | None = None, num_gpus: int | None = None,
+                   object_store_mb: int | None = None) -> None:
+    """Start an embedded, quiet local Ray sized to this machine (no dashboard, no worker logs)."""
+    store = object_store_mb * 2**20 if object_store_mb else _object_store_bytes()
+    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus,
+             object_store_memory=store, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING, configure_logging=True)
+
+
+class RayRunner(Runner):
+    """Runs each job as a Ray task; see the module docstring for placement and faults.
+
+    ``address``: ``None`` starts an embedded local Ray (shut down by :meth:`close`); ``"auto"``
+    or ``"ray://HOST:PORT"`` connects to a running cluster. If Ray is already initialised in
+    this process (tests, notebooks) that instance is used and left running.
+    ``device``: ``"auto"`` (default) gives GPU jobs the GPUs their method declares when the
+    cluster has GPUs and runs them on CPU otherwise; ``"cpu"`` never requests GPUs; ``"cuda"``
+    requires them (a job no node can host is recorded as failed, not left waiting).
+    ``max_concurrent``: most jobs in flight (default: the cluster's CPU count).
+    ``max_retries``: retries of a job whose worker or node died.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, max_concurrent: int | None = None,
+                 device: str = "auto", max_retries: int = 2, num_cpus: int | None = None,
+                 num_gpus: int | None = None) -> None:
+        if max_concurrent is not None and max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+        if device not in ("auto", "cpu") and not device.startswith("cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+        self.address = address
+        self.max_concurrent = max_concurrent
+        self.device = device
+        self.max_retries = max_retries
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self._owns_ray = False
+        self._clock: Any | None = None
+
+    # -- cluster -------------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Start or join Ray (idempotent)."""
+        if ray.is_initialized():
+            return
+        if self.address is None:
+            init_local_ray(self.num_cpus, self.num_gpus)
+        else:
+            ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
+        self._owns_ray = True
+
+    @staticmethod
+    def nodes() -> list[dict[str, float]]:
+        """Total resources of each alive node (``CPU``, ``GPU``, ``memory`` in bytes, ...)."""
+        return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+
+    def _gpu_reuse_ok(self, nodes: Sequence[Mapping[str, float]]) -> bool:
+        return all(n.get("GPU", 0) <= 1 for n in nodes)
+
+    def task_options(self, job: Job, nodes: Sequence[Mapping[str, float]]
+                     ) -> tuple[dict[str, Any], str | None]:
+        """Ray options for ``job`` and, if no node can ever host it, why (else ``None``).
+
+        CPU and memory requests are capped at the largest node (a 4-CPU method still runs on a
+        2-core laptop, using all of it); GPU requests are not capped.
+        """
+        res = resources_of(job)
+        max_cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+        max_mem = max((n.get("memory", 0.0) for n in nodes), default=0.0)
+        has_gpu = any(n.get("GPU", 0.0) > 0 for n in nodes)
+        gpus = float(res.gpus)
+        if self.device == "cpu" or (self.device == "auto" and not has_gpu):
+            gpus = 0.0
+        opts: dict[str, Any] = {
+            "num_cpus": min(float(res.cpus), max_cpu) if max_cpu else float(res.cpus),
+            "num_gpus": gpus,
+            "max_retries": self.max_retries,
+            "retry_exceptions": False,  # a method's exception is a result, not a fault
+        }
+        mem = int(res.memory_mb) * 2**20
+        if mem > 0 and max_mem:
+            opts["memory"] = min(mem, int(max_mem))
+        if gpus > 0:
+            fits = [n for n in nodes if n.get("GPU", 0.0) >= gpus]
+            if not fits:
+                biggest = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+                return opts, (f"method {job.method!r} needs {gpus:g} GPU(s) per job but the "
+                              f"largest node has {biggest:g}; use --device auto or cpu to run it "
+                              "on CPU, or add a GPU node")
+        return opts, None
+
+    def _method_blob(self, job: Job) -> bytes | None:
+        """The method class, pickled by value, if it was registered at run time."""
+        entry = registry.methods.entry(job.method)
+        if not entry.source.startswith("<runtime"):
+            return None
+        mod = sys.modules.get(entry.obj.__module__)
+        by_value = mod is not None and not entry.obj.__module__.startswith("occbench.")
+        if by_value:
+            cloudpickle.register_pickle_by_value(mod)
+        try:
+            return bytes(cloudpickle.dumps(entry.obj))
+        finally:
+            if by_value:
+                cloudpickle.unregister_pickle_by_value(mod)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, jobs: Sequence[Job], data_root: str | None, claim: ClaimFn, done: DoneFn,
+            stopped: StopFn) -> None:
+        if not jobs:
+            return
+        self.connect()
+        nodes = self.nodes()
+        cap = self.max_concurrent or max(1, int(sum(n.get("CPU", 0.0) for n in nodes)))
+        gpu_task = _cpu_task if self._gpu_reuse_ok(nodes) else _gpu_task_fresh
+        if any(j.time_limit_s for j in jobs) and self._clock is None:
+            self._clock = JobClock.remote()  # type: ignore[attr-defined]
+        blobs: dict[str, bytes | None] = {}
+        queue = list(jobs)
+        inflight: dict[Any, _InFlight] = {}
+        last_clock = 0.0
+        try:
+            while queue or inflight:
+                while queue and len(inflight) < cap and not stopped():
+                    job = queue.pop(0)
+                    if not claim(job):
+                        continue
+                    opts, infeasible = self.task_options(job, nodes)
+                    if infeasible:
+                        done(job, failed_output(job, "Infeasible", infeasible, 0.0))
+                        continue
+                    if job.method not in blobs:
+                        blobs[job.method] = self._method_blob(job)
+                    fn = gpu_task if opts["num_gpus"] > 0 else _cpu_task
+                    clock = self._clock if job.time_limit_s else None
+                    ref = fn.options(**opts).remote(job, data_root, self.device,
+                                                   blobs[job.method], clock)
+                    inflight[ref] = _InFlight(job, time.monotonic())
+                if stopped():
+                    queue.clear()
+                if not inflight:
+                    continue
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=_POLL_S)
+                for ref in ready:
+                    item = inflight.pop(ref)
+                    done(item.job, self._result(ref, item))
+                now = time.monotonic()
+                if self._clock is not None and now - last_clock >= 4 * _POLL_S:
+                    last_clock = now
+                    self._check_time_limits(inflight, done)
+        except KeyboardInterrupt:
+            for ref in inflight:
+                ray.cancel(ref, force=True)
+            raise
+
+    def _result(self, ref: Any, item: _InFlight) -> JobOutput:
+        job = item.job
+        wall = round(time.monotonic() - (item.started or item.submitted), 3)
+        try:
+            out: JobOutput = ray.get(ref)
+            return out
+        except ray.exceptions.TaskCancelledError:
+            return failed_output(job, "Cancelled", "the job was cancelled", wall)
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError,
+                ray.exceptions.NodeDiedError, ray.exceptions.LocalRayletDiedError,
+                ray.exceptions.ObjectLostError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return failed_output(
+                job, "WorkerDied",
+                f"the worker running the job died ({type(exc).__name__}: {first[:300]}); gave up "
+                f"after {self.max_retries} retries", wall)
+        except ray.exceptions.RayTaskError as exc:  # our wrapper failed (e.g. unpicklable job)
+            cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+            out = failed_output(job, type(cause).__name__, str(cause).splitlines()[0][:500]
+                                if str(cause) else repr(cause), wall)
+            if out.error is not None:
+                out.error["traceback"] = str(exc)
+            return out
+        except ray.exceptions.RayError as exc:
+            return failed_output(job, type(exc).__name__, str(exc)[:500], wall)
+
+    def _check_time_limits(self, inflight: dict[Any, _InFlight], done: DoneFn) -> None:
+        limited = {ref: it for ref, it in inflight.items() if it.job.time_limit_s}
+        if not limited or self._clock is None:
+            return
+        try:
+            starts = ray.get(self._clock.starts.remote(), timeout=10)
+        except ray.exceptions.GetTimeoutError:
+            return
+        now = time.monotonic()
+        for ref, it in limited.items():
+            if it.started is None and it.job.job_id in starts:
+                it.started = now  # the driver's own clock: immune to node clock skew
+            limit = float(it.job.time_limit_s or 0)
+            if it.started is not None and now - it.started > limit:
+                ray.cancel(ref, force=True)
+                inflight.pop(ref)
+                out = failed_output(it.job, "TimeLimitExceeded",
+                                    f"job exceeded its time limit of {limit:g} s and was stopped",
+                                    round(now - it.started, 3))
+                out.status = "timeout"
+                done(it.job, out)
+
+    def close(self) -> None:
+        if self._clock is not None and ray.is_initialized():
+            ray.kill(self._clock)
+        self._clock = None
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+        self._owns_ray = False
+
+
+# --------------------------------------------------------------------------------------------
+# Ray Tune (used by occbench.harness.sweep, which itself never imports ray)
+# --------------------------------------------------------------------------------------------
+
+
+def _tune_trial(config: dict[str, Any], method: str, method_blob: bytes | None,
+                objective_args: tuple[Any, ...]) -> None:
+    """A Tune function trainable: report the sweep's validation objective for ``config``."""
+    from ray import tune
+
+    from occbench.harness.sweep import validation_objective
+
+    if method_blob is not None and method not in registry.methods:
+        registry.methods.register(cloudpickle.loads(method_blob),
+                                  source="<runtime, shipped by the driver>")
+    dev = "cuda" if ray.get_gpu_ids() and _cuda_available() else "cpu"
+    try:
+        metrics = validation_objective(*objective_args, dev, config)
+        metrics["error"] = None
+    except Exception as exc:  # a bad config is a result (NaN objective), not a crash
+        metrics = {"val_auc": float("nan"), "error": f"{type(exc).__name__}: {exc}"[:500]}
+    metrics["device"] = dev
+    tune.report(metrics)
+
+
+def tune_search(*, method: str, search: Mapping[str, tuple[str, Sequence[Any]]],
+                num_samples: int, seed: int, objective_args: tuple[Any, ...],
+                resources: Resources, max_concurrent: int | None = None, name: str = "sweep",
+                device: str = "auto") -> list[dict[str, Any]]:
+    """Run one Tune trial per config drawn from ``search`` and return what each reported.
+
+    ``search`` maps a parameter to ``(kind, values)`` with kind ``grid``, ``choice``,
+    ``uniform`` or ``loguniform``; grids are crossed, random ones drawn ``num_samples`` times
+    (per grid point) with ``seed``. Each dict has ``trial_id``, ``config`` and the metrics of
+    :func:`occbench.harness.sweep.validation_objective`.
+    """
+    import shutil
+    import tempfile
+
+    # Tune's default loggers (CSV, JSON, TensorBoard per trial) are noise here: results go to
+    # the run store.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    owns = not ray.is_initialized()
+    if owns:
+        init_local_ray()
+    kinds = {"grid": tune.grid_search, "choice": tune.choice,
+             "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v)}
+    space = {k: kinds[kind](list(v)) for k, (kind, v) in search.items()}
+    nodes = RayRunner.nodes()
+    has_gpu = any(n.get("GPU", 0) > 0 for n in nodes)
+    gpus = 0.0 if device == "cpu" or not has_gpu else float(resources.gpus)
+    max_cpu = max((n.get("CPU", 0.0) for n in nodes), default=1.0)
+    trial_res = {"cpu": min(float(resources.cpus), max_cpu), "gpu": gpus}
+    probe = Job(method, {}, "", "", {}, "", "", None, "", 0, "image")
+    blob = RayRunner()._method_blob(probe)
+    trainable = tune.with_resources(
+        tune.with_parameters(_tune_trial, method=method, method_blob=blob,
+                             objective_args=objective_args), trial_res)
+    storage = tempfile.mkdtemp(prefix="occbench-tune-")
+    try:
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(
+                num_samples=num_samples, max_concurrent_trials=max_concurrent,
+                search_alg=BasicVariantGenerator(random_state=seed), reuse_actors=True),
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
+        )
+        grid = tuner.fit()
+        out: list[dict[str, Any]] = []
+        for r in grid:
+            m = dict(r.metrics or {})
+            keep = {k: m.get(k) for k in ("val_auc", "val_auc_items", "val_time_s",
+                                          "pseudo_anomalies", "error", "device")}
+            if r.error is not None and not keep.get("error"):
+                keep["error"] = f"{type(r.error).__name__}: {r.error}"[:500]
+            cfg = {k: v for k, v in (r.config or {}).items() if k in search}
+            out.append({"trial_id": str(m.get("trial_id", r.path.rsplit("/", 1)[-1])),
+                        "config": cfg, **keep})
+        return sorted(out, key=lambda d: d["trial_id"])
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+        if owns:
+            ray.shutdown()
+
+
+def resources_of(job: Job) -> Resources:
+    """What the job's method declares for these parameters."""
+    cls = registry.methods.get(job.method)
+    res = cls(**job.method_params).resources_for()
+    if not isinstance(res, Resources):
+        raise TypeError(f"method {job.method!r}: resources_for() returned {res!r}, "
+                        "not occbench.harness.api.Resources")
+    return res
+
+
+__all__ = ["DEFAULT_OBJECT_STORE_MB", "RayRunner", "init_local_ray", "resources_of",
+           "run_in_worker", "tune_search"]

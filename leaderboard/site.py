@@ -1,0 +1,473 @@
+"""The static leaderboard site: ``occbench board --site``.
+
+Layout of the output folder (every link relative, so ``index.html`` opens from disk)::
+
+    index.html                 overview: datasets × methods matrix, ranking, CD diagram
+    datasets/<slug>.html       sortable table, seed spread, per-class table, paired tests
+    methods/<slug>.html        description, parameters, results everywhere, published vs ours
+    runs/<job_id>.html         ROC, score over time (video) or per-class bars (images), record
+    sweeps.html                sweep sensitivity (when STORE/sweeps/*.parquet exist)
+    static/                    plotly.min.js (from the installed plotly), style.css, sort.js
+    data/*.csv                 the tables behind the pages
+
+Pages embed their data (no fetch of JSON: browsers refuse it on file://). jinja2 autoescapes
+everything; plotly labels from plugins go through :func:`plots.txt`. No timestamps, sorted
+iteration and fixed plot ids make the output a pure function of the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+from occbench.harness.store import RunStore
+from occbench.leaderboard import plots
+from occbench.leaderboard.analysis import Analysis, analyze, stable_seed, write_tables
+from occbench.leaderboard.stats import video_bootstrap
+from occbench.leaderboard.table import display_table, markdown
+
+MARKER = ".occbench-site"
+OWNED_DIRS = ("datasets", "methods", "runs", "static", "data")
+OWNED_FILES = ("index.html", "sweeps.html", "leaderboard.csv", "leaderboard.md", MARKER)
+
+
+class SiteError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# formatting helpers (also jinja filters)
+# ----------------------------------------------------------------------------------------------
+
+
+def _nan(v: Any) -> bool:
+    if v is None or v is pd.NA:
+        return True
+    try:
+        return bool(isinstance(v, float | np.floating) and math.isnan(v))
+    except TypeError:
+        return False
+
+
+def pct(v: Any, nd: int = 2) -> str:
+    """A fraction as a percentage string; ``—`` when missing."""
+    return "—" if _nan(v) else f"{float(v) * 100:.{nd}f}"
+
+
+def ci(lo: Any, hi: Any) -> str:
+    return "—" if _nan(lo) or _nan(hi) else f"[{pct(lo)}, {pct(hi)}]"
+
+
+def num(v: Any, nd: int = 1) -> str:
+    """A number with thousands separators; ``—`` when missing; other values as text."""
+    if _nan(v):
+        return "—"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if abs(f) >= 1e6:
+        return f"{f:.3g}"
+    return f"{f:,.{nd}f}"
+
+
+def sortval(v: Any) -> str:
+    """``data-v`` attribute for the sortable tables: a number, or empty for missing."""
+    if _nan(v):
+        return ""
+    if isinstance(v, bool | np.bool_):
+        return str(int(v))
+    if isinstance(v, int | float | np.integer | np.floating):
+        return repr(round(float(v), 8))
+    return str(v)
+
+
+def pval(v: Any) -> str:
+    if _nan(v):
+        return "—"
+    return "< 0.001" if float(v) < 0.001 else f"{float(v):.3f}"
+
+
+def slug(name: str) -> str:
+    """A file-name-safe slug; names that had to change get a short hash so they stay unique."""
+    s = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "x"
+    if s != name:
+        s = f"{s[:40]}-{hashlib.sha1(name.encode()).hexdigest()[:6]}"
+    return s
+
+
+# ----------------------------------------------------------------------------------------------
+# building
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SiteOptions:
+    """Knobs of the build: bootstrap replicates per video run, points per run page."""
+
+    n_boot: int = 1000
+    timeline_points: int = 12000
+    log_chars: int = 4000
+
+
+def _env() -> Environment:
+    env = Environment(loader=PackageLoader("occbench.site", "templates"),
+                      autoescape=select_autoescape(default=True, default_for_string=True),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                      keep_trailing_newline=True)
+    env.filters.update(pct=pct, ci=ci, num=num, sv=sortval, pval=pval, slug=slug)
+    return env
+
+
+def _static_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "site" / "static"
+
+
+def _prepare_out(out: Path) -> None:
+    """Make ``out`` ready: remove a previous build (only our own files), refuse foreign folders."""
+    if out.exists():
+        if not out.is_dir():
+            raise SiteError(f"{out} is a file; choose a folder for the site")
+        marker = (out / MARKER).exists()
+        foreign = [p.name for p in out.iterdir()
+                   if p.name not in OWNED_FILES and p.name not in OWNED_DIRS
+                   and not p.name.endswith(".csv")]
+        if foreign and not marker:
+            raise SiteError(f"{out} holds files that are not an occbench site ({foreign[:3]}); "
+                            "choose an empty or new folder for --out")
+        for d in OWNED_DIRS:
+            if (out / d).is_dir():
+                shutil.rmtree(out / d)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("occbench leaderboard site; rebuilt by `occbench board`\n")
+
+
+def _copy_static(out: Path) -> None:
+    import plotly.offline
+
+    st = out / "static"
+    st.mkdir(parents=True, exist_ok=True)
+    # plotly's own bundle, from the installed package: no CDN, works offline and on file://
+    (st / "plotly.min.js").write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
+    src = _static_dir()
+    for p in sorted(src.iterdir()):
+        if p.is_file() and p.suffix in (".css", ".js"):
+            shutil.copyfile(p, st / p.name)
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{str(k): v for k, v in r.items()} for r in df.to_dict(orient="records")]
+
+
+def _method_info(name: str) -> dict[str, Any]:
+    """What the registry knows of a plugin: description, version, default params, source."""
+    try:
+        from occbench.harness.registry import methods
+
+        e = methods.entry(name)
+        cls: Any = e.obj
+        return {"description": str(getattr(cls, "description", "") or (cls.__doc__ or "")),
+                "version": str(getattr(cls, "version", "")), "source": e.source,
+                "defaults": {k: repr(v) for k, v in sorted(cls.default_params().items())},
+                "modalities": sorted(getattr(cls, "modalities", []))}
+    except Exception:  # method not installed here (store from elsewhere): show what runs say
+        return {"description": "", "version": "", "source": "not installed", "defaults": {},
+                "modalities": []}
+
+
+def _dataset_info(name: str) -> dict[str, Any]:
+    try:
+        from occbench.harness.registry import datasets
+
+        e = datasets.entry(name)
+        cls: Any = e.obj
+        return {"description": str(getattr(cls, "description", "") or ""),
+                "version": str(getattr(cls, "version", "")), "source": e.source}
+    except Exception:
+        return {"description": "", "version": "", "source": "not installed"}
+
+
+class _Builder:
+    def __init__(self, store: RunStore, out: Path, a: Analysis, opts: SiteOptions) -> None:
+        self.store, self.out, self.a, self.opts = store, out, a, opts
+        self.env = _env()
+        self.written: list[Path] = []
+        labels = sorted(a.runs["label"].astype(str).unique()) if not a.runs.empty else []
+        dsets = sorted(a.runs["dataset"].astype(str).unique()) if not a.runs.empty else []
+        self.mslug = _unique_slugs(labels)
+        self.dslug = _unique_slugs(dsets)
+        # image run pages show their siblings (other classes, same seed): group once, not per run
+        img = a.runs[a.runs["modality"] == "image"] if not a.runs.empty else a.runs
+        self.siblings = {k: g.sort_values("normal_class", key=_class_sort_key)
+                         for k, g in img.groupby(["label", "dataset", "protocol", "seed"],
+                                                 sort=True)}
+
+    def render(self, rel: str, template: str, **ctx: Any) -> None:
+        depth = rel.count("/")
+        root = "../" * depth
+        html = self.env.get_template(template).render(
+            root=root, mslug=self.mslug, dslug=self.dslug, has_sweeps=bool(self.a.sweeps),
+            **ctx)
+        p = self.out / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(html, encoding="utf-8")
+        self.written.append(p)
+
+    # -- overview ------------------------------------------------------------------------------
+    def overview(self) -> None:
+        a = self.a
+        agg = a.agg[~a.agg["selected_on_test"]] if not a.agg.empty else a.agg
+        labels = sorted(a.runs["label"].astype(str).unique()) if not a.runs.empty else []
+        matrix = []
+        for ds in sorted(a.ranking_blocks):
+            pr = a.ranking_blocks[ds]
+            row = agg[(agg["dataset"] == ds) & (agg["protocol"] == pr)].set_index("method")
+            best = row["auc_mean"].max() if len(row) else math.nan
+            cells: list[dict[str, Any] | None] = []
+            for m in labels:
+                if m in row.index:
+                    r = row.loc[m]
+                    cells.append({"mean": r["auc_mean"], "lo": r["auc_lo"], "hi": r["auc_hi"],
+                                  "n": int(r["seeds"]),
+                                  "best": bool(r["auc_mean"] == best)})
+                else:
+                    cells.append(None)
+            matrix.append({"dataset": ds, "protocol": pr, "cells": cells,
+                           "modality": str(row["modality"].iloc[0]) if len(row) else ""})
+        fr = a.friedman
+        cd = plots.cd_figure(fr, a.rank_uncertainty, "cd-diagram") if fr else ""
+        ranks = []
+        if fr:
+            ru = a.rank_uncertainty.set_index("method")
+            for m in sorted(fr.methods, key=lambda m: (fr.avg_rank[m], m)):
+                ranks.append({"method": m, "avg": fr.avg_rank[m],
+                              "lo": ru.loc[m, "rank_lo"], "hi": ru.loc[m, "rank_hi"],
+                              "p_best": ru.loc[m, "p_best"]})
+        self.render("index.html", "index.html", labels=labels, matrix=matrix, friedman=fr,
+                    cd_div=Markup(cd), ranks=ranks, n_runs=len(a.runs),
+                    n_failed=len(self.store.failures()), n_boot=a.n_boot,
+                    datasets=sorted(self.dslug), methods=sorted(self.mslug),
+                    other_protocols=_other_protocols(a))
+
+    # -- dataset pages -------------------------------------------------------------------------
+    def dataset(self, ds: str) -> None:
+        a = self.a
+        runs = a.runs[a.runs["dataset"] == ds]
+        agg = a.agg[a.agg["dataset"] == ds]
+        pb = a.p_best[a.p_best["dataset"] == ds].set_index("method") if len(a.p_best) else None
+        tables = []
+        for pr, g in agg.groupby("protocol", sort=True):
+            rows = []
+            for r in _records(g):
+                r["p_best"] = (pb.loc[r["method"], "p_best"] if pb is not None
+                               and r["method"] in pb.index
+                               and a.ranking_blocks.get(ds) == pr
+                               and not r["selected_on_test"] else math.nan)
+                rows.append(r)
+            gpu = bool((g["gpu_hours"].fillna(0) > 0).any() or g["peak_gpu_mb"].notna().any())
+            tables.append({"protocol": pr, "rows": rows, "gpu": gpu,
+                           "ranked": a.ranking_blocks.get(ds) == pr})
+        seeds = a.seeds[(a.seeds["dataset"] == ds)]
+        spread = []
+        for i, (pr, g) in enumerate(seeds.groupby("protocol", sort=True)):
+            spread.append(Markup(plots.seed_spread_figure(
+                g, f"seed-spread-{i}", f"per-seed AUC — {ds} · {pr}")))
+        modality = str(runs["modality"].iloc[0]) if len(runs) else ""
+        class_tables = []
+        if modality == "image" and len(a.classes):
+            cl = a.classes[a.classes["dataset"] == ds]
+            for pr, g in cl.groupby("protocol", sort=True):
+                names = _sorted_classes(g["normal_class"].astype(str).unique())
+                by = {}
+                for (m, sot), gg in g.groupby(["method", "selected_on_test"], sort=True):
+                    cells = {str(c): r for c, r in zip(gg["normal_class"].astype(str),
+                                                      _records(gg), strict=True)}
+                    mean_row = agg[(agg["method"] == m) & (agg["protocol"] == pr)
+                                   & (agg["selected_on_test"] == sot)]
+                    by[(m, sot)] = {"method": m, "selected_on_test": sot,
+                                    "cells": [cells.get(c) for c in names],
+                                    "mean": mean_row["auc_mean"].iloc[0] if len(mean_row)
+                                    else math.nan}
+                class_tables.append({"protocol": pr, "classes": names,
+                                     "rows": [by[k] for k in sorted(by)]})
+        comp = _records(a.comparisons[a.comparisons["dataset"] == ds])
+        pubrows = a.published[(a.published["dataset"] == ds)
+                              & (a.published["status"] != "not reproduced")]
+        n_unrep = int(((a.published["dataset"] == ds)
+                       & (a.published["status"] == "not reproduced")).sum())
+        sweeps = [n for n, df in sorted(a.sweeps.items())
+                  if "dataset" in df.columns and ds in set(df["dataset"].astype(str))]
+        runrows = _records(runs.sort_values(["label", "protocol", "seed", "normal_class",
+                                             "job_id"], key=_class_sort_key))
+        self.render(f"datasets/{self.dslug[ds]}.html", "dataset.html", dataset=ds,
+                    info=_dataset_info(ds), modality=modality, tables=tables, spread=spread,
+                    class_tables=class_tables, comparisons=comp, published=_records(pubrows),
+                    n_unreproduced=n_unrep, sweeps=sweeps, runs=runrows,
+                    ranking_protocol=a.ranking_blocks.get(ds))
+
+    # -- method pages --------------------------------------------------------------------------
+    def method(self, label: str) -> None:
+        a = self.a
+        runs = a.runs[a.runs["label"] == label]
+        plugin = str(runs["method"].iloc[0])
+        versions = sorted(runs["method_version"].astype(str).unique())
+        params = []
+        seen = set()
+        for jid in runs["job_id"]:
+            p = (self.store.record(jid).get("job") or {}).get("method_params") or {}
+            key = json.dumps(p, sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                params.append({k: json.dumps(v, default=str) for k, v in sorted(p.items())})
+        params.sort(key=lambda d: json.dumps(d, sort_keys=True))
+        agg = _records(a.agg[a.agg["method"] == label])
+        pubrows = _records(a.published[a.published["method"] == label])
+        self.render(f"methods/{self.mslug[label]}.html", "method.html", label=label,
+                    plugin=plugin, info=_method_info(plugin), versions=versions,
+                    params=params[:20], n_param_sets=len(params), results=agg,
+                    published=pubrows)
+
+    # -- run pages -----------------------------------------------------------------------------
+    def run(self, row: dict[str, Any]) -> None:
+        jid = str(row["job_id"])
+        rec = self.store.record(jid)
+        sc = self.store.scores(jid)
+        figs = [plots.roc_figure(sc, "roc")]
+        boot = None
+        if row["modality"] == "video":
+            per_video_auc = (rec.get("metrics") or {}).get("per_video_auc") or {}
+            figs.insert(0, plots.score_timeline_figure(sc, "timeline",
+                                                       self.opts.timeline_points,
+                                                       per_video_auc))
+            if self.opts.n_boot > 0 and sc.loc[sc["score"].notna(), "label"].nunique() == 2:
+                boot = video_bootstrap(sc, self.opts.n_boot, stable_seed(jid, "videos"))
+        else:
+            same = self.siblings[(row["label"], row["dataset"], row["protocol"], row["seed"])]
+            figs.append(plots.class_bars_figure(
+                same["normal_class"].astype(str).tolist(), same["auc"].tolist(),
+                str(row["normal_class"]), "class-bars",
+                f"AUROC per normal class — {row['label']}, seed {row['seed']}"))
+            figs.append(plots.histogram_figure(sc, "hist"))
+        per_video = (rec.get("metrics") or {}).get("per_video_auc") or {}
+        log = self.store.log(jid)
+        if len(log) > self.opts.log_chars:
+            log = "… (truncated)\n" + log[-self.opts.log_chars:]
+        self.render(f"runs/{jid}.html", "run.html", run=row, record=json.dumps(
+            rec, indent=1, sort_keys=True, default=str), figs=[Markup(f) for f in figs],
+            boot=boot.as_dict() if boot else None, per_video=sorted(per_video.items()),
+            excluded=(rec.get("metrics") or {}).get("excluded_videos") or [], log=log,
+            protocol=rec.get("protocol") or {})
+
+    # -- sweeps --------------------------------------------------------------------------------
+    def sweeps(self) -> None:
+        items = []
+        for i, (name, df) in enumerate(sorted(self.a.sweeps.items())):
+            items.append(_sweep_item(i, name, df))
+        self.render("sweeps.html", "sweeps.html", sweeps=items)
+
+
+def _unique_slugs(names: Iterable[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for n in sorted(names):
+        s = slug(n)
+        while s in used:  # e.g. "A" and "a": second one gets a hash suffix
+            s = f"{s}-{hashlib.sha1((n + s).encode()).hexdigest()[:4]}"
+        used.add(s)
+        out[n] = s
+    return out
+
+
+def _sorted_classes(names: Iterable[str]) -> list[str]:
+    ns = list(names)
+    if all(n.isdigit() for n in ns):
+        return sorted(ns, key=int)
+    return sorted(ns)
+
+
+def _class_sort_key(col: pd.Series) -> pd.Series:
+    if col.name == "normal_class":
+        as_num = pd.to_numeric(col, errors="coerce")
+        if as_num.notna().all():
+            return as_num
+        return col.astype(str)
+    return col
+
+
+def _other_protocols(a: Analysis) -> list[str]:
+    if a.agg.empty:
+        return []
+    used = {(d, p) for d, p in a.ranking_blocks.items()}
+    return sorted({f"{d} · {p}" for d, p in zip(a.agg["dataset"], a.agg["protocol"], strict=True)
+                   if (d, p) not in used})
+
+
+#: Column-name hints for sweep records written by the Ray sweep (``occbench sweep``).
+_PARAM_PREFIXES = ("config/", "config.", "params/", "params.", "param_", "param.")
+_OBJECTIVE_NAMES = ("objective", "val_objective", "val_auc", "validation_auc", "val_score")
+_TEST_NAMES = ("test_auc", "test_auc_micro", "auc_test")
+
+
+def _sweep_item(i: int, name: str, df: pd.DataFrame) -> dict[str, Any]:
+    if "error" in df.columns and len(df.columns) == 1:
+        return {"name": name, "error": str(df["error"].iloc[0]), "figs": [], "top": [],
+                "columns": [], "n": 0}
+    params = [c for c in df.columns if str(c).startswith(_PARAM_PREFIXES)]
+    obj = [c for c in df.columns if c in _OBJECTIVE_NAMES] or \
+          [c for c in df.columns if str(c).startswith("val")]
+    test = [c for c in df.columns if c in _TEST_NAMES]
+    objectives = [*obj[:1], *test[:1]]
+    figs = []
+    for j, p in enumerate(sorted(params)[:8]):
+        if df[p].nunique(dropna=True) > 1 and objectives:
+            figs.append(Markup(plots.sweep_figure(df, p, objectives, f"sweep-{i}-{j}")))
+    show = [*sorted(params), *objectives]
+    if not show:
+        show = [str(c) for c in df.columns[:8]]
+    top = df.sort_values(objectives[0], ascending=False, kind="stable") if obj else df
+    rows = [[r.get(c) for c in show] for r in _records(top.head(10))]
+    return {"name": name, "error": None, "figs": figs, "columns": show, "top": rows,
+            "n": len(df), "objective": objectives[0] if objectives else None,
+            "test": test[0] if test else None}
+
+
+def build_site(store: RunStore | str | Path, out: str | Path,
+               published_path: str | Path | None = None,
+               options: SiteOptions | None = None) -> list[Path]:
+    """Build the whole site from ``store`` into ``out``; returns the HTML pages written."""
+    st = store if isinstance(store, RunStore) else RunStore(store)
+    if not st.runs_dir.exists():
+        raise SiteError(f"{st.path} is not a run store (no runs/ folder); run `occbench run` "
+                        "first or point --store at one")
+    opts = options or SiteOptions()
+    outp = Path(out)
+    _prepare_out(outp)
+    a = analyze(st, published_path, n_boot=opts.n_boot if opts.n_boot > 0 else 200)
+    _copy_static(outp)
+    data = outp / "data"
+    write_tables(a, data)
+    a.agg.to_csv(data / "leaderboard.csv", index=False, lineterminator="\n")
+    (data / "leaderboard.md").write_text(
+        markdown(display_table(a.agg)) + "\n" if not a.agg.empty else "No runs yet.\n")
+    b = _Builder(st, outp, a, opts)
+    b.overview()
+    for ds in sorted(b.dslug):
+        b.dataset(ds)
+    for m in sorted(b.mslug):
+        b.method(m)
+    for row in _records(a.runs):
+        b.run(row)
+    if a.sweeps:
+        b.sweeps()
+    return b.written

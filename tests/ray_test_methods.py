@@ -1,0 +1,97 @@
+"""Test-only methods for the Ray runner tests (registered at run time, shipped to workers).
+
+They are registered with ``registry.methods.register`` inside the tests; the Ray runner pickles
+run-time-registered classes by value, so Ray workers need not import this module.
+Scores are cheap image statistics (higher = brighter image), never meant to be good detectors.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from occbench.harness.api import Context, Data, ImageData, Method, Modality, Resources
+
+
+def _mean_score(test: Data) -> np.ndarray:
+    assert isinstance(test, ImageData)
+    return test.images.reshape(len(test), -1).mean(axis=1).astype(np.float64)
+
+
+class SleepProbe(Method):
+    """Sleeps ``sleep_s`` in fit and logs when it ran; declares ``gpus`` GPUs (may be fake)."""
+
+    name = "ray-probe"
+    modalities: ClassVar[frozenset[Modality]] = frozenset({"image"})
+
+    def __init__(self, sleep_s: float = 0.0, gpus: float = 0.0, cpus: float = 0.25,
+                 tag: str = "") -> None:
+        self.sleep_s = sleep_s
+        self.gpus = gpus
+        self.cpus = cpus
+        self.tag = tag
+
+    def resources_for(self) -> Resources:
+        return Resources(cpus=self.cpus, gpus=self.gpus, memory_mb=64)
+
+    def fit(self, train: Data, context: Context) -> SleepProbe:
+        t0 = time.time()
+        time.sleep(self.sleep_s)
+        context.logger.info("interval %.4f %.4f pid %d cuda %s", t0, time.time(), os.getpid(),
+                            os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return self
+
+    def score(self, test: Data, context: Context) -> Any:
+        return _mean_score(test)
+
+
+class PidSleeper(Method):
+    """Appends its pid to ``pid_file`` then sleeps ``sleep_s`` in the first ``slow_attempts``
+    attempts (later attempts finish at once), so a test can kill the worker mid-job."""
+
+    name = "ray-pid-sleeper"
+    modalities: ClassVar[frozenset[Modality]] = frozenset({"image"})
+    resources: ClassVar[Resources] = Resources(cpus=1, gpus=0, memory_mb=64)
+
+    def __init__(self, pid_file: str = "", sleep_s: float = 30.0, slow_attempts: int = 1) -> None:
+        self.pid_file = pid_file
+        self.sleep_s = sleep_s
+        self.slow_attempts = slow_attempts
+
+    def fit(self, train: Data, context: Context) -> PidSleeper:
+        p = Path(self.pid_file)
+        with p.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        attempt = len(p.read_text().split())
+        if attempt <= self.slow_attempts:
+            time.sleep(self.sleep_s)
+        return self
+
+    def score(self, test: Data, context: Context) -> Any:
+        return _mean_score(test)
+
+
+class Boom(Method):
+    """Raises in fit: a method error, which must be recorded once and never retried."""
+
+    name = "ray-boom"
+    modalities: ClassVar[frozenset[Modality]] = frozenset({"image"})
+    resources: ClassVar[Resources] = Resources(cpus=0.5, gpus=0, memory_mb=64)
+
+    def __init__(self, count_file: str = "") -> None:
+        self.count_file = count_file
+
+    def fit(self, train: Data, context: Context) -> Boom:
+        with open(self.count_file, "a") as f:
+            f.write("x\n")
+        raise RuntimeError("boom: deliberate failure")
+
+    def score(self, test: Data, context: Context) -> Any:  # pragma: no cover - never reached
+        return _mean_score(test)
+
+
+ALL = (SleepProbe, PidSleeper, Boom)

@@ -1,0 +1,200 @@
+"""The Ray runner on a real local Ray (one instance shared by the whole module).
+
+Covers: same scores as the serial runner, data reuse in workers, method errors not retried, a
+worker killed mid-job (retry, then give up), per-job time limits, Ctrl-C then resume, and two
+drivers on one store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import ray_test_methods as tm  # noqa: E402  (tests/ is on sys.path under pytest)
+
+from occbench.harness import registry  # noqa: E402
+from occbench.harness.driver import run_jobs  # noqa: E402
+from occbench.harness.ray_runner import RayRunner, init_local_ray  # noqa: E402
+from occbench.harness.runner import SerialRunner  # noqa: E402
+from occbench.harness.spec import Job, expand, spec_from_dict  # noqa: E402
+from occbench.harness.store import RunStore  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> Iterator[None]:
+    """One embedded Ray for the module, and the test-only methods registered."""
+    init_local_ray(num_cpus=2)
+    for cls in tm.ALL:
+        if cls.name not in registry.methods:
+            registry.methods.register(cls)
+    yield
+    for cls in tm.ALL:
+        registry.methods.unregister(cls.name)
+    ray.shutdown()
+
+
+def jobs_of(methods: list[dict[str, Any]], datasets: list[dict[str, Any]] | None = None,
+            seeds: tuple[int, ...] = (0,)) -> list[Job]:
+    datasets = datasets or [{"name": "digits", "classes": ["0"]}]
+    spec = spec_from_dict({"name": "t", "seeds": list(seeds), "methods": methods,
+                           "datasets": datasets})
+    return expand(spec).jobs
+
+
+def log_interval(store: RunStore, job_id: str) -> tuple[float, float]:
+    line = next(ln for ln in store.log(job_id).splitlines() if "interval" in ln)
+    parts = line.split("interval ", 1)[1].split()
+    return float(parts[0]), float(parts[1])
+
+
+def test_ray_scores_equal_serial_and_reuse_data(tmp_path: Path) -> None:
+    jobs = jobs_of(
+        [{"name": "ocsvm"}, {"name": "iforest", "params": {"n_estimators": 20}}],
+        [{"name": "digits", "classes": ["0", "1"]},
+         {"name": "toy-video", "params": {"seed": 0, "n_frames": 24}}],
+    )
+    assert len(jobs) == 6
+    serial, viaray = RunStore(tmp_path / "serial"), RunStore(tmp_path / "ray")
+    s1 = run_jobs(jobs, serial, SerialRunner())
+    runner = RayRunner(max_concurrent=1)  # one worker: every later job on a split reuses it
+    s2 = run_jobs(jobs, viaray, runner)
+    runner.close()
+    assert (s1.ok, s2.ok, s2.failed) == (6, 6, 0)
+    assert viaray.job_ids() == serial.job_ids()
+    for jid in serial.job_ids():
+        np.testing.assert_array_equal(serial.scores(jid)["raw"], viaray.scores(jid)["raw"])
+        assert serial.record(jid)["metrics"] == viaray.record(jid)["metrics"]
+    provs = [viaray.record(j.job_id)["provenance"] for j in jobs]
+    assert {p["runner"] for p in provs} == {"ray"}
+    assert all(p["device"] == "cpu" and p["ray_gpu_ids"] == [] for p in provs)
+    # ocsvm then iforest per split: the second job on each split finds it loaded
+    by_split: dict[tuple[Any, ...], list[str]] = {}
+    for j, p in zip(jobs, provs, strict=True):
+        by_split.setdefault((j.dataset, j.normal_class, p["ray_worker_pid"]), []).append(
+            p["data_cache"])
+    assert sum(v.count("miss") for v in by_split.values()) == len(by_split)
+    assert sum(v.count("hit") for v in by_split.values()) == 6 - len(by_split) > 0
+
+
+def test_method_error_recorded_not_retried(tmp_path: Path) -> None:
+    count = tmp_path / "count.txt"
+    jobs = jobs_of([{"name": "ray-boom", "params": {"count_file": str(count)}},
+                    {"name": "ray-probe"}])
+    store = RunStore(tmp_path / "store")
+    s = run_jobs(jobs, store, RayRunner(max_retries=3))
+    assert (s.ok, s.failed) == (1, 1)
+    assert count.read_text().split() == ["x"]  # ran exactly once
+    (fail,) = store.failures()
+    assert fail["error"]["type"] == "RuntimeError"
+    assert "boom: deliberate failure" in fail["error"]["traceback"]
+
+
+def _kill_pids(pid_files: dict[Path, int], stop: threading.Event) -> None:
+    """Kill -9 each new pid written to a file, at most ``n`` per file."""
+    killed: dict[Path, set[int]] = {p: set() for p in pid_files}
+    while not stop.is_set():
+        for p, n in pid_files.items():
+            if not p.exists():
+                continue
+            for pid in map(int, p.read_text().split()):
+                if pid not in killed[p] and len(killed[p]) < n:
+                    time.sleep(0.3)  # let the job get going
+                    os.kill(pid, signal.SIGKILL)
+                    killed[p].add(pid)
+        time.sleep(0.1)
+
+
+def test_killed_worker_is_retried_then_recorded(tmp_path: Path) -> None:
+    b = tmp_path / "b.pids"
+    jobs = jobs_of([
+        {"name": "ray-probe"},
+        {"name": "ray-pid-sleeper", "params": {"pid_file": str(b), "slow_attempts": 9}},
+    ])
+    store = RunStore(tmp_path / "store")
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_pids, args=({b: 2}, stop), daemon=True)
+    killer.start()
+    try:
+        s = run_jobs(jobs, store, RayRunner(max_retries=1))
+    finally:
+        stop.set()
+        killer.join()
+    # killed, retried once (a second pid), killed again, gave up; the rest of the grid ran
+    assert len(set(b.read_text().split())) == 2
+    assert (s.ok, s.failed) == (1, 1)
+    assert store.job_ids() == [jobs[0].job_id]
+    (fail,) = store.failures()
+    assert fail["job_id"] == jobs[1].job_id
+    assert fail["error"]["type"] == "WorkerDied" and "1 retries" in fail["error"]["message"]
+    # the store is intact: records parse, no half-written run folders, no lock left held
+    assert not [p for p in store.runs_dir.iterdir() if p.name.startswith(".")]
+    for jid in store.job_ids():
+        assert store.record(jid)["status"] == "ok" and len(store.scores(jid)) > 0
+    with store.claim(jobs[1].job_id) as got:
+        assert got
+
+
+def test_time_limit_stops_job(tmp_path: Path) -> None:
+    jobs = jobs_of([{"name": "ray-probe", "params": {"sleep_s": 60.0}}],
+                   [{"name": "digits", "classes": ["0"], "time_limit_s": 1.5}])
+    store = RunStore(tmp_path / "store")
+    t0 = time.perf_counter()
+    s = run_jobs(jobs, store, RayRunner())
+    assert time.perf_counter() - t0 < 20
+    assert (s.ok, s.failed) == (0, 1)
+    (fail,) = store.failures()
+    assert fail["status"] == "timeout" and fail["error"]["type"] == "TimeLimitExceeded"
+    assert 1.5 <= fail["provenance"]["wall_time_s"] < 10
+
+
+def test_ctrl_c_stops_scheduling_and_rerun_resumes(tmp_path: Path) -> None:
+    jobs = jobs_of([{"name": "ray-probe", "params": {"sleep_s": 0.6, "tag": str(i)}}
+                    for i in range(6)])
+    store = RunStore(tmp_path / "store")
+    seen: list[str] = []
+
+    def progress(event: str, job: Job, out: Any) -> None:
+        if event == "ok" and "ok" not in seen:  # first result in: press Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+        seen.append(event)
+
+    s1 = run_jobs(jobs, store, RayRunner(max_concurrent=2), progress=progress)
+    assert s1.interrupted and s1.stop_reason and "resume" in s1.stop_reason
+    assert s1.failed == 0 and 1 <= s1.ok < 6
+    s2 = run_jobs(jobs, store, RayRunner(max_concurrent=2))
+    assert s2.already_done == s1.ok and s2.ok == 6 - s1.ok and s2.failed == 0
+    assert len(store.job_ids()) == 6
+
+
+def test_two_drivers_never_run_a_job_twice(tmp_path: Path) -> None:
+    jobs = jobs_of([{"name": "ray-probe", "params": {"sleep_s": 0.3, "tag": str(i)}}
+                    for i in range(8)])
+    store = RunStore(tmp_path / "store")
+    summaries: list[Any] = [None, None]
+
+    def drive(i: int) -> None:
+        summaries[i] = run_jobs(jobs, store, RayRunner(max_concurrent=2))
+
+    threads = [threading.Thread(target=drive, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(s.ok for s in summaries) == 8
+    assert sum(s.ran for s in summaries) == 8 and not any(s.failed for s in summaries)
+    assert len(store.job_ids()) == 8 and not store.failures()
+    for jid in store.job_ids():  # each record written once, by one driver
+        assert json.loads((store.runs_dir / jid / "record.json").read_text())["job_id"] == jid
