@@ -66,7 +66,7 @@ _PACKAGES = ("occbench", "numpy", "torch", "scikit-learn", "scipy", "pandas", "r
 @lru_cache(maxsize=1)
 def static_provenance() -> dict[str, Any]:
     """What does not change between jobs of one process: versions, git SHA, hardware."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for p in _PACKAGES:
         try:
             versions[p] = metadata.version(p)

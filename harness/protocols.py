@@ -106,7 +106,7 @@ class Protocol:
         scores, labs = self.process(raw, labels)
         if self.modality == "image":
             y, s = labs[""], scores[""]
-            m = {"auc": roc_auc(y, s), "eer": eer(y, s)}
+            m: dict[str, Any] = {"auc": roc_auc(y, s), "eer": eer(y, s)}
             m.update(n_items=len(y), n_anomalous=int(y.sum()))
         else:
             m = frame_metrics(scores, labs)

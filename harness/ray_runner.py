@@ -140,7 +140,9 @@ def init_local_ray(num_cpus: int | None = None, num_gpus: int | None = None,
                    object_store_mb: int | None = None) -> None:
     """Start an embedded, quiet local Ray sized to this machine (no dashboard, no worker logs)."""
     store = object_store_mb * 2**20 if object_store_mb else _object_store_bytes()
-    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus,
+    # address="local": always a new instance, never a cluster that `ray start` (or a test's
+    # simulated cluster) left recorded in /tmp/ray
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus,
              object_store_memory=store, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING, configure_logging=True)
 
@@ -356,9 +358,8 @@ class RayRunner(Runner):
 def _tune_trial(config: dict[str, Any], method: str, method_blob: bytes | None,
                 objective_args: tuple[Any, ...]) -> None:
     """A Tune function trainable: report the sweep's validation objective for ``config``."""
-    from ray import tune
-
     from occbench.harness.sweep import validation_objective
+    from ray import tune
 
     if method_blob is not None and method not in registry.methods:
         registry.methods.register(cloudpickle.loads(method_blob),
@@ -420,7 +421,8 @@ def tune_search(*, method: str, search: Mapping[str, tuple[str, Sequence[Any]]],
         )
         grid = tuner.fit()
         out: list[dict[str, Any]] = []
-        for r in grid:
+        for i in range(len(grid)):
+            r = grid[i]
             m = dict(r.metrics or {})
             keep = {k: m.get(k) for k in ("val_auc", "val_auc_items", "val_time_s",
                                           "pseudo_anomalies", "error", "device")}

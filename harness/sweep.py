@@ -55,7 +55,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from occbench.harness import registry
 from occbench.harness.api import Data, ImageData, Method, Video, VideoData
 from occbench.harness.spec import Job, SpecError, make_dataset, resolve_method
@@ -274,7 +273,7 @@ def make_validation(train: Data, fraction: float, rng: np.random.Generator,
     image (images), or corrupt the middle third of each held-out video's frames (video)."""
     if isinstance(train, ImageData):
         n = len(train)
-        k = max(2, int(round(n * fraction)))
+        k = max(2, round(n * fraction))
         if n - k < 2:
             raise ValueError(f"{n} training images are too few to hold out a validation split")
         perm = rng.permutation(n)
@@ -289,7 +288,7 @@ def make_validation(train: Data, fraction: float, rng: np.random.Generator,
     videos = list(train.videos)
     if len(videos) < 2:
         raise ValueError("video validation holds out whole training videos: need at least 2")
-    k = max(1, int(round(len(videos) * fraction)))
+    k = max(1, round(len(videos) * fraction))
     k = min(k, len(videos) - 1)
     order = rng.permutation(len(videos))
     held = [videos[i] for i in order[:k]]
@@ -397,7 +396,9 @@ def run_sweep(sw: SweepSpec, store: Any, runner: Any, data_root: str | None = No
     from occbench.harness.driver import run_jobs
 
     if tune is None:
-        from occbench.harness.ray_runner import tune_search as tune
+        from occbench.harness.ray_runner import tune_search
+
+        tune = tune_search
     cls = _method_class(sw)
     res = cls(**{**cls.default_params(), **sw.params}).resources_for()
     sweep_dict = {k: v for k, v in sw.__dict__.items()}

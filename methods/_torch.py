@@ -45,7 +45,7 @@ def select_device(context_device: str, requested: str = "auto") -> torch.device:
 
 
 def wants_gpu(requested: str) -> bool:
-    """True when a method parameter ``device`` asks for (or may use) a GPU: for ``resources_for``."""
+    """True when a method parameter ``device`` asks for (or may use) a GPU."""
     return requested in ("auto", "cuda") or str(requested).startswith("cuda")
 
 

@@ -26,12 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
-from torch import nn
-
 from occbench.harness.api import Context, Data, ImageData, Method, Video, VideoData, split_frames
 from occbench.methods.augment import AUGMENTATIONS, make_anomalies
 from occbench.methods.dcae import TORCH_RESOURCES, batched, seed_torch, to_tensor, torch_device
+from sklearn.metrics import roc_auc_score
+from torch import nn
 
 
 class AdaclNet(nn.Module):

@@ -73,7 +73,7 @@ def rotate(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     For non-square images the rotated array is resampled to ``(H, W)`` by nearest neighbour.
     """
     _check(images)
-    n, h, w, _ = images.shape
+    n = images.shape[0]
     ks = rng.choice([1, 3], size=n)
     out = np.empty_like(images)
     for i in range(n):
@@ -96,7 +96,7 @@ def mixup_rotated(images: np.ndarray, rng: np.random.Generator,
     """``lam * x + (1 - lam) * rot(x)`` with ``lam ~ U(low, high)`` and rot by 90°, 180° or 270°."""
     _check(images)
     n = images.shape[0]
-    lam = rng.uniform(low, high, size=n)
+    lam = np.asarray(rng.uniform(low, high, size=n), dtype=np.float64)
     ks = rng.choice([1, 2, 3], size=n)
     out = np.empty_like(images)
     for i in range(n):

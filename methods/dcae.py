@@ -1,4 +1,4 @@
-"""Deep convolutional autoencoder (DCAE) baseline, and the small torch helpers the image methods share.
+"""Deep convolutional autoencoder (DCAE) baseline, plus torch helpers the image methods share.
 
 The LeNet-type encoder/decoder follow Ruff et al. 2018 (Deep SVDD): 5x5 convolutions without
 bias, batch norm without affine parameters, leaky ReLU and 2x2 max pooling; grey images use
@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from occbench.harness.api import Context, Data, ImageData, Method, Resources
+from torch import nn
 
 # -----------------------------------------------------------------------------------------------
 # Shared helpers (kept here, not in a separate package module, so this file works on its own)
@@ -61,12 +60,12 @@ def require_images(data: Data, method: str) -> np.ndarray:
 def padded_size(h: int, w: int, multiple: int, minimum: int = 8) -> tuple[int, int]:
     """Smallest ``(H', W') >= (h, w)`` (and ``>= minimum``) divisible by ``multiple``."""
     def up(v: int) -> int:
-        return max(minimum, int(math.ceil(v / multiple)) * multiple)
+        return max(minimum, math.ceil(v / multiple) * multiple)
     return up(h), up(w)
 
 
 def to_tensor(images: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """``uint8 (N, H, W, C)`` → ``float32 (N, C, H', W')`` in [0, 1], bilinearly resized to ``size``."""
+    """``uint8 (N, H, W, C)`` → ``float32 (N, C, H', W')`` in [0, 1], resized to ``size``."""
     # A copy: inputs may be read-only memmaps, which torch cannot wrap.
     x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
     if size is not None and tuple(x.shape[-2:]) != tuple(size):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from occbench.harness.api import Context, Data, Method
 from occbench.methods.dcae import (
     TORCH_RESOURCES,
@@ -106,10 +105,8 @@ class DeepSVDD(Method):
             for i in range(0, len(x), self.batch_size):
                 xb = x[perm[i:i + self.batch_size]].to(dev)
                 d = ((net(xb) - c) ** 2).sum(1)
-                if soft:
-                    loss = r2 + (1 / self.nu) * torch.clamp(d - r2, min=0).mean()
-                else:
-                    loss = d.mean()
+                loss = (r2 + (1 / self.nu) * torch.clamp(d - r2, min=0).mean() if soft
+                        else d.mean())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

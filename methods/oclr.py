@@ -32,8 +32,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from occbench.harness.api import Context, Data, Method
 from occbench.methods.dcae import (
     TORCH_RESOURCES,
@@ -45,6 +43,7 @@ from occbench.methods.dcae import (
     to_tensor,
     torch_device,
 )
+from torch import nn
 
 
 def _encoder(channels: int, width: int, nz: int, size: int) -> nn.Sequential:
@@ -200,7 +199,8 @@ class OCLR(Method):
                     opt_d = torch.optim.Adam(D.parameters(), lr=self.lr, betas=betas)
                 sums += [float(loss_g), float(loss_d), float(loss_g2), float(l_irec)]
                 n += 1
-            h = dict(zip(["loss_g", "loss_d", "loss_g2", "l_irec"], (sums / max(n, 1)).tolist()))
+            h = dict(zip(["loss_g", "loss_d", "loss_g2", "l_irec"], (sums / max(n, 1)).tolist(),
+                         strict=True))
             h["epoch"] = ep + 1
             self.history_.append(h)
             context.logger.debug("oclr epoch %d: %s", ep + 1, h)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
-
 from occbench.harness import registry
 from occbench.harness.api import Context, ImageData, Method, Video, VideoData
 from occbench.methods import augment
@@ -16,6 +14,7 @@ from occbench.methods.adacl import ADACL, AdaclNet
 from occbench.methods.dcae import DCAE
 from occbench.methods.deep_svdd import DeepSVDD
 from occbench.methods.oclr import OCLR
+from sklearn.metrics import roc_auc_score
 
 # -- toy data --------------------------------------------------------------------------------
 
@@ -83,10 +82,10 @@ def test_rotation_is_90_or_270_and_puzzle_permutes_quarters() -> None:
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, size=(20, 8, 8, 1)).astype(np.uint8)
     r = augment.rotate(x, np.random.default_rng(4))
-    for a, b in zip(x, r):
+    for a, b in zip(x, r, strict=True):
         assert (np.array_equal(b, np.rot90(a, 1)) or np.array_equal(b, np.rot90(a, 3)))
     p = augment.puzzle(x, np.random.default_rng(5))
-    for a, b in zip(x, p):
+    for a, b in zip(x, p, strict=True):
         qa = sorted(a[i:i + 4, j:j + 4].tobytes() for i in (0, 4) for j in (0, 4))
         qb = sorted(b[i:i + 4, j:j + 4].tobytes() for i in (0, 4) for j in (0, 4))
         assert qa == qb  # same four quarters, new order

@@ -1,0 +1,206 @@
+"""``occbench refresh`` (the CI entry) and ``occbench sweep`` (Ray Tune hyperparameter sweeps)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from occbench.harness.cli import DataRootOpt, StoreOpt, _data_root, _fail, console, err
+
+RunnerOpt = Annotated[str | None, typer.Option(help="serial or ray (default: ray if available).")]
+AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster address (auto, ray://...); "
+                                                "default: start an embedded local Ray.")]
+MaxConcOpt = Annotated[int | None, typer.Option(help="Most jobs in flight at once.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda (see `occbench run`).")]
+
+#: Where ``occbench sweep NAME`` looks for NAME.toml when NAME is not a file.
+SWEEP_DIRS = (Path("benchmarks/sweeps"), Path(__file__).resolve().parents[1] / "benchmarks" /
+              "sweeps")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(refresh)
+    app.command()(sweep)
+
+
+# --------------------------------------------------------------------------------------------
+# refresh
+# --------------------------------------------------------------------------------------------
+
+
+def refresh(
+    spec: Annotated[str, typer.Argument(help="Spec TOML file, or a built-in spec name.")],
+    store: StoreOpt = Path("runs"),
+    check: Annotated[bool, typer.Option("--check", help="Only report what would run: exit 0 "
+                                        "if nothing, 1 if some job would run.")] = False,
+    board_out: Annotated[Path, typer.Option(help="Where the board tables go.")] = Path("board"),
+    site_out: Annotated[Path | None, typer.Option(help="Where the static site goes (default: "
+                                                  "BOARD_OUT/site).")] = None,
+    data_root: DataRootOpt = None,
+    runner: RunnerOpt = None,
+    address: AddressOpt = None,
+    max_concurrent: MaxConcOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Run exactly the jobs of SPEC whose content hash is not in the store, then rebuild the board.
+
+    A job is new when its method version or parameters, dataset fingerprint, protocol or seed
+    changed. Exit status: 0 all good; 1 a job failed (or, with --check, something would run);
+    2 bad input.
+    """
+    from occbench.harness.cli import run as run_cmd
+    from occbench.harness.refresh import plan_refresh
+    from occbench.harness.spec import SpecError, expand, load_spec
+    from occbench.harness.store import RunStore, StoreError
+
+    root = _data_root(data_root)
+    try:
+        plan = expand(load_spec(spec), root)
+    except (SpecError, ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    st = RunStore(store)
+    try:
+        rp = plan_refresh(plan.jobs, st)
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"{len(rp.up_to_date)} jobs up to date in {escape(str(store))}, "
+                  f"{len(rp.to_run)} to run"
+                  + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(rp.reasons().items()))})"
+                     if rp.to_run else ""))
+    if rp.to_run:
+        t = Table("job", "job id", "why it runs")
+        for j, why in rp.to_run[:200]:
+            t.add_row(escape(j.display), j.job_id, escape(why))
+        console.print(t)
+        if len(rp.to_run) > 200:
+            console.print(f"... and {len(rp.to_run) - 200} more")
+    if check:
+        raise typer.Exit(1 if rp.to_run else 0)
+    code = 0
+    if rp.to_run:
+        try:
+            run_cmd(spec=spec, store=store, data_root=data_root, runner=runner, address=address,
+                    max_concurrent=max_concurrent, device=device, board=False, check_data=True)
+        except typer.Exit as exc:
+            code = int(exc.exit_code or 0)
+        if code not in (0, 1):
+            raise typer.Exit(code)
+    for f in rebuild_board(st, board_out, site_out):
+        console.print(f"wrote {escape(str(f))}")
+    raise typer.Exit(code)
+
+
+def rebuild_board(store: Any, board_out: Path, site_out: Path | None = None) -> list[Path]:
+    """Write the board tables and, when the static site builder exists, the site."""
+    from occbench.leaderboard.table import write_board
+
+    _, files = write_board(store, board_out)
+    out = [Path(f) for f in files]
+    try:
+        site = importlib.import_module("occbench.leaderboard.site")
+    except ImportError as exc:
+        if getattr(exc, "name", "") != "occbench.leaderboard.site":
+            raise
+        return out
+    build_site = getattr(site, "build_site", None)
+    if callable(build_site):
+        target = site_out or board_out / "site"
+        build_site(store, target)
+        out.append(target)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# sweep
+# --------------------------------------------------------------------------------------------
+
+
+def _find_sweep(name: str) -> Path:
+    p = Path(name)
+    if p.exists():
+        return p
+    for d in SWEEP_DIRS:
+        if (d / f"{name}.toml").exists():
+            return d / f"{name}.toml"
+    known = sorted({q.stem for d in SWEEP_DIRS if d.exists() for q in d.glob("*.toml")})
+    raise _fail(f"sweep {name!r} not found: give a TOML file (see docs/ray.md), or one of "
+                f"{known}")
+
+
+def sweep(
+    sweep_file: Annotated[str, typer.Argument(help="Sweep TOML file (or the name of one in "
+                                              "benchmarks/sweeps).")],
+    store: StoreOpt = Path("runs"),
+    data_root: DataRootOpt = None,
+    runner: Annotated[str, typer.Option(help="Runner of the full jobs: ray or serial.")] = "ray",
+    address: AddressOpt = None,
+    max_concurrent: MaxConcOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Hyperparameter sweep of one method on one dataset with Ray Tune.
+
+    Trials are selected on a validation split of normal training data (with pseudo anomalies);
+    each config's full jobs go to the store and the table to STORE/sweeps/NAME.parquet.
+    """
+    from occbench.harness.cli import make_runner
+    from occbench.harness.store import RunStore, StoreError
+    from occbench.harness.sweep import SweepError, load_sweep, run_sweep, search_values
+
+    root = _data_root(data_root)
+    try:
+        sw = load_sweep(_find_sweep(sweep_file))
+    except SweepError as exc:
+        raise _fail(str(exc)) from None
+    st = RunStore(store)
+    try:
+        st.init()
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"sweep [bold]{escape(sw.name)}[/bold]: {escape(sw.method)} on "
+                  f"{escape(sw.dataset)}, {'; '.join(escape(s) for s in search_values(sw.search))}"
+                  f", selected on {sw.select_on}")
+    if sw.selected_on_test:
+        err.print("[yellow]select_on = \"test\": configs are chosen on test labels; every record "
+                  "is marked selected_on_test=true[/yellow]")
+    r = make_runner(runner, device, address, max_concurrent)
+    try:
+        if hasattr(r, "connect"):
+            r.connect()  # one Ray for Tune and the jobs
+        result = run_sweep(sw, st, r, root)
+    finally:
+        r.close()
+    tab = result.table
+    pcols = [c for c in tab.columns if c.startswith("param_")]
+    t = Table(*[c.removeprefix("param_") for c in pcols], "val AUC %", "test AUC %", "best")
+    for row in tab.sort_values(pcols).itertuples(index=False):
+        d = row._asdict()
+        t.add_row(*[escape(_fmt(d[c])) for c in pcols], _pct(d["val_auc"]), _pct(d["test_auc"]),
+                  "★" if d["best"] else "")
+    console.print(t)
+    if result.best is not None:
+        cfg = {c.removeprefix("param_"): result.best[c] for c in pcols}
+        console.print(f"best by {sw.select_on}: {escape(str(cfg))} (val AUC "
+                      f"{_pct(result.best['val_auc'])}, test AUC {_pct(result.best['test_auc'])})")
+    console.print(f"wrote {escape(str(result.path))}")
+    errors = tab["trial_error"].dropna() if "trial_error" in tab else []
+    for e in errors:
+        err.print(f"[red]trial failed[/red]: {escape(str(e))}")
+    if result.failed_jobs or len(errors):
+        raise typer.Exit(1)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _pct(v: Any) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "—"
+    return "—" if f != f else f"{100 * f:.2f}"

@@ -1,0 +1,83 @@
+"""What ``occbench refresh`` would run, and why.
+
+A job runs when its content hash (method, parameters and version; dataset, parameters, version
+and fingerprint; normal class; protocol; seed) is not in the store. To tell CI *why*, each such
+job is compared with the stored runs of the same method, dataset, normal class and seed, and the
+identity fields that differ are named (``method_version 1 → 2``); a job with no such neighbour
+is ``new``, one with a recorded failure ``previously failed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from occbench.harness.spec import Job, canonical_json
+from occbench.harness.store import RunStore
+
+#: Identity fields that can change between two runs of the same method/dataset/class/seed.
+_COMPARED = ("method_version", "method_params", "dataset_version", "dataset_params",
+             "dataset_fingerprint", "protocol", "fast", "selected_on_test")
+
+
+@dataclass
+class RefreshPlan:
+    """The spec's jobs split into those already stored and those to run (with reasons)."""
+
+    up_to_date: list[Job] = field(default_factory=list)
+    to_run: list[tuple[Job, str]] = field(default_factory=list)
+
+    @property
+    def jobs(self) -> list[Job]:
+        return [j for j, _ in self.to_run]
+
+    def reasons(self) -> dict[str, int]:
+        """How many jobs run for each kind of reason (the first field named in each)."""
+        out: dict[str, int] = {}
+        for _, why in self.to_run:
+            key = why.split(" ", 1)[0] if not why.startswith("previously") else "failed"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+
+def _key(d: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (d.get("method"), d.get("label") or d.get("method"), d.get("dataset"),
+            d.get("normal_class"), d.get("seed"))
+
+
+def _short(v: Any) -> str:
+    s = canonical_json(v) if isinstance(v, dict | list) else str(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def explain(job: Job, neighbours: Iterable[Mapping[str, Any]]) -> str:
+    """Why ``job`` is not in the store, compared with stored jobs of the same key."""
+    mine = job.identity()
+    best: list[str] | None = None
+    for other in neighbours:
+        diffs = [f"{k} {_short(other.get(k))} → {_short(mine.get(k))}" for k in _COMPARED
+                 if canonical_json(other.get(k)) != canonical_json(mine.get(k))]
+        if diffs and (best is None or len(diffs) < len(best)):
+            best = diffs
+    return "; ".join(best) if best else "new"
+
+
+def plan_refresh(jobs: Iterable[Job], store: RunStore) -> RefreshPlan:
+    """Split ``jobs`` into stored ones and ones to run, each with the reason it must run."""
+    plan = RefreshPlan()
+    index: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    failed = {f["job_id"] for f in store.failures()} if store.path.exists() else set()
+    for rec in (store.records() if store.runs_dir.exists() else []):
+        index.setdefault(_key(rec["job"]), []).append(rec["job"])
+    for j in jobs:
+        if store.has(j.job_id):
+            plan.up_to_date.append(j)
+        elif j.job_id in failed:
+            plan.to_run.append((j, "previously failed"))
+        else:
+            plan.to_run.append((j, explain(j, index.get(_key(j.to_dict()), []))))
+    return plan
+
+
+__all__ = ["RefreshPlan", "explain", "plan_refresh"]
