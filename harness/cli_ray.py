@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from occbench.harness.cli import DataRootOpt, StoreOpt, _data_root, _fail, console, err
 from rich.markup import escape
 from rich.table import Table
-
-from occbench.harness.cli import DataRootOpt, StoreOpt, _data_root, _fail, console, err
 
 RunnerOpt = Annotated[str | None, typer.Option(help="serial or ray (default: ray if available).")]
 AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster address (auto, ray://...); "

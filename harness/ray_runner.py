@@ -140,6 +140,9 @@ def init_local_ray(num_cpus: int | None = None, num_gpus: int | None = None,
                    object_store_mb: int | None = None) -> None:
     """Start an embedded, quiet local Ray sized to this machine (no dashboard, no worker logs)."""
     store = object_store_mb * 2**20 if object_store_mb else _object_store_bytes()
+    # A private instance on this machine: Ray's notice that it generated an auth token for it
+    # is noise on every `occbench run`.
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     # address="local": always a new instance, never a cluster that `ray start` (or a test's
     # simulated cluster) left recorded in /tmp/ray
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus,
@@ -388,9 +391,8 @@ def tune_search(*, method: str, search: Mapping[str, tuple[str, Sequence[Any]]],
     import shutil
     import tempfile
 
-    # Tune's default loggers (CSV, JSON, TensorBoard per trial) are noise here: results go to
-    # the run store.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # The legacy console reporter honours verbose=0 (the new one prints a banner per sweep).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 

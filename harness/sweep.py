@@ -329,14 +329,21 @@ def validation_objective(sweep: dict[str, Any], data_root: str | None, device: s
 
     ``sweep`` is :class:`SweepSpec` as a dict (plain data travels to workers cheaply).
     """
+    from occbench.harness.api import labels_blocked
+
+    with labels_blocked():  # a trial has no business with test labels
+        return _validation_objective(SweepSpec(**sweep), data_root, device, config)
+
+
+def _validation_objective(sw: SweepSpec, data_root: str | None, device: str,
+                          config: Mapping[str, Any]) -> dict[str, Any]:
     import logging
     import tempfile
 
     from occbench.harness.api import Context
-    from occbench.harness.execute import _load_split, install_label_guard
+    from occbench.harness.execute import _load_split
 
-    install_label_guard()  # a trial has no business with test labels
-    sw = SweepSpec(**sweep)
+
     cls = registry.methods.get(sw.method)
     params = {**cls.default_params(), **sw.params, **{k: _plain(v) for k, v in config.items()}}
     ds = make_dataset(sw.dataset, sw.dataset_params, data_root)

@@ -1,0 +1,97 @@
+"""The command line, through typer's runner: run → board → export, list, validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from occbench.harness.cli import app
+
+runner = CliRunner()
+
+SPEC = """
+name = "cli"
+seeds = [0, 1]
+[[methods]]
+name = "iforest"
+params = { n_estimators = 20 }
+[[methods]]
+name = "ocsvm"
+[[datasets]]
+name = "digits"
+classes = ["0", "7"]
+[[datasets]]
+name = "toy-video"
+params = { n_train = 2, n_test = 3, n_frames = 40 }
+"""
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli")
+    (d / "spec.toml").write_text(SPEC)
+    r = runner.invoke(app, ["run", str(d / "spec.toml"), "--store", str(d / "store"),
+                            "--runner", "serial"])
+    assert r.exit_code == 0, r.output
+    assert "12 ok, 0 failed" in r.output
+    return d
+
+
+def test_table_aucs_recompute_from_export(finished: Path) -> None:
+    r = runner.invoke(app, ["board", "--store", str(finished / "store"), "--out",
+                            str(finished / "board")])
+    assert r.exit_code == 0, r.output
+    board = pd.read_csv(finished / "board" / "leaderboard.csv")
+    assert set(board.method) == {"iforest", "ocsvm"} and (board.seeds == 2).all()
+    r = runner.invoke(app, ["export", "--store", str(finished / "store"), "--out",
+                            str(finished / "exp")])
+    assert r.exit_code == 0, r.output
+    runs = pd.read_csv(finished / "exp" / "runs.csv")
+    scores = pd.read_csv(finished / "exp" / "scores.csv", keep_default_na=True)
+    per_run = {}
+    for jid, g in scores.dropna(subset=["score"]).groupby("job_id"):
+        per_run[jid] = roc_auc_score(g.label, g.score)
+    runs["auc_re"] = runs.job_id.map(per_run)
+    for (method, dataset), g in runs.groupby(["job.method", "job.dataset"]):
+        # seed value = mean over classes; board = mean over seeds
+        per_seed = g.groupby("job.seed").auc_re.mean()
+        row = board[(board.method == method) & (board.dataset == dataset)].iloc[0]
+        assert per_seed.mean() == pytest.approx(row.auc_mean, abs=1e-12)
+
+
+def test_rerun_runs_nothing(finished: Path) -> None:
+    r = runner.invoke(app, ["run", str(finished / "spec.toml"), "--store",
+                            str(finished / "store"), "--runner", "serial", "--no-board"])
+    assert r.exit_code == 0, r.output
+    assert "ran 0 jobs" in r.output and "12 already done" in r.output
+
+
+def test_bad_spec_fails_before_any_job(tmp_path: Path) -> None:
+    (tmp_path / "s.toml").write_text(SPEC.replace('name = "ocsvm"', 'name = "ocsmv"'))
+    r = runner.invoke(app, ["run", str(tmp_path / "s.toml"), "--store", str(tmp_path / "st"),
+                            "--runner", "serial"])
+    assert r.exit_code == 2
+    assert "did you mean 'ocsvm'" in r.output
+    assert not (tmp_path / "st").exists()
+
+
+def test_list_and_validate() -> None:
+    r = runner.invoke(app, ["list", "methods"])
+    assert r.exit_code == 0 and "ocsvm" in r.output and "occbench" in r.output
+    r = runner.invoke(app, ["list", "protocols"])
+    assert "video-minmax@1" in r.output
+    r = runner.invoke(app, ["validate", "iforest", "-p", "n_estimators=10"])
+    assert r.exit_code == 0, r.output
+    assert "PASS" in r.output
+    r = runner.invoke(app, ["validate", "plugins_for_tests:NaNScores"])
+    assert r.exit_code == 1 and "FAIL" in r.output and "non-finite" in r.output
+
+
+@pytest.mark.parametrize("verb", ["run", "board", "export", "list", "validate", "store"])
+def test_every_verb_has_help(verb: str) -> None:
+    r = runner.invoke(app, [verb, "--help"])
+    assert r.exit_code == 0 and "Usage" in r.output
