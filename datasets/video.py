@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,6 +45,7 @@ from occbench.harness.api import (
 )
 
 DATA_ROOT_ENV = "OCCBENCH_DATA_ROOT"
+log = logging.getLogger(__name__)
 
 # Official per-video test frame counts (public facts of the releases), used to cut the
 # concatenated label files when not every test video is present on disk.
@@ -303,8 +305,19 @@ class VideoDataset(Dataset):
 
     def _frames(self, src: VideoSource, cache: FrameCache | None) -> np.ndarray:
         size, channels = self._size(), self._channels()
-        if cache is None:
-            return np.stack(list(src.decode(size, channels)))
+        if cache is not None:
+            try:
+                return self._cached(src, cache, size, channels)
+            except PermissionError as exc:  # e.g. a read-only shared cache: decode in memory
+                log.warning("frame cache unusable (%s); decoding %s in memory", exc, src.path)
+        frames = list(src.decode(size, channels))
+        if not frames:
+            raise DatasetFormatError(f"{src.path}: no frames could be decoded; replace the file")
+        return np.stack(frames)
+
+    def _cached(
+        self, src: VideoSource, cache: FrameCache, size: tuple[int, int] | None, channels: int
+    ) -> np.ndarray:
         return cache.get(
             dataset=self.name, source_dir=src.path.parent, video_id=src.video_id,
             fingerprint=src.fingerprint(), size=size, channels=channels,

@@ -67,11 +67,16 @@ def board(
         serve_dir(out, port)
 
 
+def make_server(folder: Path, port: int) -> http.server.ThreadingHTTPServer:
+    """An HTTP server for ``folder`` bound to 127.0.0.1 (port 0 = any free port)."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    return http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+
+
 def serve_dir(folder: Path, port: int) -> None:
     """Serve ``folder`` on 127.0.0.1 only (not the network) until interrupted."""
-    handler = functools.partial(_QuietHandler, directory=str(folder))
     try:
-        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        httpd = make_server(folder, port)
     except OSError as exc:
         raise _fail(f"cannot serve on 127.0.0.1:{port} ({exc}); pick another --port") from exc
     console.print(f"serving {escape(str(folder))} on http://127.0.0.1:{httpd.server_port}/ "

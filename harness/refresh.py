@@ -51,13 +51,23 @@ def _short(v: Any) -> str:
     return s if len(s) <= 40 else s[:37] + "..."
 
 
+def _diff(key: str, old: Any, new: Any) -> list[str]:
+    """``key old → new``; for parameter dicts one entry per changed parameter."""
+    if canonical_json(old) == canonical_json(new):
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [f"{key}.{k} {_short(old.get(k, '(unset)'))} → {_short(new.get(k, '(unset)'))}"
+                for k in sorted(set(old) | set(new))
+                if canonical_json(old.get(k)) != canonical_json(new.get(k))]
+    return [f"{key} {_short(old)} → {_short(new)}"]
+
+
 def explain(job: Job, neighbours: Iterable[Mapping[str, Any]]) -> str:
     """Why ``job`` is not in the store, compared with stored jobs of the same key."""
     mine = job.identity()
     best: list[str] | None = None
     for other in neighbours:
-        diffs = [f"{k} {_short(other.get(k))} → {_short(mine.get(k))}" for k in _COMPARED
-                 if canonical_json(other.get(k)) != canonical_json(mine.get(k))]
+        diffs = [d for k in _COMPARED for d in _diff(k, other.get(k), mine.get(k))]
         if diffs and (best is None or len(diffs) < len(best)):
             best = diffs
     return "; ".join(best) if best else "new"

@@ -117,7 +117,7 @@ class SiteOptions:
     """Knobs of the build: bootstrap replicates per video run, points per run page."""
 
     n_boot: int = 1000
-    timeline_points: int = 12000
+    timeline_points: int = 6000
     log_chars: int = 4000
 
 

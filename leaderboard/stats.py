@@ -53,9 +53,9 @@ def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tup
     n = len(x)
     if n < 2:
         return (math.nan, math.nan)
-    mean = float(x.mean())
     if np.ptp(x) == 0.0:  # identical seeds (deterministic method): the interval is the point
-        return (mean, mean)
+        return (float(x[0]), float(x[0]))
+    mean = float(x.mean())
     sem = float(x.std(ddof=1)) / math.sqrt(n)
     lo, hi = stats.t.interval(level, n - 1, loc=mean, scale=sem)
     return (float(lo), float(hi))
@@ -77,8 +77,10 @@ def summarize(df: pd.DataFrame, keys: list[str], value: str, level: float = 0.95
             lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
         kk = k if isinstance(k, tuple) else (k,)
         std = math.nan if len(x) < 2 else 0.0 if np.ptp(x) == 0 else float(x.std(ddof=1))
+        # identical values: take one exactly (a float mean of equal numbers can be off by 1 ulp)
+        mean = math.nan if not len(x) else float(x[0]) if np.ptp(x) == 0 else float(x.mean())
         rows.append({**dict(zip(keys, kk, strict=True)),
-                     f"{value}_mean": float(x.mean()) if len(x) else math.nan,
+                     f"{value}_mean": mean,
                      f"{value}_std": std,
                      f"{value}_n": len(x), f"{value}_lo": lo, f"{value}_hi": hi})
     cols = [*keys, *(f"{value}_{s}" for s in ("mean", "std", "n", "lo", "hi"))]

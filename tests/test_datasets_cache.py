@@ -89,3 +89,31 @@ def test_clip_helpers() -> None:
     assert tuple(batch.shape) == (2, 4, 2, 1, 1)
     s = idx.sample(3, np.random.default_rng(0))
     assert s.shape == (3, 4, 2, 1, 1)
+
+
+def test_concurrent_builders_decode_once(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    frames = fakes.synthetic_frames(6, 8, 10)
+    calls: list[int] = []
+
+    def decode():  # type: ignore[no-untyped-def]
+        calls.append(1)
+        time.sleep(0.2)  # keep the first builder busy while the second one arrives
+        yield from frames
+
+    out: list[np.ndarray] = []
+
+    def build() -> None:
+        out.append(FrameCache(tmp_path).get(
+            dataset="x", source_dir=tmp_path, video_id="v", fingerprint="f", size=None,
+            channels=3, decode=decode, n_frames_hint=6))
+
+    threads = [threading.Thread(target=build) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(out) == 3
+    assert all(np.array_equal(o, frames) for o in out)

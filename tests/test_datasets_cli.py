@@ -40,6 +40,10 @@ def test_data_root_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert resolve_data_root(None) == Path("/from/env")
     assert resolve_data_root("/from/cli") == Path("/from/cli")
     monkeypatch.delenv("OCCBENCH_DATA_ROOT")
+    cfg.write_text('data_root = "data"\n')  # relative to the config file
+    assert resolve_data_root(None) == (cfg.parent / "data").resolve()
+    monkeypatch.setenv("OCCBENCH_DATA_ROOT", "/from/env")
+    monkeypatch.delenv("OCCBENCH_DATA_ROOT")
     cfg.write_text("data_root = [unclosed")
     with pytest.raises(ValueError, match=r"config.toml"):
         resolve_data_root(None)

@@ -163,3 +163,14 @@ def test_concatenated_labels_wrong_length(tmp_path: Path) -> None:
     np.save(tmp_path / "shanghaitech" / "frame_labels_shanghai.npy", np.zeros((1, 5), np.uint8))
     rep = ShanghaiTech(tmp_path).check()
     assert any("frame_labels_shanghai.npy: 5 concatenated" in e for e in rep.errors), rep.errors
+
+
+def test_avenue_official_release_folder_names(tmp_path: Path) -> None:
+    # the official zips unpack to "Avenue Dataset/" and "ground_truth_demo/testing_label_mask/"
+    info = fakes.write_avenue(tmp_path / "Avenue Dataset", train_lengths=(4,), test_lengths=(5, 4))
+    d = tmp_path / "Avenue Dataset"
+    (d / "ground_truth_demo").mkdir()
+    (d / "testing_label_mask").rename(d / "ground_truth_demo" / "testing_label_mask")
+    ds = Avenue(tmp_path, size=[8, 8])
+    assert _same(dict(ds.test_labels().per_video), info["labels"])
+    assert ds.check().ok

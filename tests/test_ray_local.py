@@ -198,3 +198,61 @@ def test_two_drivers_never_run_a_job_twice(tmp_path: Path) -> None:
     assert len(store.job_ids()) == 8 and not store.failures()
     for jid in store.job_ids():  # each record written once, by one driver
         assert json.loads((store.runs_dir / jid / "record.json").read_text())["job_id"] == jid
+
+
+# --------------------------------------------------------------------------------------------
+# refresh and sweep (CLI and Tune) on the same Ray
+# --------------------------------------------------------------------------------------------
+
+
+def test_refresh_check_runs_only_changed_jobs(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from occbench.harness.cli import app
+
+    spec = tmp_path / "spec.toml"
+    text = ('name = "r"\nseeds = [0]\n[[methods]]\nname = "ocsvm"\nparams = { nu = 0.1 }\n'
+            '[[datasets]]\nname = "digits"\nclasses = ["0"]\n')
+    spec.write_text(text)
+    store, board = tmp_path / "store", tmp_path / "board"
+    cli = CliRunner()
+    args = ["refresh", str(spec), "--store", str(store), "--board-out", str(board)]
+    r = cli.invoke(app, [*args, "--check"])
+    assert r.exit_code == 1 and "1 to run" in r.output and "new" in r.output
+    r = cli.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert (board / "leaderboard.csv").exists() and len(RunStore(store).job_ids()) == 1
+    r = cli.invoke(app, [*args, "--check"])
+    assert r.exit_code == 0 and "0 to run" in r.output
+    spec.write_text(text.replace("nu = 0.1", "nu = 0.3"))  # a changed parameter: a new job
+    r = cli.invoke(app, [*args, "--check"])
+    assert r.exit_code == 1 and "method_params.nu 0.1 → 0.3" in r.output
+
+
+def test_sweep_selects_on_validation_and_writes_table(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from occbench.harness.sweep import run_sweep, sweep_from_dict
+
+    base = {"name": "sw", "method": "ocsvm", "dataset": "digits", "classes": ["0"],
+            "seeds": [0], "search": {"nu": {"grid": [0.05, 0.5]}}}
+    store = RunStore(tmp_path / "store").init()
+    runner = RayRunner()
+    res = run_sweep(sweep_from_dict(base), store, runner)
+    t = res.table
+    assert len(t) == 2 and sorted(t["param_nu"]) == [0.05, 0.5]
+    assert t["val_auc"].between(0.5, 1.0).all() and t["test_auc"].between(0.5, 1.0).all()
+    assert t["best"].sum() == 1 and t.loc[t["best"], "val_auc"].item() == t["val_auc"].max()
+    assert not t["selected_on_test"].any() and (t["trial_error"].isna()).all()
+    assert res.path == store.path / "sweeps" / "sw.parquet"
+    pd.testing.assert_frame_equal(pd.read_parquet(res.path), t)
+    ids = [i for js in t["job_ids"] for i in json.loads(js)]
+    assert sorted(ids) == store.job_ids()
+    rec = store.record(ids[0])
+    assert rec["job"]["tags"]["sweep"] == "sw" and rec["job"]["selected_on_test"] is False
+    # the same sweep again: the full jobs are found in the store; selecting on test is marked
+    res2 = run_sweep(sweep_from_dict({**base, "select_on": "test",
+                                      "search": {"nu": {"grid": [0.05]}}}), store, runner)
+    assert res2.table["selected_on_test"].all()
+    (jid,) = json.loads(res2.table["job_ids"].item())
+    assert jid not in ids and store.record(jid)["job"]["selected_on_test"] is True
