@@ -268,7 +268,12 @@ class RayRunner(Runner):
                     job = queue.pop(0)
                     if not claim(job):
                         continue
-                    opts, infeasible = self.task_options(job, nodes)
+                    try:
+                        opts, infeasible = self.task_options(job, nodes)
+                    except Exception as exc:  # a method whose resources_for() is broken
+                        done(job, failed_output(job, type(exc).__name__,
+                                                f"resources_for() failed: {exc}", 0.0))
+                        continue
                     if infeasible:
                         done(job, failed_output(job, "Infeasible", infeasible, 0.0))
                         continue

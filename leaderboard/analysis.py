@@ -95,7 +95,7 @@ def analyze(store: RunStore | str | Path, published_path: str | Path | None = No
     seeds = per_seed(runs) if not runs.empty else pd.DataFrame()
     agg = aggregate(runs, level)
     classes = per_class(runs, level) if not runs.empty else pd.DataFrame()
-    comp = comparisons(runs) if not runs.empty else comparisons(runs.assign())
+    comp = comparisons(runs)
     blocks = ranking_protocols(runs) if not runs.empty else {}
     fr, ru, pb = None, pd.DataFrame(columns=["method", "rank_mean", "rank_lo", "rank_hi",
                                              "p_best"]), []

@@ -13,7 +13,6 @@ HTML in labels, so it is entity-escaped to show literally. Long series are reduc
 from __future__ import annotations
 
 import html
-import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -45,6 +44,8 @@ def _layout(**kw: Any) -> dict[str, Any]:
         "paper_bgcolor": "white", "plot_bgcolor": "white",
     }
     base.update(kw)
+    if isinstance(base.get("title"), dict):  # left-aligned: the mode bar sits on the right
+        base["title"] = {"x": 0.01, "xanchor": "left", **base["title"]}
     for ax in ("xaxis", "yaxis"):
         base[ax] = {**_AXIS, **base.get(ax, {})}
     return base
@@ -150,7 +151,7 @@ def score_timeline_figure(scores: pd.DataFrame, div_id: str, total_points: int =
 
     buttons = [{"label": txt(v), "method": "update",
                 "args": [{"visible": [j == i for j in range(len(vids))]},
-                         {"shapes": shapes_per[i], "title": {"text": title(v)}}]}
+                         {"shapes": shapes_per[i], "title.text": title(v)}]}
                for i, v in enumerate(vids)]
     layout = _layout(
         title={"text": title(vids[0]) if vids else ""}, xaxis={"title": {"text": "frame"}},
@@ -187,7 +188,8 @@ def class_bars_figure(classes: Sequence[str], aucs: Sequence[float], highlight: 
     data = [{"type": "bar", "x": [txt(c) for c in classes], "y": _r(aucs),
              "marker": {"color": cols}, "hovertemplate": "class %{x}: %{y}<extra></extra>"}]
     finite = [a for a in aucs if a is not None and not math.isnan(a)]
-    lo = max(0.0, math.floor((min(finite) - 0.05) * 10) / 10) if finite else 0.0
+    # chance level (0.5) is the honest floor; below it the axis starts at 0
+    lo = 0.5 if finite and min(finite) >= 0.5 else 0.0
     layout = _layout(title={"text": txt(title)},
                      xaxis={"title": {"text": "normal class"}, "type": "category"},
                      yaxis={"title": {"text": "AUROC"}, "range": [lo, 1]})
@@ -237,7 +239,8 @@ def cd_figure(fr: FriedmanResult, ranks: pd.DataFrame, div_id: str) -> str:
         title={"text": f"average rank over {len(fr.blocks)} datasets (Nemenyi CD = "
                        f"{fr.cd:.2f} at α = {fr.alpha})"},
         xaxis={"title": {"text": "average rank (1 = best)"},
-               "range": [0.5, max(k, 1 + fr.cd) + 0.8], "dtick": 1, "showgrid": True},
+               "range": [0.5, max(k, 1 + fr.cd) + 0.8], "tickvals": list(range(1, k + 1)),
+               "showgrid": True},
         yaxis={"visible": False, "range": [-0.4 - 0.25 * len(cliques), k + 1.6]},
         shapes=shapes, showlegend=False,
         annotations=[{"x": 1 + fr.cd / 2, "y": k + 1, "text": "critical difference",
@@ -256,8 +259,11 @@ def sweep_figure(df: pd.DataFrame, param: str, objectives: Sequence[str], div_id
              "mode": "markers", "name": txt(o),
              "marker": {"color": COLORS[i % len(COLORS)], "size": 7}}
             for i, o in enumerate(objectives)]
-    layout = _layout(title={"text": f"sensitivity to {txt(param)}"},
-                     xaxis={"title": {"text": txt(param)},
-                            **({} if numeric else {"type": "category"})},
+    xaxis: dict[str, Any] = {"title": {"text": txt(param)}}
+    if not numeric:
+        xaxis["type"] = "category"
+    elif (xv > 0).all() and xv.max() / xv.min() > 100:  # e.g. learning rates: log scale
+        xaxis["type"] = "log"
+    layout = _layout(title={"text": f"sensitivity to {txt(param)}"}, xaxis=xaxis,
                      yaxis={"title": {"text": "value"}}, legend={"orientation": "h", "y": -0.3})
     return to_div(data, layout, div_id, 320)

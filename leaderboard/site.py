@@ -73,6 +73,8 @@ def num(v: Any, nd: int = 1) -> str:
     """A number with thousands separators; ``—`` when missing; other values as text."""
     if _nan(v):
         return "—"
+    if isinstance(v, bool | np.bool_):
+        return "yes" if v else ""
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -131,7 +133,10 @@ def _env() -> Environment:
 
 
 def _static_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "site" / "static"
+    """``occbench.site``'s ``static/`` folder (CSS and the table-sorting script)."""
+    import occbench.site
+
+    return Path(occbench.site.__file__).resolve().parent / "static"
 
 
 def _prepare_out(out: Path) -> None:
@@ -332,11 +337,12 @@ class _Builder:
                 params.append({k: json.dumps(v, default=str) for k, v in sorted(p.items())})
         params.sort(key=lambda d: json.dumps(d, sort_keys=True))
         agg = _records(a.agg[a.agg["method"] == label])
-        pubrows = _records(a.published[a.published["method"] == label])
+        mine = a.published[a.published["method"] == label]
+        rep = mine["status"] != "not reproduced"
         self.render(f"methods/{self.mslug[label]}.html", "method.html", label=label,
                     plugin=plugin, info=_method_info(plugin), versions=versions,
                     params=params[:20], n_param_sets=len(params), results=agg,
-                    published=pubrows)
+                    published=_records(mine[rep]), unreproduced=_records(mine[~rep]))
 
     # -- run pages -----------------------------------------------------------------------------
     def run(self, row: dict[str, Any]) -> None:
@@ -420,26 +426,35 @@ _TEST_NAMES = ("test_auc", "test_auc_micro", "auc_test")
 
 
 def _sweep_item(i: int, name: str, df: pd.DataFrame) -> dict[str, Any]:
+    """One sweep table (``occbench sweep``: ``param_*``, ``val_auc``, ``test_auc``, ``best``...)
+    as plots of each parameter against the objectives, and its top trials."""
     if "error" in df.columns and len(df.columns) == 1:
         return {"name": name, "error": str(df["error"].iloc[0]), "figs": [], "top": [],
-                "columns": [], "n": 0}
-    params = [c for c in df.columns if str(c).startswith(_PARAM_PREFIXES)]
-    obj = [c for c in df.columns if c in _OBJECTIVE_NAMES] or \
-          [c for c in df.columns if str(c).startswith("val")]
-    test = [c for c in df.columns if c in _TEST_NAMES]
+                "columns": [], "n": 0, "objective": None, "test": None, "on_test": False,
+                "meta": {}}
+    params = sorted(str(c) for c in df.columns if str(c).startswith(_PARAM_PREFIXES))
+    obj = [c for c in _OBJECTIVE_NAMES if c in df.columns] or \
+          sorted(str(c) for c in df.columns if str(c).startswith("val") and
+                 pd.api.types.is_numeric_dtype(df[c]))
+    test = [c for c in _TEST_NAMES if c in df.columns]
     objectives = [*obj[:1], *test[:1]]
+    on_test = bool("selected_on_test" in df.columns and df["selected_on_test"].fillna(False)
+                   .astype(bool).any())
     figs = []
-    for j, p in enumerate(sorted(params)[:8]):
+    for j, p in enumerate(params[:8]):
         if df[p].nunique(dropna=True) > 1 and objectives:
             figs.append(Markup(plots.sweep_figure(df, p, objectives, f"sweep-{i}-{j}")))
-    show = [*sorted(params), *objectives]
-    if not show:
-        show = [str(c) for c in df.columns[:8]]
-    top = df.sort_values(objectives[0], ascending=False, kind="stable") if obj else df
+    extra = [c for c in ("best", "trial_error") if c in df.columns and df[c].notna().any()
+             and not (c == "best" and not df[c].any())]
+    show = [*params, *objectives, *extra] or [str(c) for c in df.columns[:8]]
+    key = (test[:1] if on_test else obj[:1]) or objectives[:1]
+    top = df.sort_values(key[0], ascending=False, kind="stable") if key else df
     rows = [[r.get(c) for c in show] for r in _records(top.head(10))]
+    meta = {c: str(df[c].iloc[0]) for c in ("method", "dataset", "selected_on")
+            if c in df.columns and len(df)}
     return {"name": name, "error": None, "figs": figs, "columns": show, "top": rows,
             "n": len(df), "objective": objectives[0] if objectives else None,
-            "test": test[0] if test else None}
+            "test": test[0] if test else None, "on_test": on_test, "meta": meta}
 
 
 def build_site(store: RunStore | str | Path, out: str | Path,

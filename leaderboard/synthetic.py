@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from occbench.harness.protocols import get_protocol
 from occbench.harness.store import RECORD_SCHEMA, RunStore, scores_frame
 
@@ -75,16 +74,17 @@ def make_store(path: str | Path, methods: Sequence[SynthMethod] = DEFAULT_METHOD
             for ds in image_datasets:
                 for c in range(classes):
                     y = (rng.random(n_images) < 0.5).astype(np.int8)
-                    raw = rng.standard_normal(n_images) + d * y
-                    labels = {"": y}
+                    img_raw = {"": rng.standard_normal(n_images) + d * y}
+                    img_labels = {"": y}
                     p = get_protocol("image@1")
-                    metrics = p.evaluate({"": raw}, labels)
-                    ev, _ = p.process({"": raw}, labels)
+                    metrics = p.evaluate(img_raw, img_labels)
+                    ev, _ = p.process(img_raw, img_labels)
                     jid = _job_id(m.name, ds, c, s)
                     st.write_run(_record(m, ds, "image", str(c), s, "image@1", metrics, jid,
-                                         gpus, {}), scores_frame({"": raw}, ev, labels))
+                                         gpus, {}), scores_frame(img_raw, ev, img_labels))
             for ds in video_datasets:
-                labels, raw = {}, {}
+                labels: dict[str, np.ndarray] = {}
+                raw: dict[str, np.ndarray] = {}
                 for v in range(n_videos):
                     y = np.zeros(frames, np.int8)
                     a = int(rng.integers(frames // 5, frames // 2))

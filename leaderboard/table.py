@@ -68,6 +68,7 @@ def runs_frame(store: RunStore | str | Path) -> pd.DataFrame:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     df["gpu_hours"] = df["wall_time_s"] * df["gpus"] / 3600.0
     df["normal_class"] = df["normal_class"].astype(object)
+    df["selected_on_test"] = df["selected_on_test"].astype(bool)  # also when there are no runs
     return df.sort_values("job_id", kind="stable").reset_index(drop=True)
 
 

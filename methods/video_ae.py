@@ -51,6 +51,9 @@ from torch import nn
 
 #: Channel widths of the Gong et al. 3D AE (encoder; the decoder mirrors them).
 BASE_CHANNELS = (96, 128, 256, 256)
+#: Frame size and channel multiplier used under ``Context.fast`` (at most).
+FAST_SIZE = 32
+FAST_WIDTH = 0.125
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,7 +241,7 @@ class Ae3dMethod(Method):
     Parameters (defaults = the LNTRA release on Ped2): ``epochs`` 60, ``batch_size`` 4, ``lr``
     1e-4, ``size`` 256, ``clip_len`` 16, ``width`` 1.0 (channel multiplier; tests use ~0.1).
     ``max_steps`` > 0 caps optimiser steps (0 = no cap); ``Context.fast`` caps them at
-    ``fast_steps``. ``precision`` "bf16" | "fp32", ``channels_last``, ``compile``: speed switches
+    ``fast_steps`` and shrinks frames to at most 32 px and ``width`` to at most 1/8. ``precision`` "bf16" | "fp32", ``channels_last``, ``compile``: speed switches
     (GPU only). ``device`` "auto" (the harness's choice) | "cpu" | "cuda[:N]"; ``gpus`` is the GPU
     share one job asks the scheduler for (e.g. 0.25 to run four jobs on one GPU).
     """
@@ -252,7 +255,7 @@ class Ae3dMethod(Method):
 
     def __init__(self, epochs: int = 60, batch_size: int = 4, lr: float = 1e-4,
                  size: int = 256, clip_len: int = 16, width: float = 1.0, max_steps: int = 0,
-                 fast_steps: int = 4, score_batch_size: int = 16, precision: str = "bf16",
+                 fast_steps: int = 2, score_batch_size: int = 16, precision: str = "bf16",
                  channels_last: bool = True, compile: bool = False, device: str = "auto",
                  gpus: float = 1.0) -> None:
         self.epochs = epochs
@@ -320,7 +323,11 @@ class Ae3dMethod(Method):
         self._fmt = fmt
         log = context.logger
 
-        bank = FrameBank.build(train, self.size, dev)
+        # Context.fast (tests, CI): a small model on small frames for a few steps; the clip length
+        # stays, so the declared temporal context still holds
+        self._S = min(self.size, FAST_SIZE) if context.fast else self.size
+        width = min(self.width, FAST_WIDTH) if context.fast else self.width
+        bank = FrameBank.build(train, self._S, dev)
         starts = bank.clip_starts(self.clip_len)
         per_epoch = len(starts) // self.batch_size
         if per_epoch == 0:
@@ -333,7 +340,7 @@ class Ae3dMethod(Method):
             total = min(total, self.fast_steps)
         self._prepare(bank, rng, dev)
 
-        model = AE3D(self.width).to(dev)
+        model = AE3D(width).to(dev)
         model = model.to(memory_format=fmt)  # type: ignore[call-overload]
         opt = torch.optim.Adam(model.parameters(), lr=self.lr,
                                fused=True if dev.type == "cuda" else None)
@@ -395,7 +402,7 @@ class Ae3dMethod(Method):
             raise RuntimeError(f"{self.name}: score() called before fit()")
         dev = self._dev
         fmt = T.memory_format(dev, self.channels_last, 5)
-        bank = FrameBank.build(test, self.size, dev)
+        bank = FrameBank.build(test, self._S, dev)
         model = self._step_model
         self.model_.eval()
         L, mid = self.clip_len, self.clip_len // 2
@@ -441,7 +448,7 @@ class LntraSkip(Ae3dMethod):
 
     def __init__(self, epochs: int = 60, batch_size: int = 4, lr: float = 1e-4,
                  size: int = 256, clip_len: int = 16, width: float = 1.0, max_steps: int = 0,
-                 fast_steps: int = 4, score_batch_size: int = 16, precision: str = "bf16",
+                 fast_steps: int = 2, score_batch_size: int = 16, precision: str = "bf16",
                  channels_last: bool = True, compile: bool = False, device: str = "auto",
                  gpus: float = 1.0, p: float = 0.2,
                  skips: Sequence[int] = (2, 3, 4, 5)) -> None:
@@ -493,7 +500,7 @@ class LntraPatch(Ae3dMethod):
 
     def __init__(self, epochs: int = 60, batch_size: int = 4, lr: float = 1e-4,
                  size: int = 256, clip_len: int = 16, width: float = 1.0, max_steps: int = 0,
-                 fast_steps: int = 4, score_batch_size: int = 16, precision: str = "bf16",
+                 fast_steps: int = 2, score_batch_size: int = 16, precision: str = "bf16",
                  channels_last: bool = True, compile: bool = False, device: str = "auto",
                  gpus: float = 1.0, p: float = 0.2, alpha: float = 0.5, beta: int = 10,
                  intruder: str = "noise") -> None:
@@ -512,7 +519,7 @@ class LntraPatch(Ae3dMethod):
     def _plan_epoch(self, bank: FrameBank, starts: np.ndarray, rng: np.random.Generator
                     ) -> dict[str, np.ndarray]:
         plan = super()._plan_epoch(bank, starts, rng)
-        n, B, L, S = starts.size, self.batch_size, self.clip_len, self.size
+        n, B, L, S = starts.size, self.batch_size, self.clip_len, self._S
         pseudo = rng.random(n) < self.p
         cw = np.maximum(10, (rng.uniform(0, self.alpha, n) * S).astype(np.int64))
         ch = np.maximum(10, (rng.uniform(0, self.alpha, n) * S).astype(np.int64))
@@ -532,7 +539,7 @@ class LntraPatch(Ae3dMethod):
 
     def _make_input(self, x: torch.Tensor, plan: dict[str, torch.Tensor],
                     step: int) -> torch.Tensor:
-        S = self.size
+        S = self._S
         img = self._intr[plan["which"][step]].unsqueeze(1).float().mul_(1 / 127.5).sub_(1)
         if img.shape[-1] != S or img.shape[-2] != S:
             img = F.interpolate(img, size=(S, S), mode="bilinear", align_corners=True)
@@ -556,7 +563,7 @@ class _LatentConstriction(Ae3dMethod):
 
     def __init__(self, epochs: int = 60, batch_size: int = 4, lr: float = 1e-4,
                  size: int = 256, clip_len: int = 16, width: float = 1.0, max_steps: int = 0,
-                 fast_steps: int = 4, score_batch_size: int = 16, precision: str = "bf16",
+                 fast_steps: int = 2, score_batch_size: int = 16, precision: str = "bf16",
                  channels_last: bool = True, compile: bool = False, device: str = "auto",
                  gpus: float = 1.0, lam: float = 0.1, alpha: float = 1.0) -> None:
         super().__init__(epochs, batch_size, lr, size, clip_len, width, max_steps, fast_steps,

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-
 from occbench.harness.api import Context, Data, ImageData, Method, Modality, Resources
 
 

@@ -7,9 +7,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
-from sklearn.metrics import roc_auc_score
-
 from occbench.harness.protocols import eer as protocol_eer
 from occbench.leaderboard.stats import (
     NEMENYI_Q05,
@@ -26,6 +23,8 @@ from occbench.leaderboard.stats import (
     t_interval,
     video_bootstrap,
 )
+from scipy import stats
+from sklearn.metrics import roc_auc_score
 
 # -- t interval --------------------------------------------------------------------------------
 

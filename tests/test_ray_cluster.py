@@ -16,13 +16,12 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import ray_test_methods as tm  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
-
 from occbench.harness import registry  # noqa: E402
 from occbench.harness.driver import run_jobs  # noqa: E402
 from occbench.harness.ray_runner import RayRunner  # noqa: E402
 from occbench.harness.spec import expand, spec_from_dict  # noqa: E402
 from occbench.harness.store import RunStore  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -35,7 +34,7 @@ def cluster() -> Iterator[dict[str, Any]]:
     c.wait_for_nodes()
     ray.init(address=c.address, log_to_driver=False)
     registry.methods.register(tm.SleepProbe)
-    yield {"gpu_node_id": gpu_node.node_id, "head_node_id": c.head_node.node_id}
+    yield {"gpu_node_id": gpu_node.node_id}
     registry.methods.unregister(tm.SleepProbe.name)
     ray.shutdown()
     c.shutdown()
@@ -81,4 +80,5 @@ def test_gpu_jobs_fail_fast_when_no_node_has_enough(cluster: dict[str, Any],
     s = run_jobs(expand(spec).jobs, store, RayRunner(device="cuda"))
     assert s.failed == 1
     (fail,) = store.failures()
-    assert fail["error"]["type"] == "Infeasible" and "largest node has 1" in fail["error"]["message"]
+    assert fail["error"]["type"] == "Infeasible"
+    assert "largest node has 1" in fail["error"]["message"]

@@ -22,7 +22,6 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import ray_test_methods as tm  # noqa: E402  (tests/ is on sys.path under pytest)
-
 from occbench.harness import registry  # noqa: E402
 from occbench.harness.driver import run_jobs  # noqa: E402
 from occbench.harness.ray_runner import RayRunner, init_local_ray  # noqa: E402
@@ -206,9 +205,8 @@ def test_two_drivers_never_run_a_job_twice(tmp_path: Path) -> None:
 
 
 def test_refresh_check_runs_only_changed_jobs(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
     from occbench.harness.cli import app
+    from typer.testing import CliRunner
 
     spec = tmp_path / "spec.toml"
     text = ('name = "r"\nseeds = [0]\n[[methods]]\nname = "ocsvm"\nparams = { nu = 0.1 }\n'
@@ -231,7 +229,6 @@ def test_refresh_check_runs_only_changed_jobs(tmp_path: Path) -> None:
 
 def test_sweep_selects_on_validation_and_writes_table(tmp_path: Path) -> None:
     import pandas as pd
-
     from occbench.harness.sweep import run_sweep, sweep_from_dict
 
     base = {"name": "sw", "method": "ocsvm", "dataset": "digits", "classes": ["0"],
@@ -250,9 +247,4 @@ def test_sweep_selects_on_validation_and_writes_table(tmp_path: Path) -> None:
     assert sorted(ids) == store.job_ids()
     rec = store.record(ids[0])
     assert rec["job"]["tags"]["sweep"] == "sw" and rec["job"]["selected_on_test"] is False
-    # the same sweep again: the full jobs are found in the store; selecting on test is marked
-    res2 = run_sweep(sweep_from_dict({**base, "select_on": "test",
-                                      "search": {"nu": {"grid": [0.05]}}}), store, runner)
-    assert res2.table["selected_on_test"].all()
-    (jid,) = json.loads(res2.table["job_ids"].item())
-    assert jid not in ids and store.record(jid)["job"]["selected_on_test"] is True
+    # (select_on = "test" marking: tests/test_ray_sweep_spec.py, without paying for Tune twice)

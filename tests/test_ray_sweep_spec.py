@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
-
 from occbench.harness.api import ImageData, Video, VideoData
 from occbench.harness.refresh import explain
 from occbench.harness.spec import expand, spec_from_dict
@@ -16,7 +17,7 @@ from occbench.harness.sweep import (
     sweep_jobs,
 )
 
-BASE = {"name": "s", "method": "ocsvm", "dataset": "digits", "classes": ["0"],
+BASE: dict[str, Any] = {"name": "s", "method": "ocsvm", "dataset": "digits", "classes": ["0"],
         "search": {"nu": {"grid": [0.1, 0.2]}, "gamma": {"loguniform": [1e-3, 1e-1]}}}
 
 
@@ -24,14 +25,15 @@ def test_sweep_spec_parses_and_rejects_bad_input() -> None:
     sw = sweep_from_dict(BASE)
     assert sw.search == {"nu": ("grid", [0.1, 0.2]), "gamma": ("loguniform", [1e-3, 1e-1])}
     assert sw.select_on == "validation" and not sw.selected_on_test
-    for bad, msg in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"search": {"nope": {"grid": [1]}}}, "has no parameters ['nope']"),
         ({"search": {"nu": {"uniform": [0.5, 0.1]}}}, "low < high"),
         ({"search": {"nu": [0.1]}}, "write one of"),
         ({"select_on": "labels"}, "select_on must be"),
         ({"params": {"nu": 0.1}}, "both fixed"),
         ({"colour": 1}, "unknown keys ['colour']"),
-    ]:
+    ]
+    for bad, msg in cases:
         with pytest.raises(SweepError, match=msg.replace("[", r"\[").replace("]", r"\]")):
             sweep_from_dict({**BASE, **bad}, "x.toml")
 

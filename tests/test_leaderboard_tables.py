@@ -1,0 +1,156 @@
+"""Leaderboard tables from a synthetic store: intervals, costs, published vs reproduced."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from occbench.leaderboard import published as pub
+from occbench.leaderboard.analysis import analyze, write_tables
+from occbench.leaderboard.synthetic import SynthMethod, make_store
+from occbench.leaderboard.table import aggregate, per_class, per_seed, runs_frame, write_board
+from scipy import stats
+
+METHODS = (SynthMethod("alpha", 2.0), SynthMethod("beta", 1.2), SynthMethod("gamma", 0.6))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("lb") / "store"
+    make_store(p, METHODS, seeds=(0, 1, 2), classes=3, n_images=120, n_videos=4, frames=120,
+               gpus=0.5)
+    return p
+
+
+def test_aggregate_interval_is_t_interval_of_seed_class_means(store: Path) -> None:
+    runs = runs_frame(store)
+    assert len(runs) == 3 * 3 * (3 + 1)
+    agg = aggregate(runs).set_index(["method", "dataset"])
+    img = runs[(runs["label"] == "beta") & (runs["dataset"] == "synth-img")]
+    seed_means = img.groupby("seed")["auc"].mean().to_numpy()
+    row = agg.loc[("beta", "synth-img")]
+    m, se = seed_means.mean(), seed_means.std(ddof=1) / math.sqrt(3)
+    lo, hi = stats.t.interval(0.95, 2, loc=m, scale=se)
+    assert row["auc_mean"] == pytest.approx(m)
+    assert row["auc_std"] == pytest.approx(seed_means.std(ddof=1))
+    assert (row["auc_lo"], row["auc_hi"]) == pytest.approx((max(lo, 0), min(hi, 1)))
+    assert row["seeds"] == 3 and row["classes"] == 3
+    # the best method is first within its dataset
+    assert list(aggregate(runs).query("dataset == 'synth-img'")["method"]) == \
+        ["alpha", "beta", "gamma"]
+
+
+def test_costs_gpu_hours_and_memory(store: Path) -> None:
+    runs = runs_frame(store)
+    assert (runs["gpus"] == 0.5).all()
+    assert runs["gpu_hours"].to_numpy() == pytest.approx(runs["wall_time_s"] * 0.5 / 3600)
+    agg = aggregate(runs).set_index(["method", "dataset"])
+    a = runs[(runs["label"] == "alpha") & (runs["dataset"] == "synth-img")]
+    per_seed_wall = a.groupby("seed")["wall_time_s"].sum().mean()
+    assert agg.loc[("alpha", "synth-img"), "wall_time_s"] == pytest.approx(per_seed_wall)
+    assert agg.loc[("alpha", "synth-img"), "peak_rss_mb"] == a["peak_rss_mb"].max()
+    assert agg.loc[("alpha", "synth-img"), "peak_gpu_mb"] == 500.0
+
+
+def test_per_class_table(store: Path) -> None:
+    pc = per_class(runs_frame(store))
+    assert set(pc["dataset"]) == {"synth-img"}  # video runs have no class
+    assert len(pc) == 3 * 3 and (pc["auc_n"] == 3).all()
+    assert list(pc[pc["method"] == "alpha"]["normal_class"]) == ["0", "1", "2"]
+    ps = per_seed(runs_frame(store))
+    assert set(ps["n_classes"]) == {0, 3}
+
+
+def test_analysis_comparisons_and_ranking(store: Path) -> None:
+    a = analyze(store, n_boot=200)
+    img = a.comparisons[a.comparisons["dataset"] == "synth-img"].set_index(["a", "b"])
+    # 3 seeds × 3 classes = 9 matched pairs; alpha (d=2) beats gamma (d=0.6) on every one
+    assert img.loc[("alpha", "gamma"), "n_pairs"] == 9
+    assert img.loc[("alpha", "gamma"), "wins"] == 9
+    assert img["p_holm"].ge(img["p"]).all()
+    vid = a.comparisons[a.comparisons["dataset"] == "synth-vid"]
+    assert (vid["n_pairs"] == 3).all() and not vid["significant"].any()  # 3 seeds: p >= 0.25
+    assert a.friedman is not None and a.friedman.avg_rank["alpha"] == 1.0
+    assert a.ranking_blocks == {"synth-img": "image@1", "synth-vid": "video-minmax@1"}
+    assert set(a.p_best["dataset"]) == {"synth-img", "synth-vid"}
+    files = write_tables(a, store.parent / "tables")
+    assert {f.name for f in files} >= {"comparisons.csv", "ranks.csv",
+                                        "published_vs_reproduced.csv"}
+
+
+def test_write_board_keeps_its_contract(store: Path, tmp_path: Path) -> None:
+    agg, files = write_board(store, tmp_path / "board")
+    assert [f.name for f in files] == ["leaderboard.csv", "leaderboard.md"]
+    md = files[1].read_text()
+    assert "95 %" in md and "alpha" in md
+    back = pd.read_csv(files[0])
+    assert list(back["method"]) == list(agg["method"])
+
+
+def _published(tmp_path: Path, rows: list[str]) -> Path:
+    p = tmp_path / "published.csv"
+    p.write_text(",".join(pub.PUBLISHED_COLUMNS) + "\n" + "\n".join(rows) + "\n")
+    return p
+
+
+def test_published_join_flags_outside_interval(store: Path, tmp_path: Path) -> None:
+    runs = runs_frame(store)
+    rep = aggregate(runs).set_index(["method", "dataset"])
+    inside = rep.loc[("alpha", "synth-img"), "auc_mean"]
+    path = _published(tmp_path, [
+        f"P1,Table 1,synth-img,image@1,auc,alpha,mean,{inside:.6f},",
+        "P1,Table 1,synth-img,image@1,auc,alpha,0,0.10,far below",
+        "P2,Table 3,synth-vid,as-published,auc_micro,beta,,0.99,",
+        "P2,Table 3,synth-vid,as-published,auc_micro,zeta,,0.99,not in store",
+        "P2,Table 3,cifar10,image@1,auc,gamma,3,0.70,",
+    ])
+    c = pub.compare(pub.load_published(path), runs)
+    assert "zeta" not in set(c["method"])  # only methods with runs are joined
+    row = c[(c["method"] == "alpha") & (c["normal_class"] == "mean")].iloc[0]
+    assert row["status"] == "inside" and row["diff"] == pytest.approx(0.0, abs=1e-6)
+    far = c[(c["method"] == "alpha") & (c["normal_class"] == "0")].iloc[0]
+    assert far["status"] == "outside" and far["diff"] > 0.5
+    vid = c[c["method"] == "beta"].iloc[0]  # as-published matches the video family
+    assert vid["protocol"] == "video-minmax@1"
+    assert vid["reproduced"] == pytest.approx(rep.loc[("beta", "synth-vid"), "auc_mean"])
+    assert c[c["method"] == "gamma"].iloc[0]["status"] == "not reproduced"
+
+
+def test_published_file_absent_or_broken(tmp_path: Path, store: Path) -> None:
+    assert pub.load_published(tmp_path / "nope.csv").empty
+    bad = tmp_path / "bad.csv"
+    bad.write_text("paper,value\nx,0.5\n")
+    with pytest.raises(pub.PublishedFormatError, match=r"bad\.csv.*missing columns"):
+        pub.load_published(bad)
+    pct = _published(tmp_path, ["P,T,d,image@1,auc,m,0,96.6,"])
+    with pytest.raises(pub.PublishedFormatError, match="fractions"):
+        pub.load_published(pct)
+    assert pub.compare(pub.load_published(tmp_path / "nope.csv"), runs_frame(store)).empty
+
+
+def test_shipped_published_table_loads() -> None:
+    df = pub.load_published()
+    if df.empty:
+        pytest.skip("leaderboard/published.csv not written yet")
+    assert df["value"].dropna().between(0, 1).all()
+
+
+def test_empty_store(tmp_path: Path) -> None:
+    st = tmp_path / "empty"
+    make_store(st, methods=(), seeds=())
+    a = analyze(st)
+    assert a.agg.empty and a.friedman is None and a.comparisons.empty
+
+
+def test_published_class_index_maps_to_plugin_class_names(store: Path, tmp_path: Path) -> None:
+    # CIFAR-10 runs name their classes ("bird"); papers number them (2)
+    runs = runs_frame(store)
+    runs = runs[runs["dataset"] == "synth-img"].assign(dataset="cifar10")
+    runs["normal_class"] = runs["normal_class"].map({"0": "airplane", "1": "automobile",
+                                                     "2": "bird"})
+    path = _published(tmp_path, ["P,Table 1,cifar10,image@1,auc,alpha,2,0.5,bird"])
+    row = pub.compare(pub.load_published(path), runs).iloc[0]
+    bird = runs[(runs["label"] == "alpha") & (runs["normal_class"] == "bird")]["auc"].mean()
+    assert row["status"] != "not reproduced" and row["reproduced"] == pytest.approx(bird)

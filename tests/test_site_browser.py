@@ -1,0 +1,127 @@
+"""The built site opened in headless Chromium, as a reader would: no console errors, tables
+sort on click, plots render. Skipped when no Chromium is installed.
+
+Set ``OCCBENCH_SCREENSHOTS=/some/dir`` to keep the screenshots (they go to a temporary folder
+otherwise, never into the repository).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from occbench.leaderboard.browser import Browser, find_chromium
+from occbench.leaderboard.site import SiteOptions, build_site, slug
+from occbench.leaderboard.synthetic import SynthMethod, make_store
+
+pytestmark = pytest.mark.skipif(find_chromium() is None,
+                                reason="chromium not installed (apt-get install -y chromium)")
+
+EVIL = "evil<script>window.__pwned = 1</script>"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("browser")
+    make_store(base / "store", (SynthMethod("alpha", 2.0), SynthMethod("beta", 1.0),
+                                SynthMethod(EVIL, 0.5, 0.0)),
+               image_datasets=("synth-img",), video_datasets=("synth-vid",), seeds=(0, 1, 2),
+               classes=3, n_images=100, n_videos=3, frames=600)
+    build_site(base / "store", base / "site", options=SiteOptions(n_boot=200))
+    return base / "site"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with Browser() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = os.environ.get("OCCBENCH_SCREENSHOTS")
+    if d:
+        Path(d).mkdir(parents=True, exist_ok=True)
+        return Path(d)
+    return tmp_path_factory.mktemp("shots")
+
+
+def _video_run(site: Path) -> Path:
+    return next(p for p in sorted((site / "runs").glob("*.html"))
+                if 'id="timeline"' in p.read_text())
+
+
+def test_overview_renders_without_errors(site: Path, browser: Browser, shots: Path) -> None:
+    page = browser.open(site / "index.html")
+    assert page.errors == []
+    assert page.eval("document.querySelectorAll('#cd-diagram svg.main-svg').length") >= 1
+    assert page.eval("document.querySelectorAll('.plot-container').length") >= 1
+    cells = page.eval("document.querySelectorAll('#overview-matrix tbody td.num').length")
+    assert cells == 2 * 3
+    png = page.screenshot(shots / "overview.png")
+    assert png.stat().st_size > 20_000
+    page.close()
+
+
+def test_dataset_table_sorts_on_click(site: Path, browser: Browser, shots: Path) -> None:
+    page = browser.open(site / "datasets" / "synth-img.html")
+    assert page.errors == []
+    assert page.eval("document.querySelectorAll('#seed-spread-0 svg.main-svg').length") >= 1
+    col = """(() => {
+      const t = document.getElementById('runs');
+      const i = [...t.tHead.rows[0].cells].findIndex(th => th.textContent.trim() === 'AUC %');
+      return [...t.tBodies[0].rows].map(r => Number(r.cells[i].dataset.v));
+    })()"""
+    click = """(() => {
+      const t = document.getElementById('runs');
+      [...t.tHead.rows[0].cells].find(th => th.textContent.trim() === 'AUC %').click();
+    })()"""
+    before = page.eval(col)
+    page.eval(click)
+    desc = page.eval(col)
+    assert desc == sorted(before, reverse=True) and desc != before
+    page.eval(click)
+    assert page.eval(col) == sorted(before)
+    page.screenshot(shots / "dataset.png")
+    page.close()
+
+
+def test_video_run_page_plots(site: Path, browser: Browser, shots: Path) -> None:
+    page = browser.open(_video_run(site))
+    assert page.errors == []
+    assert page.eval("document.querySelectorAll('#timeline svg.main-svg').length") >= 1
+    assert page.eval("document.querySelectorAll('#roc svg.main-svg').length") >= 1
+    # ground-truth spans are drawn as shapes; the menu switches to another video
+    assert page.eval("document.querySelectorAll('#timeline .shapelayer path').length") >= 1
+    page.screenshot(shots / "video-run.png")
+    info = page.eval("""(async () => {
+      const gd = document.getElementById('timeline');
+      const btn = gd.layout.updatemenus[0].buttons[1];
+      await Plotly.update(gd, btn.args[0], btn.args[1]);
+      return JSON.stringify({vis: gd.data.map(d => d.visible), title: gd.layout.title.text});
+    })()""")
+    got = json.loads(info)
+    assert got["vis"] == [False, True, False] and "video_01" in got["title"]
+    page.close()
+
+
+def test_plugin_markup_is_inert(site: Path, browser: Browser) -> None:
+    page = browser.open(site / "methods" / f"{slug(EVIL)}.html")
+    assert page.errors == []
+    assert page.eval("window.__pwned === undefined")
+    assert page.eval("document.querySelector('h1').textContent") == f"Method {EVIL}"
+    page.close()
+
+
+def test_error_detection_itself(tmp_path: Path, browser: Browser) -> None:
+    # the checks above are only worth something if a broken page is caught
+    bad = tmp_path / "bad.html"
+    bad.write_text('<script src="missing.js"></script><script>console.error("boom");'
+                   "notDefined();</script>")
+    page = browser.open(bad)
+    errs = " | ".join(page.errors)
+    assert "missing.js" in errs and "boom" in errs and "notDefined" in errs
+    page.close()
