@@ -9,6 +9,7 @@ wall time × GPUs the job declared / 3600, peak memory in MiB, parameter count.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +26,32 @@ RUN_COLUMNS = [
 
 
 def declared_gpus(rec: dict[str, Any]) -> float:
-    """GPUs the job declared (fractional allowed); 0 when the record names none.
+    """GPUs a run held (fractional allowed), for GPU-hours = wall time × GPUs.
 
-    Looked up in ``job.resources.gpus``, then ``provenance.resources.gpus``, then
-    ``provenance.gpus`` — the runners have written it in different places over time.
+    In order: what Ray assigned (``provenance.ray_resources.GPU``); 0 for a run on the CPU; the
+    GPUs the job declared (``job.resources.gpus``, ``provenance.resources.gpus`` or
+    ``provenance.gpus``); 1 for a CUDA run that declared nothing (the serial runner gives it the
+    whole device).
     """
     job, prov = rec.get("job") or {}, rec.get("provenance") or {}
+    ray_res = prov.get("ray_resources")
+    if isinstance(ray_res, dict):
+        return _as_float(ray_res.get("GPU"), 0.0)
+    device = str(prov.get("device") or "")
+    if device.startswith("cpu"):
+        return 0.0
     for src in ((job.get("resources") or {}), (prov.get("resources") or {}), prov):
-        v = src.get("gpus") if isinstance(src, dict) else None
-        if v is not None:
-            try:
-                return float(v)
-            except (TypeError, ValueError):
-                continue
-    return 0.0
+        v = _as_float(src.get("gpus") if isinstance(src, dict) else None, math.nan)
+        if not math.isnan(v):
+            return v
+    return 1.0 if device.startswith("cuda") else 0.0
+
+
+def _as_float(v: Any, default: float) -> float:
+    try:
+        return float(v) if v is not None else default
+    except (TypeError, ValueError):
+        return default
 
 
 def runs_frame(store: RunStore | str | Path) -> pd.DataFrame:

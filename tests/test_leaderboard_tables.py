@@ -154,3 +154,18 @@ def test_published_class_index_maps_to_plugin_class_names(store: Path, tmp_path:
     row = pub.compare(pub.load_published(path), runs).iloc[0]
     bird = runs[(runs["label"] == "alpha") & (runs["normal_class"] == "bird")]["auc"].mean()
     assert row["status"] != "not reproduced" and row["reproduced"] == pytest.approx(bird)
+
+
+@pytest.mark.parametrize(("prov", "job", "gpus"), [
+    ({"device": "cuda", "ray_resources": {"CPU": 1.0, "GPU": 0.25}}, {}, 0.25),  # Ray's share
+    ({"device": "cpu", "ray_resources": {"CPU": 1.0}}, {}, 0.0),
+    ({"device": "cpu"}, {"resources": {"gpus": 1}}, 0.0),  # declared, but ran on the CPU
+    ({"device": "cuda:0", "resources": {"gpus": 0.5}}, {}, 0.5),
+    ({"device": "cuda"}, {"resources": {"gpus": 2}}, 2.0),
+    ({"device": "cuda"}, {}, 1.0),  # serial runner on a GPU, nothing declared
+    ({}, {}, 0.0),
+])
+def test_declared_gpus(prov: dict, job: dict, gpus: float) -> None:
+    from occbench.leaderboard.table import declared_gpus
+
+    assert declared_gpus({"provenance": prov, "job": job}) == gpus
