@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from occbench.methods import _torch as T
-from occbench.methods.video_ae import AE3D, FrameBank
+from occbench.methods.video_ae import AE3D, FrameBank, train_flops_per_clip
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "fp32": {"precision": "fp32", "channels_last": False, "compile": False},
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device(a.device)
     env = {"torch": torch.__version__,
            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
+    flops = train_flops_per_clip(a.width, a.clip_len, a.size)
     rows = []
     for name in a.configs:
         for b in a.batch:
@@ -99,16 +100,18 @@ def main(argv: list[str] | None = None) -> int:
             steps = max(a.steps, a.steps * 32 // b // 2) if dev.type == "cuda" else a.steps
             r = {"config": name, **bench_one(CONFIGS[name], b, steps, a.warmup, a.size,
                                              a.clip_len, a.width, dev), **env}
+            r["tflops"] = round(r["clips_per_s"] * flops / 1e12, 1)
             rows.append(r)
             line = json.dumps(r)
             print(line, flush=True)
             if a.json:
                 with open(a.json, "a") as fh:
                     fh.write(line + "\n")
-    print(f"\n{'config':<18}{'batch':>6}{'clips/s':>10}{'peak MiB':>10}")
+    print(f"\n{flops / 1e9:.1f} GFLOP per training clip")
+    print(f"{'config':<18}{'batch':>6}{'clips/s':>10}{'TFLOP/s':>9}{'peak MiB':>10}")
     for r in rows:
         mem = "-" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}"
-        print(f"{r['config']:<18}{r['batch']:>6}{r['clips_per_s']:>10}{mem:>10}")
+        print(f"{r['config']:<18}{r['batch']:>6}{r['clips_per_s']:>10}{r['tflops']:>9}{mem:>10}")
     return 0
 
 

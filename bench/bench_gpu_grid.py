@@ -91,6 +91,18 @@ def grid(method: str, epochs: int, n_classes: int, seeds: int, root: Path) -> li
     return expand(spec, str(root)).jobs
 
 
+def peak_overlap(provs: list[dict[str, Any]]) -> int:
+    """Most jobs running at one instant, from each task's start/end time on its worker."""
+    ev = sorted([(float(p["ray_task_start"]), 1) for p in provs if "ray_task_start" in p]
+                + [(float(p["ray_task_end"]), -1) for p in provs if "ray_task_end" in p],
+                key=lambda e: (e[0], e[1]))
+    run = peak = 0
+    for _, d in ev:
+        run += d
+        peak = max(peak, run)
+    return peak
+
+
 def timed(jobs: list[Job], runner: RayRunner, root: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="occbench-gpu-") as d:
         store = RunStore(Path(d) / "store")
@@ -107,6 +119,8 @@ def timed(jobs: list[Job], runner: RayRunner, root: Path) -> dict[str, Any]:
         "devices": sorted({str(p.get("device")) for p in provs}),
         "gpus_declared": sorted({(p.get("resources") or {}).get("gpus") for p in provs}),
         "peak_gpu_mb_max": max((float(p.get("peak_gpu_mb") or 0) for p in provs), default=0),
+        "max_jobs_at_once": peak_overlap(provs),
+        "cuda_visible_devices": sorted({str(p.get("cuda_visible_devices")) for p in provs}),
         **smi.summary(),
     }
     if s.failures:

@@ -47,20 +47,24 @@ def file_md5(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def stat_fingerprint(paths: Iterable[Path], extra: Any = None) -> str:
-    """Fast fingerprint: hash of (name, size, mtime) of each file plus ``extra`` (16 hex chars).
+def stat_fingerprint(paths: Iterable[Path], extra: Any = None, mtime: bool = True) -> str:
+    """Fast fingerprint: hash of (name, size[, mtime]) of each file plus ``extra`` (16 hex chars).
 
-    No file content is read, so it is cheap even for thousands of frames; any rewrite of a file
-    changes its mtime and hence the fingerprint.
+    No file content is read, so it is cheap even for thousands of frames. Names are the last two
+    path components (``01/000.jpg``), so the same data in another folder or on another machine
+    gives the same fingerprint. With ``mtime=True`` (cache keys) any rewrite of a file changes
+    it too; job ids use ``mtime=False`` so that copies of a dataset share job ids.
     """
     h = hashlib.sha256()
     for p in sorted(Path(p) for p in paths):
+        name = "/".join(p.parts[-2:])
         try:
             st = p.stat()
         except OSError:
-            h.update(f"{p}:missing".encode())
+            h.update(f"{name}:missing".encode())
             continue
-        h.update(f"{p.as_posix()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        stamp = f":{st.st_mtime_ns}" if mtime else ""
+        h.update(f"{name}:{st.st_size}{stamp}\n".encode())
     h.update(repr(extra).encode())
     return h.hexdigest()[:16]
 

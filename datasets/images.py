@@ -135,7 +135,8 @@ class IDXDataset(ImageDataset):
 
     def fingerprint(self) -> str:
         paths = [p for p in self.files().values() if p is not None]
-        return fmt.stat_fingerprint(paths, (self.name, self.version, sorted(self.params.items())))
+        return fmt.stat_fingerprint(paths, (self.name, self.version, sorted(self.params.items())),
+                                    mtime=False)
 
     def load(self, normal_class: str | None = None) -> DatasetSplit:
         """Training images of the normal class ``(n, 28, 28, 1)``; all test images."""
@@ -306,7 +307,8 @@ class CIFAR10(ImageDataset):
 
     def fingerprint(self) -> str:
         return fmt.stat_fingerprint(self._source_files(), (self.name, self.version,
-                                                           sorted(self.params.items())))
+                                                           sorted(self.params.items())),
+                                    mtime=False)
 
     def _split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         kind, d = self._layout()
@@ -513,7 +515,8 @@ class GTSRBStop(ImageDataset):
         d = self.folder()
         files = [*sorted(self._train_dir(GTSRB_STOP).glob("*")), self._test_csv(),
                  d / "Final_Test" / "Images"]
-        return fmt.stat_fingerprint(files, (self.name, self.version, sorted(self.params.items())))
+        return fmt.stat_fingerprint(files, (self.name, self.version, sorted(self.params.items())),
+                                    mtime=False)
 
     def _train_images(self, cls: int, limit: int | None = None) -> np.ndarray:
         rows = self._class_rows(cls)

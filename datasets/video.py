@@ -99,8 +99,9 @@ class VideoSource:
     def stat_paths(self) -> list[Path]:
         return self.files if self.kind == "frames" else [self.path]
 
-    def fingerprint(self) -> str:
-        return fmt.stat_fingerprint(self.stat_paths(), (self.video_id, self.kind))
+    def fingerprint(self, mtime: bool = True) -> str:
+        """Cache key (with mtimes) or, with ``mtime=False``, the portable part of a job id."""
+        return fmt.stat_fingerprint(self.stat_paths(), (self.video_id, self.kind), mtime=mtime)
 
     def decode(self, size: tuple[int, int] | None, channels: int) -> Iterator[np.ndarray]:
         """Frames ``(H, W, C)`` uint8 one at a time."""
@@ -290,8 +291,8 @@ class VideoDataset(Dataset):
         params = {k: v for k, v in self.params.items() if k not in ("cache", "cache_dir")}
         h.update(json.dumps(params, sort_keys=True, default=str).encode())
         for s in [*self.train_sources(), *self.test_sources()]:
-            h.update(f"{s.video_id}={s.fingerprint()};".encode())
-        h.update(fmt.stat_fingerprint(self._label_files()).encode())
+            h.update(f"{s.video_id}={s.fingerprint(mtime=False)};".encode())
+        h.update(fmt.stat_fingerprint(self._label_files(), mtime=False).encode())
         return h.hexdigest()[:16]
 
     def _label_files(self) -> list[Path]:

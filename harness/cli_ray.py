@@ -170,7 +170,7 @@ def sweep(
     try:
         if hasattr(r, "connect"):
             r.connect()  # one Ray for Tune and the jobs
-        result = run_sweep(sw, st, r, root)
+        result = run_sweep(sw, st, r, root, progress=_report_failures)
     finally:
         r.close()
     tab = result.table
@@ -191,6 +191,15 @@ def sweep(
         err.print(f"[red]trial failed[/red]: {escape(str(e))}")
     if result.failed_jobs or len(errors):
         raise typer.Exit(1)
+
+
+def _report_failures(event: str, job: Any, out: Any) -> None:
+    """Progress callback of a sweep's full jobs: print each failure as it happens."""
+    if event == "failed" and out is not None:
+        e = out.error or {}
+        msg = str(e.get("message", "")).strip().splitlines()
+        err.print(f"[red]failed[/red] {escape(job.display)}: {escape(str(e.get('type')))}: "
+                  f"{escape(msg[0][:300] if msg else '')}")
 
 
 def _fmt(v: Any) -> str:

@@ -53,6 +53,8 @@ log = logging.getLogger("occbench.ray")
 #: little shared memory. Override with ``$OCCBENCH_RAY_OBJECT_STORE_MB``.
 DEFAULT_OBJECT_STORE_MB = 512
 _POLL_S = 0.25
+#: Retries of a job killed by Ray's memory monitor (embedded Ray; clusters: RAY_task_oom_retries).
+OOM_RETRIES = 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,9 +97,11 @@ def run_in_worker(job: Job, data_root: str | None, device: str, method_blob: byt
     if device.startswith("cuda") and dev == "cpu":
         log.warning("job %s asked for cuda but got no usable GPU; running on cpu", job.job_id)
     hits = _load_split.cache_info().hits
+    t0 = time.time()
     out = execute_job(job, data_root, dev)
     rc = ray.get_runtime_context()
     out.provenance.update(
+        ray_task_start=round(t0, 3), ray_task_end=round(time.time(), 3),  # epoch s: overlap
         ray_node_id=rc.get_node_id(), ray_worker_pid=os.getpid(),
         ray_gpu_ids=[str(g) for g in gpu_ids], ray_resources=rc.get_assigned_resources(),
         cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -147,7 +151,10 @@ def init_local_ray(num_cpus: int | None = None, num_gpus: int | None = None,
     # simulated cluster) left recorded in /tmp/ray
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus,
              object_store_memory=store, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING, configure_logging=True)
+             logging_level=logging.WARNING, configure_logging=True,
+             # Tasks killed by Ray's memory monitor are retried on their own budget, which is
+             # unlimited by default: cap it so an always-OOM job ends as a recorded failure.
+             _system_config={"task_oom_retries": OOM_RETRIES})
 
 
 class RayRunner(Runner):

@@ -38,7 +38,8 @@ How a sweep runs
        (part of the job id, so they never mix with honestly selected runs).
 
 Results go to ``STORE/sweeps/<name>.parquet``: one row per trial with ``param_<name>`` columns,
-``val_auc``, ``test_auc``, ``job_ids``, ``selected_on``, ``selected_on_test`` and ``best``.
+``val_auc``, ``test_auc`` (mean over the config's jobs of the headline AUC: image AUROC, or micro
+frame AUC for video), ``job_ids``, ``selected_on``, ``selected_on_test`` and ``best``.
 """
 
 from __future__ import annotations
@@ -389,6 +390,12 @@ class SweepResult:
     failed_jobs: int = 0
 
 
+def headline_auc(metrics: Mapping[str, Any]) -> float:
+    """The leaderboard's headline AUC: ``auc`` for images, micro frame ``auc_micro`` for video."""
+    v = metrics.get("auc", metrics.get("auc_micro"))
+    return float("nan") if v is None else float(v)
+
+
 def sweep_table_path(store_path: str | Path, name: str) -> Path:
     return Path(store_path) / "sweeps" / f"{name}.parquet"
 
@@ -428,8 +435,7 @@ def run_sweep(sw: SweepSpec, store: Any, runner: Any, data_root: str | None = No
         aucs = []
         for j in r["jobs"]:
             if store.has(j.job_id):
-                aucs.append(float((store.record(j.job_id).get("metrics") or {}).get("auc",
-                                                                                     np.nan)))
+                aucs.append(headline_auc(store.record(j.job_id).get("metrics") or {}))
         row: dict[str, Any] = {
             "sweep": sw.name, "method": sw.method, "dataset": sw.dataset,
             "trial_id": r["trial_id"],

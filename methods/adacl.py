@@ -12,8 +12,9 @@ Score: the network output clipped to [0, 1]; higher = more anomalous.
 
 Video (Ped2 protocol of the paper): each frame is cut into a grid of ``patch`` x ``patch`` patches;
 training uses the patches of training frames that contain moving objects (the paper keeps
-patches with pedestrians; without a detector we keep the patches whose absolute difference to the
-previous frame is in the top ``motion_quantile`` of the training patches), and a frame's score is
+patches with pedestrians; without a detector we keep the patches whose mean absolute difference
+to the previous frame is at or above the ``motion_quantile`` quantile of all training patches, i.e.
+the top 20 % by default), and a frame's score is
 the maximum score over its patches that show motion by the same threshold (all patches when none
 does).
 """
@@ -72,7 +73,7 @@ class ADACL(Method):
                  anomaly_interval: tuple[float, float] = (0.7, 1.0), n_val: int = 150,
                  patience: int = 5, widths: tuple[int, ...] = (32, 64, 128),
                  augmentations: tuple[str, ...] = tuple(AUGMENTATIONS), clip: bool = True,
-                 patch: int = 30, motion_quantile: float = 0.5,
+                 patch: int = 30, motion_quantile: float = 0.8,
                  max_train_patches: int = 20000) -> None:
         self.epochs = epochs
         self.batch_size = batch_size

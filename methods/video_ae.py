@@ -35,6 +35,7 @@ by indexing (no per-step decoding or host transfer: a whole epoch's indices go o
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ class AE3D(nn.Module):
             cin = cout
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = []
-        outs = [c[3], c[2], c[1], 1]
+        outs = [c[2], c[1], c[0], 1]  # mirror of the encoder: 256 → 256 → 128 → 96 → 1
         for i, (cout, s) in enumerate(zip(outs, reversed(strides), strict=True)):
             op = (s[0] - 1, s[1] - 1, s[2] - 1)  # output_padding: 1 where stride 2, else 0
             last = i == len(outs) - 1
@@ -96,6 +97,31 @@ class AE3D(nn.Module):
         """Return ``(reconstruction, latent)``."""
         z = self.encoder(x)
         return self.decoder(z), z
+
+
+def train_flops_per_clip(width: float = 1.0, clip_len: int = 16, size: int = 256) -> float:
+    """FLOPs of one training step per clip (forward + backward ≈ 3 × forward multiply-adds × 2).
+
+    Counted from the layer shapes on the meta device (nothing is computed); the default AE on a
+    16x256x256 clip costs about 193 GFLOP, the figure the speed targets are quoted against.
+    """
+    net = AE3D(width).to("meta")
+    macs = 0
+
+    def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal macs
+        k = int(math.prod(mod.kernel_size))  # type: ignore[arg-type]
+        if isinstance(mod, nn.ConvTranspose3d):  # every input position meets the whole kernel
+            macs += inp[0][0].numel() * int(mod.out_channels) * k  # type: ignore[arg-type]
+        else:
+            macs += out[0].numel() * int(mod.in_channels) * k  # type: ignore[arg-type]
+
+    for m in net.modules():
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        net(torch.empty(1, 1, clip_len, size, size, device="meta"))
+    return float(6 * macs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,13 +267,15 @@ class Ae3dMethod(Method):
     Parameters (defaults = the LNTRA release on Ped2): ``epochs`` 60, ``batch_size`` 4, ``lr``
     1e-4, ``size`` 256, ``clip_len`` 16, ``width`` 1.0 (channel multiplier; tests use ~0.1).
     ``max_steps`` > 0 caps optimiser steps (0 = no cap); ``Context.fast`` caps them at
-    ``fast_steps`` and shrinks frames to at most 32 px and ``width`` to at most 1/8. ``precision`` "bf16" | "fp32", ``channels_last``, ``compile``: speed switches
-    (GPU only). ``device`` "auto" (the harness's choice) | "cpu" | "cuda[:N]"; ``gpus`` is the GPU
-    share one job asks the scheduler for (e.g. 0.25 to run four jobs on one GPU).
+    ``fast_steps`` and shrinks frames to at most 32 px and ``width`` to at most 1/8.
+    ``precision`` "bf16" | "fp32", ``channels_last``, ``compile``: speed switches (GPU only).
+    ``device`` "auto" (the harness's choice) | "cpu" | "cuda[:N]"; ``gpus`` is the GPU share one
+    job asks the scheduler for (e.g. 0.25 to run four jobs on one GPU).
     """
 
     name: ClassVar[str] = "ae3d"
-    version: ClassVar[str] = "1"
+    # 2: decoder fixed to mirror the encoder (256→256→128→96→1); version 1 had 256→256→256→128→1
+    version: ClassVar[str] = "2"
     modalities = frozenset({"video"})
     temporal_context: ClassVar[tuple[int, int]] = (8, 7)
     resources: ClassVar[Resources] = Resources(cpus=2, gpus=1.0, memory_mb=12000)
@@ -612,4 +640,4 @@ class LconOnSphere(_LatentConstriction):
 
 
 __all__ = ["AE3D", "Ae3dMethod", "FrameBank", "LconInside", "LconOnSphere", "LntraPatch",
-           "LntraSkip", "psnr01", "smoothmix_masks", "value_noise_images"]
+           "LntraSkip", "psnr01", "smoothmix_masks", "train_flops_per_clip", "value_noise_images"]

@@ -95,10 +95,17 @@ def test_fingerprint_changes_with_files_and_params(tmp_path: Path) -> None:
     fakes.write_mnist(tmp_path / "mnist")
     a = MNIST(tmp_path).fingerprint()
     assert a == MNIST(tmp_path).fingerprint()
-    p = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    # portable: a copy elsewhere (new mtimes, new path) keeps the job ids
+    import shutil
+
+    shutil.copytree(tmp_path / "mnist", tmp_path / "elsewhere" / "mnist")
+    p = tmp_path / "elsewhere" / "mnist" / "t10k-labels-idx1-ubyte.gz"
     st = p.stat()
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    assert MNIST(tmp_path).fingerprint() != a
+    assert MNIST(tmp_path / "elsewhere").fingerprint() == a
+    # different files (other sizes) change it
+    fakes.write_mnist(tmp_path / "other" / "mnist", n_test_per_class=4)
+    assert MNIST(tmp_path / "other").fingerprint() != a
 
 
 def test_fashion_mnist_found_in_system_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
