@@ -422,14 +422,15 @@ def run_sweep(sw: SweepSpec, store: Any, runner: Any, data_root: str | None = No
         max_concurrent=sw.max_concurrent_trials, name=sw.name,
     )
     rows: list[dict[str, Any]] = []
-    all_jobs: list[Job] = []
+    all_jobs: dict[str, Job] = {}  # two trials may draw the same config: run its jobs once
     for t in trials:
         jobs = sweep_jobs(sw, t["config"], data_root, t["trial_id"])
-        all_jobs.extend(j for j in jobs if j.job_id not in {x.job_id for x in all_jobs})
+        for j in jobs:
+            all_jobs.setdefault(j.job_id, j)
         rows.append({"trial_id": t["trial_id"], "config": t["config"], "jobs": jobs,
                      "val_auc": t.get("val_auc"), "val_time_s": t.get("val_time_s"),
                      "pseudo_anomalies": t.get("pseudo_anomalies"), "error": t.get("error")})
-    summary = run_jobs(all_jobs, store, runner, data_root, progress)
+    summary = run_jobs(list(all_jobs.values()), store, runner, data_root, progress)
     table_rows = []
     for r in rows:
         aucs = []

@@ -194,10 +194,10 @@ class OCLR(Method):
                 loss_g.backward()
                 opt_g.step()
                 # Re-initialise D when it wins outright (GANomaly's remedy for a collapsed game).
-                if float(loss_d) < 1e-5:
+                if float(loss_d.detach()) < 1e-5:
                     D = _Disc(ch, self.width, s).to(dev)
                     opt_d = torch.optim.Adam(D.parameters(), lr=self.lr, betas=betas)
-                sums += [float(loss_g), float(loss_d), float(loss_g2), float(l_irec)]
+                sums += [float(v.detach()) for v in (loss_g, loss_d, loss_g2, l_irec)]
                 n += 1
             h = dict(zip(["loss_g", "loss_d", "loss_g2", "l_irec"], (sums / max(n, 1)).tolist(),
                          strict=True))
