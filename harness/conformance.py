@@ -256,8 +256,8 @@ def _check_modality(cls: type[Method], params: dict[str, Any], mod: Modality, fa
             flat2 = np.concatenate([s2[k] for k in s2])
             same = np.array_equal(flat, flat2, equal_nan=True)
             diff = np.nanmax(np.abs(flat - flat2)) if not same else 0.0
-            add(CheckResult("deterministic", mod, bool(same),
-                            "" if same else f"same seed gave different scores (max |Δ| {diff:.3g})"))
+            msg = "" if same else f"same seed gave different scores (max |Δ| {diff:.3g})"
+            add(CheckResult("deterministic", mod, bool(same), msg))
         except Exception as exc:
             add(CheckResult("deterministic", mod, False, f"{type(exc).__name__}: {exc}"))
 

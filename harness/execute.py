@@ -19,6 +19,8 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
@@ -220,6 +222,27 @@ def normalise_scores(method: Method, test: Data, out: Any) -> dict[str, np.ndarr
 # --------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` BLAS/OpenMP/torch threads: the CPUs the method declared.
+
+    Thread counts change floating-point summation order, so fixing them to the declared
+    resources makes scores identical whichever runner (serial or Ray) executes the job.
+    """
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")
+    old = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        if torch is not None and old is not None:
+            torch.set_num_threads(old)
+
+
 @lru_cache(maxsize=4)
 def _load_split(dataset: str, params_json: str, root: str | None,
                 normal_class: str | None) -> DatasetSplit:
@@ -263,15 +286,18 @@ def execute_job(job: Job, data_root: str | None = None, device: str = "cpu") -> 
             method = cls(**job.method_params)
             ctx = Context(seed=job.seed, device=device, logger=logger, workdir=Path(wd),
                           fast=job.fast)
-            t_fit = time.perf_counter()
-            fitted = method.fit(split.train, ctx)
-            if fitted is not method:
-                logger.warning("fit() did not return self; using the returned object")
-                method = fitted
-            prov["fit_time_s"] = round(time.perf_counter() - t_fit, 3)
-            t_score = time.perf_counter()
-            raw = normalise_scores(method, split.test, method.score(split.test, ctx))
-            prov["score_time_s"] = round(time.perf_counter() - t_score, 3)
+            threads = max(1, int(method.resources_for().cpus))
+            prov["threads"] = threads
+            with cpu_threads(threads):
+                t_fit = time.perf_counter()
+                fitted = method.fit(split.train, ctx)
+                if fitted is not method:
+                    logger.warning("fit() did not return self; using the returned object")
+                    method = fitted
+                prov["fit_time_s"] = round(time.perf_counter() - t_fit, 3)
+                t_score = time.perf_counter()
+                raw = normalise_scores(method, split.test, method.score(split.test, ctx))
+                prov["score_time_s"] = round(time.perf_counter() - t_score, 3)
             prov["n_parameters"] = method.n_parameters()
         prov["peak_rss_mb"] = mem.peak_mb
         prov.update(gpu_info(device))

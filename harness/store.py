@@ -76,16 +76,26 @@ class RunStore:
     def locks_dir(self) -> Path:
         return self.path / "locks"
 
+    #: What a store folder may hold; anything else before the marker exists means a foreign
+    #: folder. (Another driver creating the same new store at the same moment writes these.)
+    OWN_ENTRIES = frozenset({"occbench-store.json", "runs", "failed", "locks", "sweeps"})
+
     def init(self) -> RunStore:
+        """Create the store, or check that an existing folder is one (safe when racing)."""
         marker = self.path / "occbench-store.json"
-        if self.path.exists() and any(self.path.iterdir()) and not marker.exists():
-            raise StoreError(
-                f"{self.path} exists and is not an occbench store (no occbench-store.json); "
-                "choose an empty or new folder"
-            )
+        if self.path.exists() and not marker.exists():
+            foreign = sorted(p.name for p in self.path.iterdir()
+                             if p.name not in self.OWN_ENTRIES
+                             and not p.name.startswith(".occbench-store.json."))
+            if foreign:
+                raise StoreError(
+                    f"{self.path} exists and is not an occbench store (no occbench-store.json; "
+                    f"it holds {foreign[:5]}); choose an empty or new folder"
+                )
         for d in (self.runs_dir, self.failed_dir, self.locks_dir):
             d.mkdir(parents=True, exist_ok=True)
         if not marker.exists():
+            # atomic replace: two drivers racing here both write the same content
             _atomic_write_text(marker, json.dumps({"schema": STORE_SCHEMA}) + "\n")
         else:
             schema = json.loads(marker.read_text()).get("schema")

@@ -16,7 +16,9 @@ patches with pedestrians; without a detector we keep the patches whose mean abso
 to the previous frame is at or above the ``motion_quantile`` quantile of all training patches, i.e.
 the top 20 % by default), and a frame's score is
 the maximum score over its patches that show motion by the same threshold (all patches when none
-does).
+does). ``frame_score`` picks another reduction over the moving patches: ``"top3"`` (mean of the
+three highest), ``"mean"``, or ``"max-x-motion"`` (max of score × motion energy, which adds a speed
+cue the paper's method does not have).
 """
 
 from __future__ import annotations
@@ -59,6 +61,22 @@ class AdaclNet(nn.Module):
         return self.head(f).squeeze(1)
 
 
+FRAME_SCORES = ("max", "top3", "mean", "max-x-motion")
+
+
+def _reduce(s: np.ndarray, motion: np.ndarray, moving: np.ndarray, how: str) -> np.ndarray:
+    """Per-frame score ``(T,)`` from patch scores ``s`` and motion ``(T, P)`` over ``moving``."""
+    if how == "max":
+        return np.where(moving, s, -np.inf).max(axis=1)
+    if how == "max-x-motion":
+        return np.where(moving, s * motion, -np.inf).max(axis=1)
+    if how == "mean":
+        return (s * moving).sum(axis=1) / moving.sum(axis=1)
+    top = np.sort(np.where(moving, s, -np.inf), axis=1)[:, ::-1][:, :3]
+    ok = np.isfinite(top)
+    return np.where(ok, top, 0.0).sum(axis=1) / ok.sum(axis=1)
+
+
 class ADACL(Method):
     """Augmentation-made anomalies + continuous-label regression; score = clipped output."""
 
@@ -74,7 +92,7 @@ class ADACL(Method):
                  patience: int = 5, widths: tuple[int, ...] = (32, 64, 128),
                  augmentations: tuple[str, ...] = tuple(AUGMENTATIONS), clip: bool = True,
                  patch: int = 30, motion_quantile: float = 0.8,
-                 max_train_patches: int = 20000) -> None:
+                 max_train_patches: int = 20000, frame_score: str = "max") -> None:
         self.epochs = epochs
         self.batch_size = batch_size
         self.base_lr = base_lr
@@ -89,6 +107,7 @@ class ADACL(Method):
         self.patch = patch
         self.motion_quantile = motion_quantile
         self.max_train_patches = max_train_patches
+        self.frame_score = frame_score
 
     # -- images ------------------------------------------------------------------------------
     def fit(self, train: Data, context: Context) -> ADACL:
@@ -224,14 +243,18 @@ class ADACL(Method):
         thr = getattr(self, "motion_threshold_", None)
         if thr is None:
             raise RuntimeError("adacl: fit on video before scoring video")
+        if self.frame_score not in FRAME_SCORES:
+            raise ValueError(f"adacl: frame_score must be one of {FRAME_SCORES}, "
+                             f"got {self.frame_score!r}")
         out = []
         for v in test.videos:
             patches, motion = self._grid(v)
             t, n = motion.shape
             s = self._predict(patches.reshape(t * n, *patches.shape[2:]), context).reshape(t, n)
             moving = motion >= thr
-            masked = np.where(moving, s, -np.inf).max(axis=1)
-            out.append(np.where(moving.any(axis=1), masked, s.max(axis=1)))
+            # frames with no moving patch fall back to all their patches
+            moving[~moving.any(axis=1)] = True
+            out.append(_reduce(s, motion, moving, self.frame_score))
         index = [(v.video_id, len(v)) for v in test.videos]
         return split_frames(np.concatenate(out), index)
 

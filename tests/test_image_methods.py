@@ -10,7 +10,7 @@ import pytest
 from occbench.harness import registry
 from occbench.harness.api import Context, ImageData, Method, Video, VideoData
 from occbench.methods import augment
-from occbench.methods.adacl import ADACL, AdaclNet
+from occbench.methods.adacl import ADACL, AdaclNet, _reduce
 from occbench.methods.dcae import DCAE
 from occbench.methods.deep_svdd import DeepSVDD
 from occbench.methods.oclr import OCLR
@@ -183,8 +183,24 @@ def test_adacl_video_scores_each_frame_by_its_patches() -> None:
     m = ADACL(epochs=2, patch=30, batch_size=32).fit(train, FAST)
     out = m.score(test, FAST)
     assert set(out) == {"t"} and out["t"].shape == (30,) and np.isfinite(out["t"]).all()
+    for how in ("top3", "mean", "max-x-motion"):
+        m.frame_score = how
+        other = m.score(test, FAST)["t"]
+        assert np.isfinite(other).all() and not np.array_equal(other, out["t"])
+    m.frame_score = "median"
+    with pytest.raises(ValueError, match="frame_score"):
+        m.score(test, FAST)
     with pytest.raises(ValueError, match="smaller than patch"):
         ADACL(patch=100).fit(train, FAST)
+
+
+def test_adacl_frame_score_reductions_over_moving_patches() -> None:
+    s = np.array([[0.1, 0.9, 0.5, 0.3]])
+    motion = np.array([[1.0, 2.0, 3.0, 4.0]])
+    moving = np.array([[True, False, True, True]])  # the 0.9 patch is static: ignored
+    expect = {"max": 0.5, "top3": 0.3, "mean": 0.3, "max-x-motion": 1.5}
+    for how, v in expect.items():
+        np.testing.assert_allclose(_reduce(s, motion, moving, how), [v])
 
 
 def test_bad_parameters_and_inputs_fail_clearly(toy) -> None:  # type: ignore[no-untyped-def]

@@ -61,17 +61,20 @@ def log_interval(store: RunStore, job_id: str) -> tuple[float, float]:
 
 def test_ray_scores_equal_serial_and_reuse_data(tmp_path: Path) -> None:
     jobs = jobs_of(
-        [{"name": "ocsvm"}, {"name": "iforest", "params": {"n_estimators": 20}}],
+        # kde: its CV bandwidth choice once depended on the BLAS thread count (serial used all
+        # cores, Ray one); jobs now run with the threads the method declares, in both runners
+        [{"name": "ocsvm"}, {"name": "iforest", "params": {"n_estimators": 20}},
+         {"name": "kde", "params": {"pca": 32, "cv": 3}}],
         [{"name": "digits", "classes": ["0", "1"]},
          {"name": "toy-video", "params": {"seed": 0, "n_frames": 24}}],
     )
-    assert len(jobs) == 6
+    assert len(jobs) == 9
     serial, viaray = RunStore(tmp_path / "serial"), RunStore(tmp_path / "ray")
     s1 = run_jobs(jobs, serial, SerialRunner())
     runner = RayRunner(max_concurrent=1)  # one worker: every later job on a split reuses it
     s2 = run_jobs(jobs, viaray, runner)
     runner.close()
-    assert (s1.ok, s2.ok, s2.failed) == (6, 6, 0)
+    assert (s1.ok, s2.ok, s2.failed) == (9, 9, 0)
     assert viaray.job_ids() == serial.job_ids()
     for jid in serial.job_ids():
         np.testing.assert_array_equal(serial.scores(jid)["raw"], viaray.scores(jid)["raw"])
@@ -79,13 +82,13 @@ def test_ray_scores_equal_serial_and_reuse_data(tmp_path: Path) -> None:
     provs = [viaray.record(j.job_id)["provenance"] for j in jobs]
     assert {p["runner"] for p in provs} == {"ray"}
     assert all(p["device"] == "cpu" and p["ray_gpu_ids"] == [] for p in provs)
-    # ocsvm then iforest per split: the second job on each split finds it loaded
+    # ocsvm, iforest, kde per split: the second job on each split finds it loaded
     by_split: dict[tuple[Any, ...], list[str]] = {}
     for j, p in zip(jobs, provs, strict=True):
         by_split.setdefault((j.dataset, j.normal_class, p["ray_worker_pid"]), []).append(
             p["data_cache"])
     assert sum(v.count("miss") for v in by_split.values()) == len(by_split)
-    assert sum(v.count("hit") for v in by_split.values()) == 6 - len(by_split) > 0
+    assert sum(v.count("hit") for v in by_split.values()) == 9 - len(by_split) > 0
 
 
 def test_method_error_recorded_not_retried(tmp_path: Path) -> None:
