@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from occbench.datasets.builtin import Digits, ToyVideo
 from occbench.harness.api import ImageData, LabelAccessError, VideoData, labels_blocked
 

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from occbench.harness.cli import app
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
-
-from occbench.harness.cli import app
 
 runner = CliRunner()
 
