@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def real_data_root() -> Path | None:
     env = os.environ.get("OCCBENCH_DATA")
-    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+    # an explicit setting wins, even a missing folder (OCCBENCH_DATA=/none: run as a user would)
+    for cand in [Path(env)] if env is not None else [REPO.parent / "shared" / "data"]:
         if cand.is_dir():
             return cand
     return None
