@@ -4,8 +4,11 @@ Defaults follow the baselines of Deep SVDD (Ruff et al., 2018), which the papers
 pixels scaled to [0, 1] (optionally global contrast normalisation), a Gaussian/RBF kernel, and
 for KDE a PCA to at most 512 components with the bandwidth chosen by cross-validated
 log-likelihood **on the normal training data** (no test labels). Deep SVDD tuned OC-SVM's ``nu``
-and ``gamma`` on a labelled slice of the test set; these defaults do not (``nu=0.1``,
-``gamma="scale"``).
+and ``gamma`` on a labelled slice of the test set, and the published OC-SVM numbers the papers
+quote come from that test-label choice; these defaults do not (``nu=0.1``, ``gamma="scale"``).
+On Fashion-MNIST that is 88.96 mean AUROC against the published 92.8; the test-label protocol,
+run as separate jobs marked ``selected_on_test``, gives 92.67
+(``docs/fashion-mnist-reproduction.md``).
 
 Video is scored frame by frame: each frame is resized to ``frame_size`` pixels on its longer
 side (keeping the aspect ratio) and flattened. Scores: higher = more anomalous.
