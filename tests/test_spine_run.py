@@ -174,15 +174,23 @@ def test_store_refuses_foreign_folder_and_merges(tmp_path: Path) -> None:
     assert isinstance(DiskFullError("x"), StoreError)
 
 
-def test_two_drivers_never_run_a_job_twice(tmp_path: Path) -> None:
+def _slow_grid_cli(tmp_path: Path, seeds: int, classes: int, sleep: float
+                   ) -> tuple[list[str], dict[str, str]]:
+    """An `occbench run` command line (and its environment) for a grid of sleeping jobs."""
     spec_file = tmp_path / "spec.toml"
     spec_file.write_text(
-        'name = "two"\nseeds = [0, 1, 2]\n[[methods]]\nname = "test-slow"\n'
-        'params = { sleep = 0.4 }\n[[datasets]]\nname = "digits"\nclasses = ["0", "1"]\n')
+        f'name = "slow"\nseeds = {list(range(seeds))}\n[[methods]]\nname = "test-slow"\n'
+        f'params = {{ sleep = {sleep} }}\n[[datasets]]\nname = "digits"\n'
+        f'classes = {[str(c) for c in range(classes)]}\n'.replace("'", '"'))
     env = {**os.environ, "OCCBENCH_PLUGIN_MODULES": "plugins_for_tests",
            "PYTHONPATH": str(Path(__file__).parent)}
     cmd = [sys.executable, "-m", "occbench.harness", "run", str(spec_file), "--store",
            str(tmp_path / "s"), "--runner", "serial", "--no-board"]
+    return cmd, env
+
+
+def test_two_drivers_never_run_a_job_twice(tmp_path: Path) -> None:
+    cmd, env = _slow_grid_cli(tmp_path, seeds=3, classes=2, sleep=0.4)
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=240)[0] for p in procs]
@@ -194,14 +202,7 @@ def test_two_drivers_never_run_a_job_twice(tmp_path: Path) -> None:
 
 
 def test_interrupt_then_rerun_finishes_only_what_was_missing(tmp_path: Path) -> None:
-    spec_file = tmp_path / "spec.toml"
-    spec_file.write_text(
-        'name = "kill"\nseeds = [0, 1, 2, 3]\n[[methods]]\nname = "test-slow"\n'
-        'params = { sleep = 0.5 }\n[[datasets]]\nname = "digits"\nclasses = ["0", "1", "2"]\n')
-    env = {**os.environ, "OCCBENCH_PLUGIN_MODULES": "plugins_for_tests",
-           "PYTHONPATH": str(Path(__file__).parent)}
-    cmd = [sys.executable, "-m", "occbench.harness", "run", str(spec_file), "--store",
-           str(tmp_path / "s"), "--runner", "serial", "--no-board"]
+    cmd, env = _slow_grid_cli(tmp_path, seeds=4, classes=3, sleep=0.5)
     log = open(tmp_path / "first.log", "w")  # noqa: SIM115 - a file, not a pipe: orphans keep pipes
     p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     store = RunStore(tmp_path / "s")
