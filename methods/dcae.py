@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from occbench.harness.api import Context, Data, ImageData, Method, Resources
+from occbench.methods._torch import select_device
 from torch import nn
 
 # -----------------------------------------------------------------------------------------------
@@ -31,13 +32,7 @@ TORCH_RESOURCES = Resources(cpus=1, gpus=0.25, memory_mb=4096)
 
 def torch_device(context: Context) -> torch.device:
     """The context's device; a clear error when CUDA is asked for but absent."""
-    dev = torch.device(context.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"context.device={context.device!r} but this torch has no CUDA; run on 'cpu' "
-            "or install a CUDA build of torch"
-        )
-    return dev
+    return select_device(context.device)
 
 
 def seed_torch(seed: int) -> torch.Generator:
