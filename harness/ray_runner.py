@@ -20,8 +20,10 @@ Data preparation
     job gets a fresh process (a CUDA context cannot follow a changed ``CUDA_VISIBLE_DEVICES``).
 
 Faults
-    A worker or node that dies mid-job (``kill -9``, out of memory) is retried by Ray up to
-    ``max_retries`` times, then recorded as failed (``WorkerDied``) with Ray's reason. A method's
+    A worker or node that dies mid-job (``kill -9``, the kernel's OOM killer, a lost node) is
+    retried by Ray up to ``max_retries`` times, then recorded as failed (``WorkerDied``) with
+    Ray's reason. A worker killed by Ray's memory monitor is retried ``OOM_RETRIES`` times
+    (embedded Ray) and then recorded as ``OutOfMemory``. A method's
     exception is never retried: ``execute_job`` returns it as a failure with the traceback. A job
     running longer than ``job.time_limit_s`` (measured from when it starts on a worker, not from
     submission) is force-cancelled (its worker is killed) and recorded with status ``timeout``.
@@ -141,8 +143,13 @@ def _object_store_bytes() -> int:
 
 
 def init_local_ray(num_cpus: int | None = None, num_gpus: int | None = None,
-                   object_store_mb: int | None = None) -> None:
-    """Start an embedded, quiet local Ray sized to this machine (no dashboard, no worker logs)."""
+                   object_store_mb: int | None = None,
+                   system_config: Mapping[str, Any] | None = None) -> None:
+    """Start an embedded, quiet local Ray sized to this machine (no dashboard, no worker logs).
+
+    ``system_config``: extra Ray system settings (e.g. ``memory_usage_threshold``, a fraction
+    of node memory above which Ray's memory monitor kills the newest task).
+    """
     store = object_store_mb * 2**20 if object_store_mb else _object_store_bytes()
     # A private instance on this machine: Ray's notice that it generated an auth token for it
     # is noise on every `occbench run`.
@@ -154,7 +161,7 @@ def init_local_ray(num_cpus: int | None = None, num_gpus: int | None = None,
              logging_level=logging.WARNING, configure_logging=True,
              # Tasks killed by Ray's memory monitor are retried on their own budget, which is
              # unlimited by default: cap it so an always-OOM job ends as a recorded failure.
-             _system_config={"task_oom_retries": OOM_RETRIES})
+             _system_config={"task_oom_retries": OOM_RETRIES, **(system_config or {})})
 
 
 class RayRunner(Runner):
@@ -316,7 +323,16 @@ class RayRunner(Runner):
             return out
         except ray.exceptions.TaskCancelledError:
             return failed_output(job, "Cancelled", "the job was cancelled", wall)
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError,
+        except ray.exceptions.OutOfMemoryError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            res = resources_of(job)
+            return failed_output(
+                job, "OutOfMemory",
+                f"Ray's memory monitor killed the job's worker each time it ran (node memory "
+                f"above its threshold; {first[:200]}); the method declares "
+                f"memory_mb={res.memory_mb:g}: declare what it really needs in its Resources, "
+                "or run fewer jobs at once (--max-concurrent)", wall)
+        except (ray.exceptions.WorkerCrashedError,
                 ray.exceptions.NodeDiedError, ray.exceptions.LocalRayletDiedError,
                 ray.exceptions.ObjectLostError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -54,12 +54,16 @@ class PidSleeper(Method):
 
     name = "ray-pid-sleeper"
     modalities: ClassVar[frozenset[Modality]] = frozenset({"image"})
-    resources: ClassVar[Resources] = Resources(cpus=1, gpus=0, memory_mb=64)
 
-    def __init__(self, pid_file: str = "", sleep_s: float = 30.0, slow_attempts: int = 1) -> None:
+    def __init__(self, pid_file: str = "", sleep_s: float = 30.0, slow_attempts: int = 1,
+                 gpus: float = 0.0) -> None:
         self.pid_file = pid_file
         self.sleep_s = sleep_s
         self.slow_attempts = slow_attempts
+        self.gpus = gpus
+
+    def resources_for(self) -> Resources:
+        return Resources(cpus=1, gpus=self.gpus, memory_mb=64)
 
     def fit(self, train: Data, context: Context) -> PidSleeper:
         p = Path(self.pid_file)
@@ -93,4 +97,31 @@ class Boom(Method):
         return _mean_score(test)
 
 
-ALL = (SleepProbe, PidSleeper, Boom)
+class MemoryHog(Method):
+    """Allocates ``hog_mb`` MiB in fit (pages touched, 64 MiB at a time), appending its pid to
+    ``pid_file`` first, then holds it for ``hold_s``: a job Ray's memory monitor must kill."""
+
+    name = "ray-memory-hog"
+    modalities: ClassVar[frozenset[Modality]] = frozenset({"image"})
+    resources: ClassVar[Resources] = Resources(cpus=0.5, gpus=0, memory_mb=64)  # an understatement
+
+    def __init__(self, pid_file: str = "", hog_mb: int = 4096, hold_s: float = 30.0) -> None:
+        self.pid_file = pid_file
+        self.hog_mb = hog_mb
+        self.hold_s = hold_s
+
+    def fit(self, train: Data, context: Context) -> MemoryHog:
+        with open(self.pid_file, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        chunks = []
+        for _ in range(self.hog_mb // 64):
+            chunks.append(np.ones(64 * 2**17))  # 64 MiB of float64, written so it is resident
+            time.sleep(0.02)
+        time.sleep(self.hold_s)
+        return self
+
+    def score(self, test: Data, context: Context) -> Any:  # pragma: no cover - killed first
+        return _mean_score(test)
+
+
+ALL = (SleepProbe, PidSleeper, Boom, MemoryHog)
