@@ -95,6 +95,42 @@ def write_cifar10_batches(
     return out
 
 
+def write_cifar100(
+    folder: Path, n_train_per_fine: int = 1, n_test_per_fine: int = 1, seed: int = 0,
+    meta: bool = True,
+) -> dict[str, Any]:
+    """``train``, ``test`` and ``meta`` pickles of ``cifar-100-python`` (bytes keys).
+
+    100 fine classes, 5 per superclass (a fixed random assignment, like the real one which is
+    not ``fine // 5``); each split is shuffled. The mean brightness of an image is
+    ``20 + 10 * coarse`` so a test can recover its superclass. Returns the ``coarse``/``fine``
+    labels of each split (``train_coarse``, ``test_fine`` ...) and ``fine_to_coarse``.
+    """
+    from occbench.datasets.images import CIFAR100_COARSE
+
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fine_to_coarse = rng.permutation(np.repeat(np.arange(20), 5))
+    out: dict[str, Any] = {"folder": folder, "fine_to_coarse": fine_to_coarse}
+    for split, n in (("train", n_train_per_fine), ("test", n_test_per_fine)):
+        fine = rng.permutation(np.repeat(np.arange(100), n))
+        coarse = fine_to_coarse[fine]
+        base = (20 + 10 * coarse.astype(np.float64))[:, None]
+        data = np.clip(base + rng.normal(0, 6, size=(len(fine), 3072)), 0, 255).astype(np.uint8)
+        with open(folder / split, "wb") as fh:  # row-major R, G, B 32x32 planes, like the real one
+            pickle.dump({b"filenames": [f"img_{i}.png".encode() for i in range(len(fine))],
+                         b"batch_label": f"{split} batch".encode(),
+                         b"fine_labels": fine.tolist(), b"coarse_labels": coarse.tolist(),
+                         b"data": data}, fh)
+        out[f"{split}_fine"], out[f"{split}_coarse"] = fine, coarse
+    if meta:
+        with open(folder / "meta", "wb") as fh:
+            pickle.dump({b"fine_label_names": [f"fine_{i}".encode() for i in range(100)],
+                         b"coarse_label_names": [c.encode() for c in CIFAR100_COARSE]}, fh)
+    return out
+
+
 def write_image_folders(
     folder: Path, classes: Sequence[str], n_train: int = 3, n_test: int = 2, size: int = 32,
     ext: str = ".png", seed: int = 0,

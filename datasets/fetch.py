@@ -81,6 +81,12 @@ FETCHABLE: dict[str, tuple[str, tuple[Resource, ...]]] = {
         Resource(("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
                  "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", extract=True),
     )),
+    # www.cs.toronto.edu/~kriz redirects to cave.cs.toronto.edu/kriz; the MD5 guards both
+    "cifar100": ("", (
+        Resource(("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                  "https://cave.cs.toronto.edu/kriz/cifar-100-python.tar.gz"),
+                 "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", extract=True),
+    )),
     "gtsrb-stop": ("", (
         Resource((_GTSRB + "GTSRB_Final_Training_Images.zip",), "GTSRB_Final_Training_Images.zip",
                  "513f3c79a4c5141765e10e952eaa2478", extract=True),

@@ -4,7 +4,7 @@ Every reader raises :class:`~occbench.harness.api.DatasetFormatError` naming the
 when a file exists but cannot be parsed, and :class:`~occbench.harness.api.DatasetNotFoundError`
 when it is missing. Images and frames come back as ``uint8`` arrays ``(N, H, W, C)``.
 
-Formats covered: IDX (MNIST, Fashion-MNIST; gzipped or raw), CIFAR-10 python pickle batches,
+Formats covered: IDX (MNIST, Fashion-MNIST; gzipped or raw), CIFAR-10 and CIFAR-100 python pickles,
 GTSRB semicolon CSVs and PPM images, UCSD ``UCSDped2.m`` ground truth, ``ped2.mat``, Avenue
 ``N_label.mat`` pixel masks, AVI videos (OpenCV) and image-folder frame sequences.
 """
@@ -173,6 +173,82 @@ def read_cifar_meta(path: Path) -> list[str]:
         return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
     except Exception as exc:
         raise DatasetFormatError(f"{path}: cannot read CIFAR-10 meta ({exc})") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-100 python pickles (``cifar-100-python/{train,test,meta}``)
+# --------------------------------------------------------------------------------------------
+
+_CIFAR100_FIX = ("extract cifar-100-python.tar.gz again (`occbench data fetch cifar100`, or "
+                 "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz)")
+
+
+def _load_pickle(path: Path, what: str, fix: str) -> dict[Any, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise DatasetNotFoundError(f"{what} {path} does not exist; {fix}")
+    try:
+        with open(path, "rb") as fh:
+            d = pickle.load(fh, encoding="bytes")  # the official files are Python 2 pickles
+    except Exception as exc:  # truncated files raise EOFError, UnpicklingError, ValueError, ...
+        raise DatasetFormatError(
+            f"{path}: not a {what} ({type(exc).__name__}: {exc}); the file is truncated or "
+            f"corrupt — {fix}"
+        ) from exc
+    if not isinstance(d, dict):
+        raise DatasetFormatError(f"{path}: not a {what} (a {type(d).__name__}, not a dict); {fix}")
+    return d
+
+
+def _key(d: dict[Any, Any], key: str) -> Any:
+    # Python 2 pickles have bytes keys; a re-pickled copy may have str keys
+    return d.get(key.encode(), d.get(key))
+
+
+def read_cifar100(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CIFAR-100 ``train`` or ``test`` pickle → ``(images, coarse, fine)``.
+
+    ``images`` is ``(N, 32, 32, 3)`` uint8 RGB (the file stores ``(N, 3072)`` rows of R, G, B
+    32x32 planes); ``coarse`` (superclass, 0..19) and ``fine`` (0..99) are ``(N,)`` int64.
+    """
+    what = "CIFAR-100 python pickle"
+    d = _load_pickle(path, what, _CIFAR100_FIX)
+    missing = [k for k in ("data", "coarse_labels", "fine_labels") if _key(d, k) is None]
+    if missing:
+        raise DatasetFormatError(f"{path}: not a {what}: keys {missing} missing; {_CIFAR100_FIX}")
+    try:
+        data = np.asarray(_key(d, "data"), dtype=np.uint8)
+        coarse = np.asarray(_key(d, "coarse_labels"), dtype=np.int64)
+        fine = np.asarray(_key(d, "fine_labels"), dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise DatasetFormatError(f"{path}: unreadable data or labels ({exc}); "
+                                 f"{_CIFAR100_FIX}") from exc
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DatasetFormatError(f"{path}: data has shape {data.shape}, expected (N, 3072) "
+                                 f"uint8 rows; {_CIFAR100_FIX}")
+    n = len(data)
+    for name, lab, hi in (("coarse_labels", coarse, 20), ("fine_labels", fine, 100)):
+        if lab.ndim != 1 or len(lab) != n:
+            raise DatasetFormatError(f"{path}: {n} images but {lab.size} {name}; "
+                                     f"{_CIFAR100_FIX}")
+        if n and (int(lab.min()) < 0 or int(lab.max()) >= hi):
+            raise DatasetFormatError(f"{path}: {name} out of range 0..{hi - 1} "
+                                     f"({int(lab.min())}..{int(lab.max())}); {_CIFAR100_FIX}")
+    imgs = data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(imgs), coarse, fine
+
+
+def read_cifar100_meta(path: Path) -> tuple[list[str], list[str]]:
+    """``(coarse_label_names, fine_label_names)`` from CIFAR-100's ``meta`` pickle."""
+    what = "CIFAR-100 meta pickle"
+    d = _load_pickle(path, what, _CIFAR100_FIX)
+    out = []
+    for key in ("coarse_label_names", "fine_label_names"):
+        names = _key(d, key)
+        if not isinstance(names, list | tuple):
+            raise DatasetFormatError(f"{path}: no {key} list; {_CIFAR100_FIX}")
+        out.append([n.decode() if isinstance(n, bytes) else str(n) for n in names])
+    return out[0], out[1]
 
 
 # --------------------------------------------------------------------------------------------

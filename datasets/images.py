@@ -1,4 +1,5 @@
-"""Image one-vs-rest datasets: ``mnist``, ``fashion-mnist``, ``cifar10``, ``gtsrb-stop``.
+"""Image one-vs-rest datasets: ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``,
+``gtsrb-stop``.
 
 Protocol (as in the papers): train on the normal class's training images only; test on the whole
 official test set, every other class being anomalous (label 1). ``gtsrb-stop`` follows Deep SVDD
@@ -11,6 +12,8 @@ Class names (``classes()``; a job may also give the class index as a string, e.g
   (short forms of the official T-shirt/top, Trouser, ..., Ankle boot; no ``/`` so that they can
   be used in file names)
 * cifar10: ``airplane automobile bird cat deer dog frog horse ship truck``
+* cifar100: the 20 coarse superclasses, ``aquatic_mammals fish flowers ... vehicles_1
+  vehicles_2`` (``coarse_label_names`` of the official ``meta`` file)
 * gtsrb-stop: ``"stop"`` only (GTSRB class 14)
 """
 
@@ -369,6 +372,168 @@ class CIFAR10(ImageDataset):
                 rep.warnings.append(f"{len(self.classes())} classes, CIFAR-10 has 10")
         except (DatasetNotFoundError, DatasetFormatError, ValueError) as exc:
             rep.errors.append(str(exc))
+        return rep
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-100 (20 coarse superclasses)
+# --------------------------------------------------------------------------------------------
+
+#: ``coarse_label_names`` of the official ``meta`` file, in label order (used without it)
+CIFAR100_COARSE = (
+    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
+    "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
+    "large_man-made_outdoor_things", "large_natural_outdoor_scenes",
+    "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates", "people",
+    "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
+)
+#: MD5 of the files in the official cifar-100-python.tar.gz (as torchvision lists them)
+CIFAR100_MD5 = {
+    "train": "16019d7e3df5f24257cddd939b257f8d",
+    "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+    "meta": "7973b15100ade9c7d40fb424638fde48",
+}
+CIFAR100_COUNTS = {"train": 50000, "test": 10000}
+
+
+@functools.lru_cache(maxsize=4)
+def _read_cifar100_cached(path: str, mtime_ns: int, size: int
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # keyed by mtime and size so a replaced file is re-read; the 20 one-vs-rest jobs of a worker
+    # (and the intruder pool of lntra-patch) then unpickle the 150 MB train file once
+    out = fmt.read_cifar100(Path(path))
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
+class CIFAR100(ImageDataset):
+    """CIFAR-100, 32x32 RGB, one-vs-rest over the 20 coarse superclasses.
+
+    The standard anomaly-detection protocol of GEOM (Golan & El-Yaniv 2018), CSI and Deep SAD:
+    the normal class is one superclass; training = its 2,500 training images; test = all 10,000
+    test images, label 1 = any other superclass. Reads the official python pickles
+    ``cifar-100-python/{train,test,meta}``. :meth:`auxiliary_images` gives all 50,000 training
+    images (every class; e.g. LNTRA's intruder patches).
+    """
+
+    name = "cifar100"
+    version = "1"
+    description = "CIFAR-100, one-vs-rest over the 20 superclasses (python pickles)"
+    folder_names = ("cifar-100-python", "cifar100/cifar-100-python", "cifar100", "CIFAR100",
+                    "cifar-100")
+    help_text = (
+        "CIFAR-100 layout under <data root>: cifar-100-python/{train,test,meta} (the python "
+        "version, as extracted from cifar-100-python.tar.gz).\n"
+        "Get it with `occbench data fetch cifar100` or from "
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz."
+    )
+
+    def folder(self) -> Path:
+        """First candidate folder holding any of ``train``, ``test``, ``meta`` (as files)."""
+        for d in self._roots():
+            if any((d / n).is_file() for n in CIFAR100_MD5):
+                return d
+        raise self._not_found("no cifar-100-python/{train,test,meta} found")
+
+    def _file(self, name: str) -> Path:
+        d = self.folder()
+        if not (d / name).is_file():
+            raise self._not_found(f"CIFAR-100 file {name!r} is missing in {d}")
+        return d / name
+
+    def _read(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(images (N, 32, 32, 3), coarse (N,), fine (N,))``, read-only (shared cache)."""
+        p = self._file(split)
+        st = p.stat()
+        return _read_cifar100_cached(str(p), st.st_mtime_ns, st.st_size)
+
+    def classes(self) -> list[str]:
+        """The 20 superclass names (``coarse_label_names`` of ``meta``, else the official ones)."""
+        try:
+            d = self.folder()
+        except DatasetNotFoundError:
+            return list(CIFAR100_COARSE)
+        if not (d / "meta").is_file():
+            return list(CIFAR100_COARSE)
+        coarse, _ = fmt.read_cifar100_meta(d / "meta")
+        if len(coarse) != len(CIFAR100_COARSE):
+            raise DatasetFormatError(
+                f"{d / 'meta'}: {len(coarse)} coarse_label_names, CIFAR-100 has 20 superclasses; "
+                "extract cifar-100-python.tar.gz again"
+            )
+        return coarse
+
+    def fingerprint(self) -> str:
+        d = self.folder()
+        return fmt.stat_fingerprint([d / n for n in CIFAR100_MD5 if (d / n).is_file()],
+                                    (self.name, self.version, sorted(self.params.items())),
+                                    mtime=False)
+
+    def load(self, normal_class: str | None = None) -> DatasetSplit:
+        """Training images of the normal superclass ``(n, 32, 32, 3)``; all test images.
+
+        The test images are the official order, read-only (shared with other jobs).
+        """
+        k = _resolve_class(self.name, normal_class, self.classes())
+        x, coarse, _ = self._read("train")
+        xt, _, _ = self._read("test")
+        return DatasetSplit(train=ImageData(x[coarse == k]), test=ImageData(xt))
+
+    def test_labels(self, normal_class: str | None = None) -> Labels:
+        """``(N,)`` 0/1 in the official test order, 1 = another superclass."""
+        k = _resolve_class(self.name, normal_class, self.classes())
+        _, coarse, _ = self._read("test")
+        return Labels({"": (coarse != k).astype(np.uint8)}, source="cifar100:test(coarse_labels)")
+
+    def auxiliary_images(self) -> np.ndarray:
+        """All training images of every class, ``(50000, 32, 32, 3)`` uint8, read-only.
+
+        Never test data: this is the pool a method may draw from (LNTRA's intruder patches).
+        """
+        return self._read("train")[0]
+
+    def check(self) -> CheckReport:
+        """Files parse, counts (50,000/10,000), every superclass present, fine→coarse mapping
+        consistent, official MD5s (a difference is a warning)."""
+        rep = CheckReport(self.name)
+        try:
+            d = self.folder()
+            rep.facts["folder"] = str(d)
+            rep.facts["classes"] = len(self.classes())
+            if not (d / "meta").is_file():
+                rep.warnings.append(f"{d / 'meta'} is missing; using the official superclass "
+                                    "names")
+        except (DatasetNotFoundError, DatasetFormatError) as exc:
+            rep.errors.append(str(exc))
+            return rep
+        pairs = []
+        for split in ("train", "test"):
+            try:
+                _, coarse, fine = self._read(split)
+            except (DatasetNotFoundError, DatasetFormatError) as exc:
+                rep.errors.append(str(exc))
+                continue
+            rep.facts[f"{split}_images"] = len(coarse)
+            if len(coarse) != CIFAR100_COUNTS[split]:
+                rep.warnings.append(f"{d / split}: {len(coarse)} images, the official file has "
+                                    f"{CIFAR100_COUNTS[split]}")
+            counts = np.bincount(coarse, minlength=len(CIFAR100_COARSE))
+            if (counts == 0).any():
+                rep.errors.append(f"{d / split}: superclasses without images: "
+                                  f"{np.flatnonzero(counts == 0).tolist()}")
+            pairs.append(np.unique(np.stack([fine, coarse], axis=1), axis=0))
+        if pairs:
+            p = np.unique(np.concatenate(pairs), axis=0)
+            if len(np.unique(p[:, 0])) != len(p):
+                rep.errors.append(f"{d}: some fine classes are labelled with several "
+                                  "superclasses; the coarse_labels are corrupt")
+        for n, md5 in CIFAR100_MD5.items():
+            if (d / n).is_file():
+                if fmt.file_md5(d / n) != md5:
+                    rep.warnings.append(f"{d / n}: MD5 differs from the official file")
+                else:
+                    rep.facts.setdefault("md5_verified", []).append(n)
         return rep
 
 

@@ -238,6 +238,24 @@ class Dataset(ABC):
     def test_labels(self, normal_class: str | None = None) -> Labels:
         """Per-item test labels (1 = anomalous), aligned with :meth:`load`'s test split."""
 
+    def auxiliary_images(self) -> np.ndarray:
+        """Training images of every class, ``(N, H, W, C)`` uint8, never test data: this dataset
+        used as an auxiliary image pool by a method (e.g. LNTRA's intruder patches).
+
+        The default stacks :meth:`load`'s training split over :meth:`classes`; datasets that can
+        read their training files directly override it. Video datasets have none.
+        """
+        classes = self.classes()
+        if self.modality != "image" or not classes:
+            raise ValueError(f"{self.name}: only image datasets can serve as an auxiliary image "
+                             "pool")
+        parts = []
+        for c in classes:
+            train = self.load(c).train
+            assert isinstance(train, ImageData)
+            parts.append(train.images)
+        return np.concatenate(parts)
+
     def check(self) -> CheckReport:
         """Verify layout, counts and labels; the default loads everything once."""
         report = CheckReport(self.name)
@@ -300,6 +318,8 @@ class Context:
 
     ``device`` is ``"cpu"`` or ``"cuda"``/``"cuda:N"``; ``workdir`` is a private scratch folder
     (checkpoints); ``fast`` asks the method for its smallest, quickest settings (tests, CI).
+    ``auxiliary`` maps each role the method asked for in :meth:`Method.auxiliary_datasets` to
+    that dataset's training images (all classes, no labels, no test data).
     """
 
     seed: int = 0
@@ -308,6 +328,7 @@ class Context:
     workdir: Path | None = None
     fast: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    auxiliary: dict[str, ImageData] = field(default_factory=dict)
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(self.seed)
@@ -355,6 +376,17 @@ class Method(ABC):
     def resources_for(self) -> Resources:
         """Resources for this instance (override when they depend on parameters)."""
         return self.resources
+
+    def auxiliary_datasets(self) -> dict[str, str]:
+        """Registered image datasets this instance needs besides its training data, by role,
+        e.g. ``{"intruder": "cifar100"}`` (override when a parameter names one).
+
+        A method never imports datasets: the harness resolves each name when the spec is
+        expanded (so a missing dataset fails before anything runs, and the dataset's fingerprint
+        becomes part of the job id), then passes its training images of every class, without
+        labels, as ``context.auxiliary[role]``.
+        """
+        return {}
 
     @abstractmethod
     def fit(self, train: Data, context: Context) -> Method:

@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="Dataset name.")],
         data_root: DataRootOpt = None,
     ) -> None:
-        """Download a dataset from its official source (MNIST, Fashion-MNIST, CIFAR-10, GTSRB)."""
+        """Download a dataset from its official source (MNIST, Fashion-MNIST, CIFAR, GTSRB)."""
         from occbench.datasets.fetch import MANUAL, FetchError, fetch
 
         if name in MANUAL:

@@ -7,6 +7,8 @@ plugin author runs ``occbench validate my-method`` (or ``module:Class``) before 
 Checks, per modality:
 
 * ``params``: ``__init__`` stores each parameter under its own name; all parameters have defaults.
+* ``auxiliary``: the image datasets it asks for (``Method.auxiliary_datasets``) exist and load;
+  they are handed over as ``context.auxiliary`` as in a real run.
 * ``fit_returns_self``.
 * ``scores``: one finite float per test item (video: NaN only in the declared border frames).
 * ``deterministic``: the same seed gives identical scores on CPU.
@@ -47,6 +49,7 @@ from occbench.harness.execute import (
     label_guard,
     normalise_scores,
 )
+from occbench.harness.spec import auxiliary_of, make_dataset
 
 
 @dataclass
@@ -173,9 +176,9 @@ def load_method_class(plugin: str) -> type[Method]:
 
 
 def _run(cls: type[Method], params: dict[str, Any], train: Data, test: Data, seed: int,
-         fast: bool, workdir: Path) -> tuple[Method, Any]:
+         fast: bool, workdir: Path, aux: dict[str, ImageData]) -> tuple[Method, Any]:
     m = cls(**params)
-    ctx = Context(seed=seed, device="cpu", workdir=workdir, fast=fast)
+    ctx = Context(seed=seed, device="cpu", workdir=workdir, fast=fast, auxiliary=aux)
     fitted = m.fit(train, ctx)
     return fitted, fitted.score(test, ctx)
 
@@ -207,14 +210,23 @@ def check_method(plugin: str | type[Method], params: dict[str, Any] | None = Non
         add(CheckResult("params", "-", False, f"{type(exc).__name__}: {exc}"))
         return report
 
+    # -- auxiliary datasets it asks for (e.g. an intruder pool): resolved as a run would
+    try:
+        aux = {role: ImageData(np.ascontiguousarray(
+                   make_dataset(a["dataset"], {}, None).auxiliary_images()))
+               for role, a in auxiliary_of(m, None).items()}
+    except Exception as exc:
+        add(CheckResult("auxiliary", "-", False, f"{type(exc).__name__}: {exc}"))
+        return report
+
     mods = modalities or sorted(cls.modalities)
     for mod in mods:
-        _check_modality(cls, params, mod, fast, add)
+        _check_modality(cls, params, mod, fast, add, aux)
     return report
 
 
 def _check_modality(cls: type[Method], params: dict[str, Any], mod: Modality, fast: bool,
-                    add: Callable[[CheckResult], None]) -> None:
+                    add: Callable[[CheckResult], None], aux: dict[str, ImageData]) -> None:
     train, test, y = probe_sets(mod)
     with tempfile.TemporaryDirectory(prefix="occbench-validate-") as tmp:
         wd = Path(tmp)
@@ -224,7 +236,7 @@ def _check_modality(cls: type[Method], params: dict[str, Any], mod: Modality, fa
         try:
             with label_tripwire([decoy]) as hits:
                 model = cls(**params)
-                ctx = Context(seed=0, device="cpu", workdir=wd, fast=fast)
+                ctx = Context(seed=0, device="cpu", workdir=wd, fast=fast, auxiliary=aux)
                 fitted = model.fit(train, ctx)
                 add(CheckResult("fit_returns_self", mod, fitted is model,
                                 "" if fitted is model else "fit() must return self"))
@@ -251,7 +263,7 @@ def _check_modality(cls: type[Method], params: dict[str, Any], mod: Modality, fa
 
         # 2. determinism
         try:
-            _, out2 = _run(cls, params, train, test, 0, fast, wd)
+            _, out2 = _run(cls, params, train, test, 0, fast, wd, aux)
             s2 = normalise_scores(cls(**params), test, out2)
             flat2 = np.concatenate([s2[k] for k in s2])
             same = np.array_equal(flat, flat2, equal_nan=True)

@@ -253,6 +253,13 @@ def _load_split(dataset: str, params_json: str, root: str | None,
     return ds.load(normal_class)
 
 
+@lru_cache(maxsize=2)
+def _load_auxiliary(dataset: str, root: str | None) -> ImageData:
+    # cached per worker process like _load_split: an intruder pool is read once per worker
+    ds = make_dataset(dataset, {}, root)
+    return ImageData(np.ascontiguousarray(ds.auxiliary_images()))
+
+
 def execute_job(job: Job, data_root: str | None = None, device: str = "cpu") -> JobOutput:
     """Run one job: fit on normal training data, score the unlabelled test split.
 
@@ -281,11 +288,14 @@ def execute_job(job: Job, data_root: str | None = None, device: str = "cpu") -> 
             t_load = time.perf_counter()
             split = _load_split(job.dataset, json.dumps(job.dataset_params, sort_keys=True),
                                 None if data_root is None else str(data_root), job.normal_class)
+            root = None if data_root is None else str(data_root)
+            auxiliary = {role: _load_auxiliary(a["dataset"], root)
+                         for role, a in job.auxiliary.items()}
             prov["load_time_s"] = round(time.perf_counter() - t_load, 3)
             cls = registry.methods.get(job.method)
             method = cls(**job.method_params)
             ctx = Context(seed=job.seed, device=device, logger=logger, workdir=Path(wd),
-                          fast=job.fast)
+                          fast=job.fast, auxiliary=auxiliary)
             threads = max(1, int(method.resources_for().cpus))
             prov["threads"] = threads
             with cpu_threads(threads):

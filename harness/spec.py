@@ -77,6 +77,10 @@ class Job:
     modality: str
     fast: bool = False
     selected_on_test: bool = False
+    #: role -> {"dataset", "version", "fingerprint"} of the auxiliary image datasets the method
+    #: asked for (Method.auxiliary_datasets); left out of the id when empty, so the ids of
+    #: methods without any are what they were before the field existed
+    auxiliary: dict[str, dict[str, str]] = field(default_factory=dict)
     time_limit_s: float | None = None  # execution option: not part of the id
     label: str = ""  # display name; not part of the id
     tags: dict[str, Any] = field(default_factory=dict)  # not part of the id (e.g. sweep trial)
@@ -85,6 +89,8 @@ class Job:
         d = asdict(self)
         for k in ("time_limit_s", "label", "tags"):
             d.pop(k)
+        if not d["auxiliary"]:
+            d.pop("auxiliary")
         return d
 
     @property
@@ -206,14 +212,39 @@ def make_dataset(name: str, params: Mapping[str, Any], data_root: str | Path | N
         raise SpecError(f"{where}dataset {name!r}: {exc}") from exc
 
 
+def auxiliary_of(method: Method, data_root: str | Path | None, where: str = ""
+                 ) -> dict[str, dict[str, str]]:
+    """Resolve ``method.auxiliary_datasets()``: name, version and fingerprint of each (image
+    datasets only, default parameters). A missing or unknown dataset is a :class:`SpecError`."""
+    out: dict[str, dict[str, str]] = {}
+    try:
+        wanted = method.auxiliary_datasets()
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{where}{exc}") from exc
+    for role, name in sorted(wanted.items()):
+        w = f"{where}auxiliary dataset {role}={name!r}: "
+        ds = make_dataset(name, {}, data_root, w)
+        if ds.modality != "image":
+            raise SpecError(f"{w}{name} is a {ds.modality} dataset; an auxiliary image pool "
+                            "must be an image dataset (`occbench list datasets`)")
+        try:
+            fp = ds.fingerprint()
+        except (OSError, ValueError) as exc:
+            raise SpecError(f"{w}{exc}") from exc
+        out[role] = {"dataset": name, "version": str(ds.version), "fingerprint": fp}
+    return out
+
+
 def expand(spec: Spec, data_root: str | Path | None = None) -> Plan:
     """All jobs of a spec. Raises :class:`SpecError` before anything runs if any name is bad."""
     jobs: list[Job] = []
     skipped: list[str] = []
     resolved_methods = []
     for m in spec.methods:
-        cls, params = resolve_method(m["name"], m.get("params") or {}, f"{spec.path}: ")
-        resolved_methods.append((m, cls, params))
+        where = f"{spec.path}: "
+        cls, params = resolve_method(m["name"], m.get("params") or {}, where)
+        aux = auxiliary_of(cls(**params), data_root, f"{where}method {m['name']!r}: ")
+        resolved_methods.append((m, cls, params, aux))
     for d in spec.datasets:
         where = f"{spec.path}: dataset {d['name']!r}: "
         ds = make_dataset(d["name"], d.get("params") or {}, data_root, f"{spec.path}: ")
@@ -245,7 +276,7 @@ def expand(spec: Spec, data_root: str | Path | None = None) -> Plan:
             fingerprint = ds.fingerprint()
         except (OSError, ValueError) as exc:
             raise SpecError(f"{where}{exc}") from exc
-        for m, cls, params in resolved_methods:
+        for m, cls, params, aux in resolved_methods:
             if modality not in cls.modalities:
                 skipped.append(f"{m['name']} does not support {modality} ({d['name']})")
                 continue
@@ -256,7 +287,8 @@ def expand(spec: Spec, data_root: str | Path | None = None) -> Plan:
                         dataset=d["name"], dataset_params=dict(d.get("params") or {}),
                         dataset_version=str(ds.version), dataset_fingerprint=fingerprint,
                         normal_class=c, protocol=proto.id, seed=int(seed), modality=modality,
-                        fast=spec.fast, selected_on_test=bool(m.get("selected_on_test", False)),
+                        auxiliary=aux, fast=spec.fast,
+                        selected_on_test=bool(m.get("selected_on_test", False)),
                         time_limit_s=d.get("time_limit_s"), label=str(m.get("label", "")),
                     ))
     ids = [j.job_id for j in jobs]

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -46,7 +46,15 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from occbench.harness.api import Context, Data, Method, Resources, VideoData, frames_of
+from occbench.harness.api import (
+    Context,
+    Data,
+    ImageData,
+    Method,
+    Resources,
+    VideoData,
+    frames_of,
+)
 from occbench.methods import _torch as T
 from torch import nn
 
@@ -207,30 +215,58 @@ def value_noise_images(n: int, size: int, rng: np.random.Generator) -> np.ndarra
     return ((out - lo) / np.maximum(hi - lo, 1e-6) * 255).round().astype(np.uint8)
 
 
+#: ``intruder`` values that are not a registered dataset's name
+_INTRUDER_BUILTINS = ("noise", "self")
+
+
+def intruder_is_dataset(spec: str) -> bool:
+    """Whether ``intruder=spec`` names a registered image dataset (resolved by the harness)."""
+    return spec not in _INTRUDER_BUILTINS and not spec.endswith(".npy")
+
+
+def _to_grey(arr: np.ndarray, where: str) -> np.ndarray:
+    """uint8 ``(M, h, w)``, ``(M, h, w, 1)`` or ``(M, h, w, 3)`` images as ``(M, h, w)`` grey."""
+    if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or (arr.ndim == 4
+                                                           and arr.shape[-1] not in (1, 3)):
+        raise ValueError(f"{where}: intruder images must be uint8 (M, h, w) or (M, h, w, 1|3), "
+                         f"got {arr.dtype} {arr.shape}; convert with astype(np.uint8)")
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 4:  # PIL's "L" conversion weights, as the LNTRA release's Grayscale()
+        arr = np.rint(arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114)
+    return np.ascontiguousarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
 def load_intruders(spec: str, bank: FrameBank, rng: np.random.Generator,
+                   auxiliary: Mapping[str, ImageData] | None = None,
                    n_noise: int = 512) -> np.ndarray:
     """The intruder image set as ``(M, h, w)`` uint8 grey.
 
     ``spec``: ``"noise"`` (default; :func:`value_noise_images`), ``"self"`` (the training frames
-    themselves, as LNTRA's Ped2-as-intruder ablation), or a path to an ``.npy`` of uint8 images
-    ``(M, h, w)`` or ``(M, h, w, 3)`` — e.g. the CIFAR-100 training set as the paper uses.
+    themselves, as LNTRA's Ped2-as-intruder ablation), the name of a registered image dataset
+    (e.g. ``"cifar100"``, the paper's choice: its training images of every class, which the
+    harness hands over as ``auxiliary["intruder"]``), or a path to an ``.npy`` of uint8 images
+    ``(M, h, w)`` or ``(M, h, w, 3)``.
     """
     if spec == "noise":
         return value_noise_images(n_noise, 32, rng)
     if spec == "self":
         return bank.frames.cpu().numpy()
+    if intruder_is_dataset(spec):
+        pool = (auxiliary or {}).get("intruder")
+        if pool is None:
+            raise ValueError(
+                f"intruder={spec!r} names a dataset, but the harness passed no auxiliary "
+                "'intruder' images: run the method through occbench (a spec or `occbench "
+                "validate`), or give 'noise', 'self' or a .npy file")
+        return _to_grey(pool.images, f"dataset {spec}")
     path = Path(spec)
-    if path.suffix != ".npy" or not path.is_file():
+    if not path.is_file():
         raise ValueError(
-            f"intruder={spec!r}: expected 'noise', 'self' or an existing .npy file of uint8 "
-            "images (M, h, w[, 3]); e.g. save CIFAR-100's training images with np.save")
-    arr = np.load(path, mmap_mode="r")
-    if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] != 3):
-        raise ValueError(f"{path}: intruder images must be uint8 (M, h, w) or (M, h, w, 3), "
-                         f"got {arr.dtype} {arr.shape}; convert with astype(np.uint8)")
-    if arr.ndim == 4:  # PIL's "L" conversion weights, as the LNTRA release's Grayscale()
-        arr = np.rint(arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114)
-    return np.ascontiguousarray(np.clip(arr, 0, 255).astype(np.uint8))
+            f"intruder={spec!r}: no such file; expected 'noise', 'self', a registered image "
+            "dataset (`occbench list datasets`) or an existing .npy file of uint8 images "
+            "(M, h, w[, 3])")
+    return _to_grey(np.load(path, mmap_mode="r"), str(path))
 
 
 def smoothmix_masks(cx: torch.Tensor, cy: torch.Tensor, cw: torch.Tensor, ch: torch.Tensor,
@@ -303,7 +339,8 @@ class Ae3dMethod(Method):
 
     # ---- hooks for the variants -------------------------------------------------------------
 
-    def _prepare(self, bank: FrameBank, rng: np.random.Generator, dev: torch.device) -> None:
+    def _prepare(self, bank: FrameBank, rng: np.random.Generator, dev: torch.device,
+                 context: Context) -> None:
         """Set up variant state once before training (intruder images, ...)."""
 
     def _plan_epoch(self, bank: FrameBank, starts: np.ndarray, rng: np.random.Generator
@@ -366,7 +403,7 @@ class Ae3dMethod(Method):
             total = min(total, self.max_steps)
         if context.fast:
             total = min(total, self.fast_steps)
-        self._prepare(bank, rng, dev)
+        self._prepare(bank, rng, dev, context)
 
         model = AE3D(width).to(dev)
         model = model.to(memory_format=fmt)  # type: ignore[call-overload]
@@ -519,8 +556,10 @@ class LntraPatch(Ae3dMethod):
 
     ``intruder``: ``"noise"`` (default: procedural 3-octave value-noise textures of 32x32,
     generated from the seed — no download; the paper uses CIFAR-100 and shows other intruder sets
-    also help), ``"self"`` (the training frames, the paper's Ped2-as-intruder ablation), or a
-    path to an ``.npy`` of uint8 images ``(M, h, w[, 3])`` — e.g. CIFAR-100's training set.
+    also help), ``"self"`` (the training frames, the paper's Ped2-as-intruder ablation), the name
+    of any registered image dataset — ``"cifar100"`` is the paper's setting; its training images
+    of every class are used, converted to grey — or a path to an ``.npy`` of uint8 images
+    ``(M, h, w[, 3])``.
     """
 
     name: ClassVar[str] = "lntra-patch"
@@ -539,10 +578,15 @@ class LntraPatch(Ae3dMethod):
         self.beta = beta
         self.intruder = intruder
 
-    def _prepare(self, bank: FrameBank, rng: np.random.Generator, dev: torch.device) -> None:
+    def auxiliary_datasets(self) -> dict[str, str]:
+        return {"intruder": self.intruder} if intruder_is_dataset(self.intruder) else {}
+
+    def _prepare(self, bank: FrameBank, rng: np.random.Generator, dev: torch.device,
+                 context: Context) -> None:
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        self._intr = torch.from_numpy(load_intruders(self.intruder, bank, rng)).to(dev)
+        intr = load_intruders(self.intruder, bank, rng, context.auxiliary)
+        self._intr = torch.from_numpy(intr).to(dev)
 
     def _plan_epoch(self, bank: FrameBank, starts: np.ndarray, rng: np.random.Generator
                     ) -> dict[str, np.ndarray]:

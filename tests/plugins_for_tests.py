@@ -114,12 +114,33 @@ class SlowOrDie(_Base):
         return super().fit(train, context)
 
 
+class AuxPool(_Base):
+    """Scores by distance to the mean intensity of an auxiliary image dataset ``pool`` (a
+    registered dataset name, handed over by the harness), not of its own training data."""
+
+    name = "test-aux-pool"
+
+    def __init__(self, pool: str = "") -> None:
+        self.pool = pool
+
+    def auxiliary_datasets(self) -> dict[str, str]:
+        return {"pool": self.pool} if self.pool else {}
+
+    def fit(self, train: Data, context: Context) -> Method:
+        super().fit(train, context)
+        if self.pool:
+            self.mean_ = float(np.mean(context.auxiliary["pool"].images))
+            context.logger.info("pool %s shape %s", self.pool,
+                                context.auxiliary["pool"].images.shape)
+        return self
+
+
 ALL = [MeanDistance, NaNScores, WrongLength, ReadsLabels, Nondeterministic, Transductive,
        SlowOrDie]
 
 
 def register_all() -> None:
-    for cls in ALL:
+    for cls in [*ALL, AuxPool]:
         if cls.name not in registry.methods:
             registry.methods.register(cls, source="tests")
 

@@ -166,5 +166,5 @@ def test_manual_datasets_say_where(tmp_path: Path) -> None:
         F.fetch("ped2", tmp_path)
     with pytest.raises(F.FetchError, match="no download recipe"):
         F.fetch("nope", tmp_path)
-    assert set(F.FETCHABLE) == {"mnist", "fashion-mnist", "cifar10", "gtsrb-stop"}
+    assert set(F.FETCHABLE) == {"mnist", "fashion-mnist", "cifar10", "cifar100", "gtsrb-stop"}
     assert all(r.md5 for _, rs in F.FETCHABLE.values() for r in rs)

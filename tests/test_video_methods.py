@@ -114,7 +114,7 @@ def test_patch_changes_only_pseudo_inputs(train: VideoData) -> None:
         m = LntraPatch(p=p, alpha=0.5, beta=3, batch_size=4, **TINY)
         m._S, m._fmt = 32, torch.contiguous_format
         rng = np.random.default_rng(0)
-        m._prepare(bank, rng, dev)
+        m._prepare(bank, rng, dev, Context())
         plan_np = m._plan_epoch(bank, starts, rng)
         plan = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in plan_np.items()}
         x = bank.gather(plan["target"][0], torch.contiguous_format)
@@ -139,6 +139,16 @@ def test_intruder_choices(tmp_path, train: VideoData) -> None:  # type: ignore[n
         load_intruders(str(tmp_path / "bad.npy"), bank, rng)
     with pytest.raises(ValueError, match="noise"):
         load_intruders(str(tmp_path / "missing.npy"), bank, rng)
+    # a registered image dataset's name: the harness hands its images over as auxiliary
+    pool = ImageData(rgb)
+    grey = load_intruders("cifar100", bank, rng, {"intruder": pool})
+    assert grey.shape == (5, 8, 8) and grey.dtype == np.uint8
+    assert np.array_equal(grey, load_intruders(str(tmp_path / "cifar.npy"), bank, rng))
+    with pytest.raises(ValueError, match="no auxiliary 'intruder' images"):
+        load_intruders("cifar100", bank, rng)
+    assert LntraPatch(intruder="cifar100").auxiliary_datasets() == {"intruder": "cifar100"}
+    assert LntraPatch().auxiliary_datasets() == {}
+    assert LntraPatch(intruder="x.npy").auxiliary_datasets() == {}
 
 
 def test_constriction_penalties() -> None:
