@@ -15,6 +15,13 @@ GPU machine from the repository root::
     python bench/bench_gpu_grid.py --json gpu.json             # 8 jobs: classes 0-7, seed 0
     python bench/bench_gpu_grid.py --classes 8 --seeds 2 --epochs 10
 
+``--spec`` times a real spec's grid instead (its methods and datasets, the first ``--seeds``
+seeds; ``--only`` keeps some of its methods by label or name), e.g. issue 6's Fashion-MNIST
+benchmark, packed vs one at a time, with the IDX files under ``--data-root``::
+
+    python bench/bench_gpu_grid.py --spec benchmarks/fashion-mnist.toml \
+        --only adacl,dcae,deep-svdd,deep-svdd-soft,oclr --seeds 1 --data-root /tmp/data
+
 Without a GPU it still runs (on CPU) so the script itself can be checked.
 """
 
@@ -34,7 +41,7 @@ from typing import Any
 from occbench.datasets.fakes import write_mnist
 from occbench.harness.driver import run_jobs
 from occbench.harness.ray_runner import RayRunner, init_local_ray
-from occbench.harness.spec import Job, expand, spec_from_dict
+from occbench.harness.spec import Job, expand, load_spec, spec_from_dict
 from occbench.harness.store import RunStore
 
 
@@ -91,6 +98,18 @@ def grid(method: str, epochs: int, n_classes: int, seeds: int, root: Path) -> li
     return expand(spec, str(root)).jobs
 
 
+def spec_grid(path: str, only: str, seeds: int, data_root: str | None) -> list[Job]:
+    """The jobs of spec ``path``: its first ``seeds`` seeds, methods whose label or name is in
+    the comma-separated ``only`` (all if empty)."""
+    spec = load_spec(path)
+    keep = {x.strip() for x in only.split(",") if x.strip()}
+    if keep:
+        spec.methods = [m for m in spec.methods if m.get("label", m["name"]) in keep
+                        or m["name"] in keep]
+    spec.seeds = spec.seeds[:seeds]
+    return expand(spec, data_root).jobs
+
+
 def peak_overlap(provs: list[dict[str, Any]]) -> int:
     """Most jobs running at one instant, from each task's start/end time on its worker."""
     ev = sorted([(float(p["ray_task_start"]), 1) for p in provs if "ray_task_start" in p]
@@ -103,12 +122,12 @@ def peak_overlap(provs: list[dict[str, Any]]) -> int:
     return peak
 
 
-def timed(jobs: list[Job], runner: RayRunner, root: Path) -> dict[str, Any]:
+def timed(jobs: list[Job], runner: RayRunner, root: Path | str | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="occbench-gpu-") as d:
         store = RunStore(Path(d) / "store")
         with GpuSampler() as smi:
             t0 = time.perf_counter()
-            s = run_jobs(jobs, store, runner, str(root))
+            s = run_jobs(jobs, store, runner, None if root is None else str(root))
             wall = time.perf_counter() - t0
         provs = [store.record(j)["provenance"] for j in store.job_ids()]
     out: dict[str, Any] = {
@@ -136,15 +155,26 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--n-train", type=int, default=6000, help="training images per class")
     ap.add_argument("--n-test", type=int, default=1000, help="test images per class")
+    ap.add_argument("--spec", default=None, help="time this spec's grid instead")
+    ap.add_argument("--only", default="", help="with --spec: methods to keep (labels/names)")
+    ap.add_argument("--data-root", default=None, help="with --spec: the data root")
     ap.add_argument("--skip-unpacked", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="occbench-gpu-data-"))
-    write_mnist(root / "mnist", n_train_per_class=args.n_train, n_test_per_class=args.n_test)
-    jobs = grid(args.method, args.epochs, args.classes, args.seeds, root)
-    out: dict[str, Any] = {"method": args.method, "epochs": args.epochs, "jobs": len(jobs),
-                           "n_train_per_class": args.n_train}
+    n_train = 500 if args.spec else args.n_train  # with --spec the fake data is the warm-up's
+    write_mnist(root / "mnist", n_train_per_class=n_train, n_test_per_class=args.n_test)
+    out: dict[str, Any]
+    if args.spec:
+        jobs = spec_grid(args.spec, args.only, args.seeds, args.data_root)
+        out = {"spec": args.spec, "only": args.only, "seeds": args.seeds, "jobs": len(jobs),
+               "methods": sorted({j.label or j.method for j in jobs})}
+    else:
+        jobs = grid(args.method, args.epochs, args.classes, args.seeds, root)
+        out = {"method": args.method, "epochs": args.epochs, "jobs": len(jobs),
+               "n_train_per_class": args.n_train}
+    data_root = args.data_root if args.spec else root
     t0 = time.perf_counter()
     init_local_ray()
     out["ray_startup_s"] = round(time.perf_counter() - t0, 1)
@@ -161,11 +191,11 @@ def main() -> None:
     warm = grid(args.method, 1, min(4, args.classes), 1, root)
     warm = [Job.from_dict({**j.to_dict(), "seed": 10_000 + i}) for i, j in enumerate(warm)]
     out["warmup"] = timed(warm, RayRunner(), root)
-    out["packed"] = timed(jobs, RayRunner(), root)
+    out["packed"] = timed(jobs, RayRunner(), data_root)
     save()
     if not args.skip_unpacked:
         # the same grid again (fresh store), one job at a time; workers are warm by now
-        out["one_at_a_time"] = timed(jobs, RayRunner(max_concurrent=1), root)
+        out["one_at_a_time"] = timed(jobs, RayRunner(max_concurrent=1), data_root)
         save()
     ray.shutdown()
     shutil.rmtree(root, ignore_errors=True)
