@@ -1,0 +1,40 @@
+"""Every grid and sweep spec shipped in benchmarks/ parses: method names and parameters, dataset
+names, protocols and search ranges are checked (expanding needs the data, so it is not done)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from occbench.harness import registry
+from occbench.harness.protocols import get_protocol
+from occbench.harness.spec import load_spec, resolve_method
+from occbench.harness.sweep import load_sweep
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+SPECS = sorted(BENCH.glob("*.toml"))
+SWEEPS = sorted((BENCH / "sweeps").glob("*.toml"))
+
+
+def test_there_are_shipped_specs() -> None:
+    assert len(SPECS) >= 5 and len(SWEEPS) >= 2
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_grid_spec_is_valid(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.methods and spec.datasets and spec.seeds
+    for m in spec.methods:
+        resolve_method(m["name"], m.get("params") or {}, f"{path.name}: ")
+    for d in spec.datasets:
+        cls = registry.datasets.get(d["name"])
+        proto = d.get("protocol") or spec.protocols.get(cls.modality)
+        if proto:
+            assert get_protocol(str(proto)).modality == cls.modality
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_sweep_spec_is_valid(path: Path) -> None:
+    sw = load_sweep(path)
+    assert sw.search and registry.datasets.get(sw.dataset)
+    resolve_method(sw.method, sw.params, f"{path.name}: ")
