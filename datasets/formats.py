@@ -144,17 +144,13 @@ def read_idx(path: Path) -> np.ndarray:
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 python batch → ``(images (N, 32, 32, 3) uint8, labels (N,) int64)``."""
-    path = Path(path)
-    if not path.exists():
-        raise DatasetNotFoundError(f"CIFAR-10 batch {path} does not exist")
+    d = _load_pickle(path, "CIFAR-10 python batch", "extract cifar-10-python.tar.gz again")
     try:
-        with open(path, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")  # the official batches are Python 2 pickles
         data = d.get(b"data", d.get("data"))
         labels = d.get(b"labels", d.get("labels"))
         arr = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         lab = np.asarray(labels, dtype=np.int64)
-    except Exception as exc:  # unpickling errors come in many types
+    except Exception as exc:  # missing keys, wrong sizes
         raise DatasetFormatError(
             f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc}); "
             "extract cifar-10-python.tar.gz again"
