@@ -1,6 +1,7 @@
 """Reproduced vs published Fashion-MNIST AUROC (ADACL's Table 1), from a run store.
 
-    python benchmarks/fashion_mnist_table.py --store runs/fmnist [--dataset fashion-mnist]
+    python benchmarks/fashion_mnist_table.py --store runs/fmnist [--dataset fashion-mnist] \
+        [--spec benchmarks/fashion-mnist.toml ...]
 
 Prints a Markdown table: per normal class, the published value (``leaderboard/published.csv``)
 and ours (mean ± std over seeds, AUROC in %), and the mean over classes.
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from occbench.harness import registry
+from occbench.harness.spec import expand, load_spec
 from occbench.harness.store import RunStore
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
@@ -69,9 +71,17 @@ def deep_svdd_protocol(store: RunStore, runs: pd.DataFrame, name: str, prefix: s
     return pd.DataFrame(out)
 
 
-def table(store_path: str, dataset: str = "fashion-mnist") -> str:
+def current_job_ids(specs: list[str], data_root: str | None = None) -> set[str]:
+    """Job ids of ``specs`` as the code and data are now: runs left in the store by an older
+    method version or dataset fingerprint are not among them."""
+    return {j.job_id for s in specs for j in expand(load_spec(s), data_root).jobs}
+
+
+def table(store_path: str, dataset: str = "fashion-mnist", specs: list[str] | None = None) -> str:
     store = RunStore(store_path)
     runs = load_runs(store, dataset)
+    if specs:
+        runs = runs[runs.job_id.isin(current_job_ids(specs))]
     pub = pd.read_csv(PUBLISHED, dtype={"normal_class": str}, keep_default_na=False)
     pub = pub[(pub.dataset == dataset) & (pub.table == "Table 1")
               & pub.paper.str.startswith("ADACL")]
@@ -126,8 +136,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", required=True)
     ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--spec", action="append", default=None,
+                    help="keep only the jobs of this spec as it expands now (repeatable); "
+                         "default: every run of the dataset in the store")
     args = ap.parse_args()
-    print(table(args.store, args.dataset))
+    print(table(args.store, args.dataset, args.spec))
 
 
 if __name__ == "__main__":
