@@ -190,10 +190,15 @@ def _precheck(sp: Any, root: str | None) -> None:
 def _print_board(st: Any) -> None:
     from occbench.leaderboard.table import aggregate, display_table, runs_frame
 
-    df = display_table(aggregate(runs_frame(st)))
+    runs = runs_frame(st)
+    df = display_table(aggregate(runs))
     if df.empty:
         console.print("no runs in the store yet")
         return
+    if runs.attrs.get("superseded"):
+        console.print(f"{runs.attrs['superseded']} superseded run(s) left out: the same entry, "
+                      "class and seed run again with a newer method version or changed data "
+                      "(the newest run counts; `occbench export` lists them all)")
     t = Table(title="occbench — mean ± std over seeds (AUC: micro frame AUC for video, "
                     "class-mean AUROC for images)")
     for c in df.columns:

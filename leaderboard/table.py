@@ -9,7 +9,9 @@ wall time × GPUs the job declared / 3600, peak memory in MiB, parameter count.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,10 @@ RUN_COLUMNS = [
     "job_id", "method", "label", "method_version", "dataset", "normal_class", "protocol", "seed",
     "modality", "selected_on_test", "auc", "auc_macro", "eer", "n_items", "wall_time_s",
     "peak_rss_mb", "peak_gpu_mb", "n_parameters", "device", "git_sha", "gpus", "gpu_hours",
+    "method_params", "dataset_params", "dataset_fingerprint", "started_at",
 ]
+#: What one entry of the board is measured on: a run is one seed of one class of it.
+SLOT = ["label", "dataset", "protocol", "normal_class", "seed", "selected_on_test"]
 
 
 def declared_gpus(rec: dict[str, Any]) -> float:
@@ -54,8 +59,56 @@ def _as_float(v: Any, default: float) -> float:
         return default
 
 
-def runs_frame(store: RunStore | str | Path) -> pd.DataFrame:
-    """One row per successful run (columns ``RUN_COLUMNS``)."""
+def _params_text(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
+
+
+def _disambiguate(df: pd.DataFrame, name: str, params: str, also: str | None = None) -> None:
+    """Where one ``name`` (a method label, a dataset) covers runs with different parameters
+    (or different ``also`` values), append what differs, e.g. ``ocsvm (gamma=0.5)``: runs of
+    different configurations must never be averaged as one entry."""
+    for value, g in df.groupby(name, sort=False):
+        cols = [params] + ([also] if also else [])
+        combos = g[cols].drop_duplicates()
+        if len(combos) < 2:
+            continue
+        parsed = {tuple(r): json.loads(r[0]) for r in combos.itertuples(index=False)}
+        keys = sorted({k for p in parsed.values() for k in p})
+        differ = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True)
+                                          for p in parsed.values()}) > 1]
+        for combo, p in parsed.items():
+            bits = ([str(combo[1])] if also and len(set(c[1] for c in parsed)) > 1 else [])
+            bits += [_params_text({k: p.get(k) for k in differ})] if differ else []
+            mask = (g[cols] == pd.Series(combo, index=cols)).all(axis=1)
+            df.loc[mask[mask].index, name] = f"{value} ({'; '.join(b for b in bits if b)})"
+
+
+def resolve_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a store's runs into the current ones and those superseded.
+
+    * Entries are told apart by what was run: a label (or dataset name) shared by runs of
+      different parameters gets the differing parameters appended, so they never average.
+    * A slot (:data:`SLOT`: entry, dataset, protocol, class, seed) holding several runs that
+      differ only in method version or dataset fingerprint — a refresh after a new method version
+      or changed data leaves the old run in the store — keeps the newest run (``started_at``);
+      the others are returned as superseded and left out of every table.
+    """
+    if df.empty:
+        return df, df.iloc[0:0]
+    df = df.copy()
+    _disambiguate(df, "label", "method_params", also="method")
+    _disambiguate(df, "dataset", "dataset_params")
+    df = df.sort_values(["started_at", "job_id"], kind="stable", na_position="first")
+    dup = df.duplicated(SLOT, keep="last")
+    cur, old = df[~dup], df[dup]
+    return (cur.sort_values("job_id", kind="stable").reset_index(drop=True),
+            old.sort_values("job_id", kind="stable").reset_index(drop=True))
+
+
+def runs_frame(store: RunStore | str | Path, include_superseded: bool = False) -> pd.DataFrame:
+    """One row per successful run (columns ``RUN_COLUMNS``), superseded runs left out (see
+    :func:`resolve_runs`; ``include_superseded=True`` keeps them, flagged in ``superseded``).
+    The number left out is in ``df.attrs["superseded"]``."""
     st = store if isinstance(store, RunStore) else RunStore(store)
     rows: list[dict[str, Any]] = []
     for rec in st.records():
@@ -74,6 +127,10 @@ def runs_frame(store: RunStore | str | Path) -> pd.DataFrame:
             "peak_gpu_mb": prov.get("peak_gpu_mb"), "n_parameters": prov.get("n_parameters"),
             "device": prov.get("device"), "git_sha": prov.get("git_sha"),
             "gpus": declared_gpus(rec),
+            "method_params": json.dumps(job.get("method_params") or {}, sort_keys=True),
+            "dataset_params": json.dumps(job.get("dataset_params") or {}, sort_keys=True),
+            "dataset_fingerprint": job.get("dataset_fingerprint"),
+            "started_at": prov.get("started_at"),
         })
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     for c in ("auc", "auc_macro", "eer", "wall_time_s", "peak_rss_mb", "peak_gpu_mb",
@@ -82,7 +139,14 @@ def runs_frame(store: RunStore | str | Path) -> pd.DataFrame:
     df["gpu_hours"] = df["wall_time_s"] * df["gpus"] / 3600.0
     df["normal_class"] = df["normal_class"].astype(object)
     df["selected_on_test"] = df["selected_on_test"].astype(bool)  # also when there are no runs
-    return df.sort_values("job_id", kind="stable").reset_index(drop=True)
+    cur, old = resolve_runs(df)
+    if include_superseded:
+        out = pd.concat([cur.assign(superseded=False), old.assign(superseded=True)])
+        out = out.sort_values("job_id", kind="stable").reset_index(drop=True)
+    else:
+        out = cur
+    out.attrs["superseded"] = len(old)
+    return out
 
 
 def per_seed(df: pd.DataFrame) -> pd.DataFrame:

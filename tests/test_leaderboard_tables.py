@@ -169,3 +169,57 @@ def test_declared_gpus(prov: dict, job: dict, gpus: float) -> None:
     from occbench.leaderboard.table import declared_gpus
 
     assert declared_gpus({"provenance": prov, "job": job}) == gpus
+
+
+def _clone_run(store_path: Path, job_id: str, new_id: str, job: dict, auc: float,
+               started_at: str) -> None:
+    """Copy a run under ``new_id`` with changed job fields, AUC and start time (what a refresh
+    after a new method version or changed data leaves beside the old run)."""
+    import json
+    import shutil
+
+    src, dst = store_path / "runs" / job_id, store_path / "runs" / new_id
+    shutil.copytree(src, dst)
+    rec = json.loads((dst / "record.json").read_text())
+    rec["job_id"] = new_id
+    rec["job"] = {**rec["job"], **job, "job_id": new_id}
+    rec["metrics"]["auc"] = auc
+    rec["provenance"]["started_at"] = started_at
+    (dst / "record.json").write_text(json.dumps(rec))
+
+
+def test_superseded_runs_and_label_collisions_never_average(tmp_path: Path) -> None:
+    import plugins_for_tests  # noqa: F401  (test-mean)
+    from occbench.harness.driver import run_jobs
+    from occbench.harness.runner import SerialRunner
+    from occbench.harness.spec import expand, spec_from_dict
+    from occbench.harness.store import RunStore
+
+    spec = spec_from_dict({"name": "t", "seeds": [0],
+                           "methods": [{"name": "test-mean"}],
+                           "datasets": [{"name": "digits", "classes": ["0", "1"]}]})
+    path = tmp_path / "s"
+    store = RunStore(path)
+    jobs = expand(spec).jobs
+    run_jobs(jobs, store, SerialRunner(in_process=True))
+    before = runs_frame(path)
+    assert len(before) == 2 and before.attrs["superseded"] == 0
+    # a refresh after a method version bump: the old runs stay in the store
+    for i, j in enumerate(jobs):
+        _clone_run(path, j.job_id, f"{'v2':0<18}{i:02d}", {"method_version": "2"}, 0.5 + i / 10,
+                   "2999-01-01T00:00:00Z")
+    runs = runs_frame(path)
+    assert runs.attrs["superseded"] == 2 and len(runs) == 2
+    assert set(runs["method_version"]) == {"2"}
+    agg = aggregate(runs).set_index("method")
+    assert agg.loc["test-mean", "auc_mean"] == pytest.approx(0.55)  # not mixed with version 1
+    assert len(runs_frame(path, include_superseded=True)) == 4
+    # the same label with other parameters is another entry, named by what differs
+    _clone_run(path, jobs[0].job_id, f"{'p':0<18}00",
+               {"method_params": {"offset": 3.0}, "label": ""}, 0.9, "2999-01-02T00:00:00Z")
+    runs = runs_frame(path)
+    assert set(runs["label"]) == {"test-mean (offset=0.0)", "test-mean (offset=3.0)"}
+    assert runs.attrs["superseded"] == 2
+    agg = aggregate(runs).set_index("method")
+    assert agg.loc["test-mean (offset=3.0)", "auc_mean"] == pytest.approx(0.9)
+    assert agg.loc["test-mean (offset=0.0)", "auc_mean"] == pytest.approx(0.55)
