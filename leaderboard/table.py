@@ -74,10 +74,15 @@ def _disambiguate(df: pd.DataFrame, name: str, params: str, also: str | None = N
             continue
         parsed = {tuple(r): json.loads(r[0]) for r in combos.itertuples(index=False)}
         keys = sorted({k for p in parsed.values() for k in p})
-        differ = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True)
-                                          for p in parsed.values()}) > 1]
+        # a key only some runs have (a parameter added by a later method version, with its
+        # default) does not make another configuration: only values that disagree do
+        differ = [k for k in keys if len({json.dumps(p[k], sort_keys=True)
+                                          for p in parsed.values() if k in p}) > 1]
+        methods = {c[1] for c in parsed} if also else set()
+        if not differ and len(methods) < 2:
+            continue
         for combo, p in parsed.items():
-            bits = ([str(combo[1])] if also and len(set(c[1] for c in parsed)) > 1 else [])
+            bits = [str(combo[1])] if len(methods) > 1 else []
             bits += [_params_text({k: p.get(k) for k in differ})] if differ else []
             mask = (g[cols] == pd.Series(combo, index=cols)).all(axis=1)
             df.loc[mask[mask].index, name] = f"{value} ({'; '.join(b for b in bits if b)})"

@@ -223,3 +223,12 @@ def test_superseded_runs_and_label_collisions_never_average(tmp_path: Path) -> N
     agg = aggregate(runs).set_index("method")
     assert agg.loc["test-mean (offset=3.0)", "auc_mean"] == pytest.approx(0.9)
     assert agg.loc["test-mean (offset=0.0)", "auc_mean"] == pytest.approx(0.55)
+    # a parameter a newer version added (with its default) is not another configuration
+    _clone_run(path, jobs[1].job_id, f"{'n':0<18}01",
+               {"method_params": {"offset": 0.0, "new_knob": 1}, "method_version": "3"}, 0.7,
+               "2999-01-03T00:00:00Z")
+    runs = runs_frame(path)
+    assert set(runs["label"]) == {"test-mean (offset=0.0)", "test-mean (offset=3.0)"}
+    assert runs.attrs["superseded"] == 3
+    got = runs.set_index(["label", "normal_class"])["auc"]
+    assert got[("test-mean (offset=0.0)", "1")] == pytest.approx(0.7)
