@@ -218,6 +218,9 @@ def check_method(plugin: str | type[Method], params: dict[str, Any] | None = Non
     except Exception as exc:
         add(CheckResult("auxiliary", "-", False, f"{type(exc).__name__}: {exc}"))
         return report
+    if aux:
+        add(CheckResult("auxiliary", "-", True, ", ".join(
+            f"{role}: {len(d)} images {d.images.shape[1:]}" for role, d in sorted(aux.items()))))
 
     mods = modalities or sorted(cls.modalities)
     for mod in mods:
