@@ -188,7 +188,7 @@ def _precheck(sp: Any, root: str | None) -> None:
 
 
 def _print_board(st: Any) -> None:
-    from occbench.leaderboard.table import aggregate, display_table, runs_frame
+    from occbench.leaderboard.table import aggregate, display_table, per_seed, runs_frame
 
     runs = runs_frame(st)
     df = display_table(aggregate(runs))
@@ -199,6 +199,10 @@ def _print_board(st: Any) -> None:
         console.print(f"{runs.attrs['superseded']} superseded run(s) left out: the same entry, "
                       "class and seed run again with a newer method version or changed data "
                       "(the newest run counts; `occbench export` lists them all)")
+    incomplete = per_seed(runs).attrs.get("incomplete_seeds", 0)
+    if incomplete:
+        console.print(f"{incomplete} seed(s) left out of the means: they lack some of their "
+                      "entry's normal classes (still to run, or failed)")
     t = Table(title="occbench — mean ± std over seeds (AUC: micro frame AUC for video, "
                     "class-mean AUROC for images)")
     for c in df.columns:

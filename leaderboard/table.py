@@ -159,6 +159,10 @@ def per_seed(df: pd.DataFrame) -> pd.DataFrame:
 
     Costs are summed over the classes of the seed (wall time, GPU-hours) or maxed (memory,
     parameters), so a seed's cost is what one full run of the protocol costs.
+
+    Image entries: a seed counts only if it covers every normal class the entry has been run
+    on (a mean over 8 classes is not comparable with one over 10); the seeds left out, still
+    running or partly failed, are counted in ``out.attrs["incomplete_seeds"]``.
     """
     keys = ["label", "method", "dataset", "protocol", "seed", "selected_on_test"]
     g = df.groupby(keys, dropna=False, sort=True)
@@ -166,8 +170,18 @@ def per_seed(df: pd.DataFrame) -> pd.DataFrame:
                 n_classes=("normal_class", "nunique"), wall_time_s=("wall_time_s", "sum"),
                 gpu_hours=("gpu_hours", "sum"), peak_rss_mb=("peak_rss_mb", "max"),
                 peak_gpu_mb=("peak_gpu_mb", "max"), n_parameters=("n_parameters", "max"),
-                modality=("modality", "first"))
-    return out.reset_index()
+                modality=("modality", "first")).reset_index()
+    entry = ["label", "method", "dataset", "protocol", "selected_on_test"]
+    if len(df):
+        classes = df.groupby(entry, dropna=False)["normal_class"].nunique().rename("_all")
+        out = out.merge(classes.reset_index(), on=entry, how="left")
+        complete = out["n_classes"] >= out["_all"]
+        n_incomplete = int((~complete).sum())
+        out = out[complete].drop(columns="_all").reset_index(drop=True)
+    else:
+        n_incomplete = 0
+    out.attrs["incomplete_seeds"] = n_incomplete
+    return out
 
 
 AGG_COLUMNS = [

@@ -232,3 +232,22 @@ def test_superseded_runs_and_label_collisions_never_average(tmp_path: Path) -> N
     assert runs.attrs["superseded"] == 3
     got = runs.set_index(["label", "normal_class"])["auc"]
     assert got[("test-mean (offset=0.0)", "1")] == pytest.approx(0.7)
+
+
+def test_a_seed_missing_classes_is_left_out_of_the_mean(tmp_path: Path) -> None:
+    import plugins_for_tests  # noqa: F401  (test-mean)
+    from occbench.harness.driver import run_jobs
+    from occbench.harness.runner import SerialRunner
+    from occbench.harness.spec import expand, spec_from_dict
+    from occbench.harness.store import RunStore
+
+    spec = spec_from_dict({"name": "t", "seeds": [0, 1], "methods": [{"name": "test-mean"}],
+                           "datasets": [{"name": "digits", "classes": ["0", "1"]}]})
+    jobs = [j for j in expand(spec).jobs if not (j.seed == 1 and j.normal_class == "1")]
+    run_jobs(jobs, RunStore(tmp_path / "s"), SerialRunner(in_process=True))
+    runs = runs_frame(tmp_path / "s")
+    ps = per_seed(runs)
+    assert list(ps["seed"]) == [0] and ps.attrs["incomplete_seeds"] == 1
+    row = aggregate(runs).iloc[0]
+    assert row["seeds"] == 1
+    assert row["auc_mean"] == pytest.approx(runs[runs.seed == 0]["auc"].mean())
