@@ -233,7 +233,11 @@ class _Builder:
     def overview(self) -> None:
         a = self.a
         agg = a.agg[~a.agg["selected_on_test"]] if not a.agg.empty else a.agg
-        labels = sorted(a.runs["label"].astype(str).unique()) if not a.runs.empty else []
+        # columns: the methods with a ranked number somewhere (runs selected on test labels,
+        # shown on the dataset pages only, would be empty columns here)
+        shown = agg[agg.apply(lambda r: a.ranking_blocks.get(r["dataset"]) == r["protocol"],
+                              axis=1)] if not agg.empty else agg
+        labels = sorted(shown["method"].astype(str).unique()) if not shown.empty else []
         matrix = []
         for ds in sorted(a.ranking_blocks):
             pr = a.ranking_blocks[ds]
@@ -250,6 +254,16 @@ class _Builder:
                     cells.append(None)
             matrix.append({"dataset": ds, "protocol": pr, "cells": cells,
                            "modality": str(row["modality"].iloc[0]) if len(row) else ""})
+        # many methods on few datasets (the usual case) read better as one row per method,
+        # best first by the mean over datasets of the cell values
+        by_method: list[dict[str, Any]] = []
+        if len(labels) > 8 and len(labels) > len(matrix):
+            for i, m in enumerate(labels):
+                cells_m = [row["cells"][i] for row in matrix]
+                vals = [c["mean"] for c in cells_m if c is not None]
+                by_method.append({"method": m, "cells": cells_m,
+                                  "key": -float(np.mean(vals)) if vals else math.inf})
+            by_method.sort(key=lambda r: (r["key"], r["method"]))
         fr = a.friedman
         cd = plots.cd_figure(fr, a.rank_uncertainty, "cd-diagram") if fr else ""
         ranks = []
@@ -259,7 +273,8 @@ class _Builder:
                 ranks.append({"method": m, "avg": fr.avg_rank[m],
                               "lo": ru.loc[m, "rank_lo"], "hi": ru.loc[m, "rank_hi"],
                               "p_best": ru.loc[m, "p_best"]})
-        self.render("index.html", "index.html", labels=labels, matrix=matrix, friedman=fr,
+        self.render("index.html", "index.html", labels=labels, matrix=matrix,
+                    by_method=by_method, friedman=fr,
                     cd_div=Markup(cd), ranks=ranks, n_runs=len(a.runs),
                     n_failed=len(self.store.failures()), n_boot=a.n_boot,
                     datasets=sorted(self.dslug), methods=sorted(self.mslug),

@@ -183,3 +183,26 @@ def test_serve_binds_localhost(site: Path) -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_overview_lists_many_methods_as_rows_best_first(tmp_path: Path) -> None:
+    ms = [SynthMethod(f"m{i:02d}", 0.3 + 0.2 * i, 0.0) for i in range(10)]
+    st = make_store(tmp_path / "store", ms, video_datasets=(), seeds=(0, 1), classes=2,
+                    n_images=60)
+    # one run chosen on test labels: on the dataset page, never a column or row of the overview
+    import json
+
+    rec_path = next((tmp_path / "store" / "runs").iterdir()) / "record.json"
+    rec = json.loads(rec_path.read_text())
+    rec["job"]["label"], rec["job"]["selected_on_test"] = "peeked", True
+    rec_path.write_text(json.dumps(rec))
+    build_site(st, tmp_path / "site", options=SiteOptions(n_boot=50))
+    html = (tmp_path / "site" / "index.html").read_text()
+    assert "Methods × datasets" in html and "Datasets × methods" not in html
+    table = html[html.index('id="overview-matrix"'):html.index("</table>")]
+    rows = re.findall(r'<tr><td><a href="methods/([^"]+)\.html"', table)
+    assert sorted(rows) == [f"m{i:02d}" for i in range(10)]
+    vals = [float(v) for v in re.findall(r'<td class="num[^"]*" data-v="([0-9.]+)"', table)]
+    assert len(vals) == 10 and vals == sorted(vals, reverse=True)  # best first
+    assert rows[0] == "m09" and rows[-1] == "m00"
+    assert "peeked" not in table
