@@ -319,6 +319,52 @@ def store_merge(
         console.print(f"{escape(str(s))}: {copied} runs copied, {present} already present")
 
 
+@store_app.command("prune")
+def store_prune(
+    store: StoreOpt = Path("runs"),
+    spec: Annotated[list[str] | None, typer.Option(
+        "--spec", help="Also prune runs that no longer belong to these specs as they expand "
+                       "now (repeatable).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Data root, to expand --spec.")] = None,
+    apply: Annotated[bool, typer.Option(
+        "--apply", help="Move the runs to STORE/pruned/ (default: only list them).")] = False,
+) -> None:
+    """List, or with --apply set aside, runs that no table counts: runs superseded by a newer
+    run of the same entry, class and seed (newer method version or changed data), and with
+    --spec the runs none of the specs expands to any more. Nothing is deleted."""
+    from occbench.harness.spec import SpecError, expand, load_spec
+    from occbench.harness.store import RunStore
+    from occbench.leaderboard.table import runs_frame
+
+    st = RunStore(store)
+    if not st.runs_dir.exists():
+        raise _fail(f"{store} is not a run store (no runs/ folder)")
+    runs = runs_frame(st, include_superseded=True)
+    why = {j: "superseded by a newer run" for j in runs.loc[runs["superseded"], "job_id"]}
+    if spec:
+        try:
+            keep = {j.job_id for s in spec
+                    for j in expand(load_spec(s), None if data_root is None else str(data_root)
+                                    ).jobs}
+        except SpecError as exc:
+            raise _fail(str(exc)) from None
+        for j in st.job_ids():
+            if j not in keep:
+                why.setdefault(j, "not in the specs any more")
+    counts: dict[str, int] = {}
+    for r in why.values():
+        counts[r] = counts.get(r, 0) + 1
+    summary = ", ".join(f"{n} {r}" for r, n in sorted(counts.items())) or "nothing"
+    if not apply:
+        console.print(f"{len(why)} of {len(st.job_ids())} runs would be set aside ({summary}); "
+                      "run again with --apply to move them to "
+                      f"{escape(str(st.pruned_dir))}/")
+        return
+    moved = sum(st.set_aside(j) for j in sorted(why))
+    console.print(f"set aside {moved} of {len(why)} runs ({summary}) in "
+                  f"{escape(str(st.pruned_dir))}/; {len(st.job_ids())} runs remain")
+
+
 @store_app.command("status")
 def store_status(store: StoreOpt = Path("runs")) -> None:
     """Count finished and failed runs; list failures with their reason."""

@@ -78,7 +78,8 @@ class RunStore:
 
     #: What a store folder may hold; anything else before the marker exists means a foreign
     #: folder. (Another driver creating the same new store at the same moment writes these.)
-    OWN_ENTRIES = frozenset({"occbench-store.json", "runs", "failed", "locks", "sweeps"})
+    OWN_ENTRIES = frozenset({"occbench-store.json", "runs", "failed", "locks", "sweeps",
+                             "pruned"})
 
     def init(self) -> RunStore:
         """Create the store, or check that an existing folder is one (safe when racing)."""
@@ -200,6 +201,23 @@ class RunStore:
         rec = dict(record)
         rec["attempts"] = int(prev.get("attempts", 0)) + 1
         _atomic_write_text(p, json.dumps(rec, indent=1, sort_keys=True, default=_json_default))
+
+    @property
+    def pruned_dir(self) -> Path:
+        return self.path / "pruned"
+
+    def set_aside(self, job_id: str) -> bool:
+        """Move a finished run out of ``runs/`` into ``pruned/`` (kept, never deleted): tables,
+        exports and resumes no longer see it. False if the job's lock is held or it is gone."""
+        with self.claim(job_id) as got:
+            if not got or not self.has(job_id):
+                return False
+            self.pruned_dir.mkdir(parents=True, exist_ok=True)
+            dst = self.pruned_dir / job_id
+            if dst.exists():  # pruned before, then run again: keep the older copy aside too
+                dst = self.pruned_dir / f"{job_id}.{uuid.uuid4().hex[:8]}"
+            os.rename(self.runs_dir / job_id, dst)  # same file system: atomic
+            return True
 
     def merge_from(self, other: RunStore) -> tuple[int, int]:
         """Copy runs of ``other`` missing here; returns (copied, already present)."""

@@ -94,3 +94,45 @@ def test_list_and_validate() -> None:
 def test_every_verb_has_help(verb: str) -> None:
     r = runner.invoke(app, [verb, "--help"])
     assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_store_prune_sets_aside_superseded_and_unlisted_runs(finished: Path,
+                                                            tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from occbench.harness.store import RunStore
+
+    store = tmp_path / "store"
+    shutil.copytree(finished / "store", store)
+    st = RunStore(store)
+    ids = st.job_ids()
+    # a newer version of one run (what a refresh leaves beside the old one)
+    old_id = next(j for j in ids if st.record(j)["job"]["method"] == "iforest")
+    new_id = "f" * 20
+    shutil.copytree(store / "runs" / old_id, store / "runs" / new_id)
+    rec = json.loads((store / "runs" / new_id / "record.json").read_text())
+    rec["job_id"] = rec["job"]["job_id"] = new_id
+    rec["job"]["method_version"] = "99"
+    rec["provenance"]["started_at"] = "2999-01-01T00:00:00Z"
+    (store / "runs" / new_id / "record.json").write_text(json.dumps(rec))
+    # a spec that keeps only the ocsvm half of the grid
+    (tmp_path / "keep.toml").write_text(SPEC.replace(
+        '[[methods]]\nname = "iforest"\nparams = { n_estimators = 20 }\n', ""))
+
+    r = runner.invoke(app, ["store", "prune", "--store", str(store)])
+    assert r.exit_code == 0 and "1 of 13 runs would be set aside" in r.output
+    assert len(st.job_ids()) == 13  # a dry run moves nothing
+    r = runner.invoke(app, ["store", "prune", "--store", str(store), "--apply"])
+    assert r.exit_code == 0, r.output
+    assert old_id not in st.job_ids() and (store / "pruned" / old_id / "record.json").exists()
+    r = runner.invoke(app, ["store", "prune", "--store", str(store),
+                            "--spec", str(tmp_path / "keep.toml"), "--apply"])
+    assert r.exit_code == 0, r.output
+    left = [st.record(j)["job"]["method"] for j in st.job_ids()]
+    assert set(left) == {"ocsvm"} and len(left) == 6
+    assert len(list((store / "pruned").iterdir())) == 7  # nothing deleted
+    # the pruned runs are out of the tables, and a new run of the same store still works
+    r = runner.invoke(app, ["board", "--store", str(store), "--out", str(tmp_path / "b"),
+                            "--no-site"])
+    assert r.exit_code == 0 and "iforest" not in (tmp_path / "b" / "leaderboard.csv").read_text()
