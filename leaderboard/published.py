@@ -146,6 +146,9 @@ def compare(published: pd.DataFrame, runs: pd.DataFrame, level: float = 0.95) ->
                   suffixes=("", "_rep"))
     j = j.rename(columns={"protocol": "published_protocol", "protocol_rep": "protocol",
                           "value": "published"})
+    # show the class as the runs name it ("tshirt", not the paper's index "0")
+    j["normal_class"] = [k if k else c for k, c in zip(j["class_key"], j["normal_class"],
+                                                        strict=True)]
     j["diff"] = j["reproduced"] - j["published"]
     j["status"] = [_status(v, lo, hi, r) for v, lo, hi, r in
                    zip(j["published"], j["lo"], j["hi"], j["reproduced"], strict=True)]
