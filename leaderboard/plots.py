@@ -262,7 +262,7 @@ def sweep_figure(df: pd.DataFrame, param: str, objectives: Sequence[str], div_id
     xaxis: dict[str, Any] = {"title": {"text": txt(param)}}
     if not numeric:
         xaxis["type"] = "category"
-    elif (xv > 0).all() and xv.max() / xv.min() > 100:  # e.g. learning rates: log scale
+    elif (xv > 0).all() and xv.max() / xv.min() >= 10:  # e.g. learning rates: log scale
         xaxis["type"] = "log"
     layout = _layout(title={"text": f"sensitivity to {txt(param)}"}, xaxis=xaxis,
                      yaxis={"title": {"text": "value"}}, legend={"orientation": "h", "y": -0.3})

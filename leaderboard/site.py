@@ -84,6 +84,19 @@ def num(v: Any, nd: int = 1) -> str:
     return f"{f:,.{nd}f}"
 
 
+def sig(v: Any, digits: int = 4) -> str:
+    """A parameter value as written: ``10`` not ``10.0000``, ``1e-05`` not ``0.0000``."""
+    if _nan(v):
+        return "—"
+    if isinstance(v, bool | np.bool_):
+        return "yes" if v else ""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return str(int(f)) if f.is_integer() and abs(f) < 1e15 else f"{f:.{digits}g}"
+
+
 def sortval(v: Any) -> str:
     """``data-v`` attribute for the sortable tables: a number, or empty for missing."""
     if _nan(v):
@@ -128,7 +141,7 @@ def _env() -> Environment:
                       autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                       keep_trailing_newline=True)
-    env.filters.update(pct=pct, ci=ci, num=num, sv=sortval, pval=pval, slug=slug)
+    env.filters.update(pct=pct, ci=ci, num=num, sig=sig, sv=sortval, pval=pval, slug=slug)
     return env
 
 

@@ -206,3 +206,10 @@ def test_overview_lists_many_methods_as_rows_best_first(tmp_path: Path) -> None:
     assert len(vals) == 10 and vals == sorted(vals, reverse=True)  # best first
     assert rows[0] == "m09" and rows[-1] == "m00"
     assert "peeked" not in table
+
+
+def test_parameter_values_are_shown_as_written() -> None:
+    from occbench.leaderboard.site import sig
+
+    assert [sig(10.0), sig(1e-5), sig(0.000123456), sig("scale"), sig(float("nan"))] == \
+        ["10", "1e-05", "0.0001235", "scale", "—"]
