@@ -69,16 +69,23 @@ def ci(lo: Any, hi: Any) -> str:
     return "—" if _nan(lo) or _nan(hi) else f"[{pct(lo)}, {pct(hi)}]"
 
 
-def num(v: Any, nd: int = 1) -> str:
-    """A number with thousands separators; ``—`` when missing; other values as text."""
+def _number(v: Any) -> float | str:
+    """``v`` as a float, or the text to show instead (missing, a flag, not a number)."""
     if _nan(v):
         return "—"
     if isinstance(v, bool | np.bool_):
         return "yes" if v else ""
     try:
-        f = float(v)
+        return float(v)
     except (TypeError, ValueError):
         return str(v)
+
+
+def num(v: Any, nd: int = 1) -> str:
+    """A number with thousands separators; ``—`` when missing; other values as text."""
+    f = _number(v)
+    if isinstance(f, str):
+        return f
     if abs(f) >= 1e6:
         return f"{f:.3g}"
     return f"{f:,.{nd}f}"
@@ -86,14 +93,9 @@ def num(v: Any, nd: int = 1) -> str:
 
 def sig(v: Any, digits: int = 4) -> str:
     """A parameter value as written: ``10`` not ``10.0000``, ``1e-05`` not ``0.0000``."""
-    if _nan(v):
-        return "—"
-    if isinstance(v, bool | np.bool_):
-        return "yes" if v else ""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return str(v)
+    f = _number(v)
+    if isinstance(f, str):
+        return f
     return str(int(f)) if f.is_integer() and abs(f) < 1e15 else f"{f:.{digits}g}"
 
 
