@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from occbench.harness import registry
-from occbench.harness.spec import expand, load_spec
+from occbench.harness.spec import spec_job_ids
 from occbench.harness.store import RunStore
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
@@ -71,17 +71,11 @@ def deep_svdd_protocol(store: RunStore, runs: pd.DataFrame, name: str, prefix: s
     return pd.DataFrame(out)
 
 
-def current_job_ids(specs: list[str], data_root: str | None = None) -> set[str]:
-    """Job ids of ``specs`` as the code and data are now: runs left in the store by an older
-    method version or dataset fingerprint are not among them."""
-    return {j.job_id for s in specs for j in expand(load_spec(s), data_root).jobs}
-
-
 def table(store_path: str, dataset: str = "fashion-mnist", specs: list[str] | None = None) -> str:
     store = RunStore(store_path)
     runs = load_runs(store, dataset)
     if specs:
-        runs = runs[runs.job_id.isin(current_job_ids(specs))]
+        runs = runs[runs.job_id.isin(spec_job_ids(specs))]
     pub = pd.read_csv(PUBLISHED, dtype={"normal_class": str}, keep_default_na=False)
     pub = pub[(pub.dataset == dataset) & (pub.table == "Table 1")
               & pub.paper.str.startswith("ADACL")]

@@ -6,6 +6,7 @@ import importlib
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -188,10 +189,11 @@ def _precheck(sp: Any, root: str | None) -> None:
 
 
 def _print_board(st: Any) -> None:
-    from occbench.leaderboard.table import aggregate, display_table, per_seed, runs_frame
+    from occbench.leaderboard.table import aggregate, display_table, runs_frame
 
     runs = runs_frame(st)
-    df = display_table(aggregate(runs))
+    agg = aggregate(runs)
+    df = display_table(agg)
     if df.empty:
         console.print("no runs in the store yet")
         return
@@ -199,7 +201,7 @@ def _print_board(st: Any) -> None:
         console.print(f"{runs.attrs['superseded']} superseded run(s) left out: the same entry, "
                       "class and seed run again with a newer method version or changed data "
                       "(the newest run counts; `occbench export` lists them all)")
-    incomplete = per_seed(runs).attrs.get("incomplete_seeds", 0)
+    incomplete = agg.attrs.get("incomplete_seeds", 0)
     if incomplete:
         console.print(f"{incomplete} seed(s) left out of the means: they lack some of their "
                       "entry's normal classes (still to run, or failed)")
@@ -332,7 +334,7 @@ def store_prune(
     """List, or with --apply set aside, runs that no table counts: runs superseded by a newer
     run of the same entry, class and seed (newer method version or changed data), and with
     --spec the runs none of the specs expands to any more. Nothing is deleted."""
-    from occbench.harness.spec import SpecError, expand, load_spec
+    from occbench.harness.spec import SpecError, spec_job_ids
     from occbench.harness.store import RunStore
     from occbench.leaderboard.table import runs_frame
 
@@ -343,17 +345,13 @@ def store_prune(
     why = {j: "superseded by a newer run" for j in runs.loc[runs["superseded"], "job_id"]}
     if spec:
         try:
-            keep = {j.job_id for s in spec
-                    for j in expand(load_spec(s), None if data_root is None else str(data_root)
-                                    ).jobs}
+            keep = spec_job_ids(spec, data_root)
         except SpecError as exc:
             raise _fail(str(exc)) from None
         for j in st.job_ids():
             if j not in keep:
                 why.setdefault(j, "not in the specs any more")
-    counts: dict[str, int] = {}
-    for r in why.values():
-        counts[r] = counts.get(r, 0) + 1
+    counts = Counter(why.values())
     summary = ", ".join(f"{n} {r}" for r, n in sorted(counts.items())) or "nothing"
     if not apply:
         console.print(f"{len(why)} of {len(st.job_ids())} runs would be set aside ({summary}); "

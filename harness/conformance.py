@@ -46,10 +46,11 @@ from occbench.harness.api import (
 from occbench.harness.execute import (
     LabelAccessError,
     ScoreError,
+    _load_auxiliary,
     label_guard,
     normalise_scores,
 )
-from occbench.harness.spec import auxiliary_of, make_dataset
+from occbench.harness.spec import auxiliary_of
 
 
 @dataclass
@@ -212,8 +213,7 @@ def check_method(plugin: str | type[Method], params: dict[str, Any] | None = Non
 
     # -- auxiliary datasets it asks for (e.g. an intruder pool): resolved as a run would
     try:
-        aux = {role: ImageData(np.ascontiguousarray(
-                   make_dataset(a["dataset"], {}, None).auxiliary_images()))
+        aux = {role: _load_auxiliary(a["dataset"], None)
                for role, a in auxiliary_of(m, None).items()}
     except Exception as exc:
         add(CheckResult("auxiliary", "-", False, f"{type(exc).__name__}: {exc}"))

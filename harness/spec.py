@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,6 +210,12 @@ def make_dataset(name: str, params: Mapping[str, Any], data_root: str | Path | N
         return cls(root=data_root, **dict(params))
     except TypeError as exc:
         raise SpecError(f"{where}dataset {name!r}: {exc}") from exc
+
+
+def spec_job_ids(specs: Sequence[str | Path], data_root: str | Path | None = None) -> set[str]:
+    """Ids of the jobs ``specs`` expand to with the current code and data (a store may also
+    hold runs of older method versions or dataset fingerprints)."""
+    return {j.job_id for s in specs for j in expand(load_spec(s), data_root).jobs}
 
 
 def auxiliary_of(method: Method, data_root: str | Path | None, where: str = ""

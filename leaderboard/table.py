@@ -195,6 +195,8 @@ AGG_COLUMNS = [
 def aggregate(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Mean, std, seeds and a ``level`` t interval over seeds per (method label, dataset, protocol).
 
+    Seeds :func:`per_seed` leaves out are counted in ``out.attrs["incomplete_seeds"]``.
+
     ``wall_time_s``/``gpu_hours`` are the mean per seed (one full protocol run); memory and
     parameter count the maximum over runs. Sorted by dataset, protocol, then AUC (best first).
     """
@@ -212,8 +214,10 @@ def aggregate(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         s = summarize(ps, keys, v, level).drop(columns=[f"{v}_n"])
         out = out.merge(s, on=keys, how="left")
     out = out.rename(columns={"label": "method"})[AGG_COLUMNS]
-    return out.sort_values(["dataset", "protocol", "auc_mean", "method"],
-                           ascending=[True, True, False, True]).reset_index(drop=True)
+    out = out.sort_values(["dataset", "protocol", "auc_mean", "method"],
+                          ascending=[True, True, False, True]).reset_index(drop=True)
+    out.attrs["incomplete_seeds"] = ps.attrs.get("incomplete_seeds", 0)
+    return out
 
 
 def per_class(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
