@@ -379,7 +379,7 @@ def store_status(store: StoreOpt = Path("runs")) -> None:
 
 
 # Sub-commands contributed by other modules of the harness (data, refresh, sweep, site...).
-for _mod in ("cli_data", "cli_ray", "cli_board"):
+for _mod in ("cli_data", "cli_ray", "cli_board", "cli_store"):
     try:
         importlib.import_module(f"occbench.harness.{_mod}").register(app)
     except ImportError as _exc:

@@ -26,19 +26,28 @@ def board(
     port: Annotated[int, typer.Option(help="Port for --serve.")] = 8000,
     published: Annotated[Path | None, typer.Option(
         help="Published-numbers CSV (default: the one shipped in occbench.leaderboard).")] = None,
+    protocol: Annotated[list[str] | None, typer.Option(
+        "--protocol", help="Show runs under this protocol instead of their own (one per "
+                           "modality, repeatable; metrics not stored are computed from the "
+                           "stored raw scores).")] = None,
     bootstrap: Annotated[int, typer.Option(
         help="Bootstrap replicates (video-run intervals, rank uncertainty); 0 = no video "
              "bootstrap.")] = 1000,
 ) -> None:
     """Aggregate the store: leaderboard.csv/.md (mean, std, 95 % CI over seeds), statistics
     tables, and the static site (overview, dataset, method and run pages)."""
+    from occbench.harness.protocols import ProtocolError, get_protocol
     from occbench.harness.store import RunStore
     from occbench.leaderboard.analysis import analyze, write_tables
     from occbench.leaderboard.published import PublishedFormatError
     from occbench.leaderboard.site import SiteError, SiteOptions, build_site
     from occbench.leaderboard.table import write_board
 
-    st = RunStore(store)
+    try:
+        view = [get_protocol(p).id for p in (protocol or [])]
+    except ProtocolError as exc:
+        raise _fail(str(exc)) from None
+    st = RunStore(store, protocol=view or None)
     if not st.runs_dir.exists():
         raise _fail(f"{store} is not a run store (no runs/ folder); run `occbench run` first")
     if published is not None and not published.exists():

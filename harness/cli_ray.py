@@ -48,11 +48,13 @@ def refresh(
 ) -> None:
     """Run exactly the jobs of SPEC whose content hash is not in the store, then rebuild the board.
 
-    A job is new when its method version or parameters, dataset fingerprint, protocol or seed
-    changed. Exit status: 0 all good; 1 a job failed (or, with --check, something would run);
-    2 bad input.
+    A job is new when its method version or parameters, dataset content fingerprint or seed
+    changed; a run whose metrics are stale (protocol or metric code changed) is rescored.
+    Exit status: 0 all good; 1 a job failed (or, with --check, something would run or be
+    rescored); 2 bad input.
     """
     from occbench.harness.cli import run as run_cmd
+    from occbench.harness.protocols import get_protocol
     from occbench.harness.refresh import plan_refresh
     from occbench.harness.spec import SpecError, expand, load_spec
     from occbench.harness.store import RunStore, StoreError
@@ -78,8 +80,13 @@ def refresh(
         console.print(t)
         if len(rp.to_run) > 200:
             console.print(f"... and {len(rp.to_run) - 200} more")
+    if rp.to_rescore:
+        console.print(f"{len(rp.to_rescore)} stored runs to rescore from their raw scores "
+                      "(metrics under their protocol missing or stale; nothing is retrained)")
     if check:
-        raise typer.Exit(1 if rp.to_run else 0)
+        raise typer.Exit(1 if rp.to_run or rp.to_rescore else 0)
+    if rp.to_rescore:
+        st.rescore(sorted({get_protocol(j.protocol).id for j, _ in rp.to_rescore}))
     code = 0
     if rp.to_run:
         try:

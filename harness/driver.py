@@ -23,7 +23,7 @@ from occbench.harness.execute import JobOutput
 from occbench.harness.protocols import get_protocol
 from occbench.harness.runner import Runner
 from occbench.harness.spec import Job, make_dataset
-from occbench.harness.store import RECORD_SCHEMA, DiskFullError, RunStore, scores_frame
+from occbench.harness.store import RECORD_SCHEMA, DiskFullError, RunStore
 
 ProgressFn = Callable[[str, Job, JobOutput | None], None]
 
@@ -56,19 +56,16 @@ def job_labels(job: Job, data_root: str | None) -> Labels:
                    job.normal_class)
 
 
-def finalize(job: Job, out: JobOutput, labels: Labels, runner: str) -> tuple[dict[str, Any], Any]:
-    """Turn a worker's output into (record, scores table); raises on protocol errors."""
+def finalize(job: Job, out: JobOutput, labels: Labels, runner: str) -> dict[str, Any]:
+    """The run record of a worker's output (no metrics: they are derived, see
+    :meth:`RunStore.write_metrics`). Raises ProtocolError/ValueError when the job's protocol
+    cannot evaluate the raw scores, so nothing unscorable is stored as done."""
     protocol = get_protocol(job.protocol)
-    metrics = protocol.evaluate(out.raw, labels.per_video)
-    evaluated, _ = protocol.process(out.raw, labels.per_video)
-    table = scores_frame(out.raw, evaluated, labels.per_video)
+    protocol.process(out.raw, labels.per_video)  # validates: NaN/inf/length against labels
     prov = dict(out.provenance)
     prov.update(runner=runner, driver_host=socket.gethostname(), label_source=labels.source)
-    record = {
-        "schema": RECORD_SCHEMA, "job_id": job.job_id, "status": "ok", "job": job.to_dict(),
-        "metrics": metrics, "protocol": protocol.describe(), "provenance": prov, "error": None,
-    }
-    return record, table
+    return {"schema": RECORD_SCHEMA, "job_id": job.job_id, "status": "ok",
+            "job": job.to_dict(), "provenance": prov}
 
 
 def failure_record(job: Job, out: JobOutput, runner: str) -> dict[str, Any]:
@@ -145,14 +142,15 @@ def run_jobs(
                 try:
                     labels = job_labels(job, data_root)
                     verify_labels_match_raw(out, labels)
-                    record, table = finalize(job, out, labels, runner.name)
+                    record = finalize(job, out, labels, runner.name)
                 except (ValueError, OSError) as exc:
                     out = JobOutput(job.job_id, "failed", {}, out.provenance, out.log,
                                     {"type": type(exc).__name__, "message": str(exc),
                                      "traceback": ""})
                 else:
                     try:
-                        store.write_run(record, table, out.log)
+                        store.write_run(record, out.raw, labels.per_video, out.log)
+                        store.write_metrics(job.job_id, job.protocol, out.raw, labels.per_video)
                     except DiskFullError as exc:
                         summary.stop_reason = str(exc)
                         summary.failed += 1

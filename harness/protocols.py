@@ -18,18 +18,35 @@ Metrics (from scikit-learn's ROC):
   "frame-level AUC"); for images the AUROC of the one-vs-rest job (``auc``).
 * ``auc_macro`` — mean of per-video AUCs; videos with a single class are listed in
   ``excluded_videos`` and left out, never padded.
-* ``eer`` — the point where FPR = FNR, at ``argmin |FPR − FNR|`` on the same ROC (mean of the two).
+* ``eer`` — the equal error rate: where FPR = FNR on the *full* ROC (every threshold,
+  ``drop_intermediate=False``), linearly interpolated between the two ROC points where
+  FPR − FNR changes sign. (Version 1 of every protocol took ``argmin |FPR − FNR|`` over
+  scikit-learn's thinned ROC, which drops exactly the collinear points where FPR = FNR lies;
+  it is retired.)
+
+Every protocol has a :attr:`Protocol.digest` over its definition and :data:`METRICS_VERSION`;
+a stored metric whose digest differs is stale and is recomputed (``occbench store rescore``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
-from sklearn.metrics import roc_auc_score, roc_curve
+
+#: Version of the metric code (AUC, EER, macro rules). Bump it when a metric's computation
+#: changes; it is part of every protocol's digest, so stored metrics become stale.
+METRICS_VERSION = 2
+
+#: Protocol versions that were retired, with why (``get_protocol`` names the replacement).
+RETIRED = {
+    1: "its EER was taken on scikit-learn's thinned ROC (wrong where FPR = FNR lies on a "
+       "dropped point)",
+}
 
 
 class ProtocolError(ValueError):
@@ -56,6 +73,13 @@ class Protocol:
         d = asdict(self)
         d["id"] = self.id
         return d
+
+    @property
+    def digest(self) -> str:
+        """Hash of the definition and the metric code version: what stored metrics depend on."""
+        d = {k: v for k, v in asdict(self).items() if k != "description"}
+        d["metrics_version"] = METRICS_VERSION
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     # -- score post-processing -----------------------------------------------------------------
     def process(
@@ -91,6 +115,8 @@ class Protocol:
                 valid = np.ones_like(valid)
             s, y = s[valid], y[valid]
             if self.smooth_sigma > 0 and len(s) > 1:
+                from scipy.ndimage import gaussian_filter1d
+
                 s = gaussian_filter1d(s, self.smooth_sigma, mode="nearest")
             if self.normalize == "minmax":
                 lo, hi = float(s.min()), float(s.max())
@@ -116,6 +142,8 @@ class Protocol:
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (labels 1 = anomalous, higher score = more anomalous)."""
+    from sklearn.metrics import roc_auc_score
+
     y = np.asarray(labels)
     if len(np.unique(y)) < 2:
         raise ProtocolError("AUC is undefined when all items have the same label")
@@ -123,14 +151,27 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def eer(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Equal error rate: FPR at the ROC point where FPR and FNR are closest (their mean)."""
+    """Equal error rate (a fraction in [0, 1], lower is better; 1 = anomalous, higher score =
+    more anomalous): where FPR = FNR on the full ROC, interpolated linearly.
+
+    The ROC is taken at every threshold (``drop_intermediate=False``: the default thinning drops
+    collinear points, and the crossing often lies on one). FPR − FNR never decreases along the
+    curve; the EER is at its sign change, on the straight segment between the two ROC points
+    around it (tied scores are one such segment, so ties are handled as the ROC draws them).
+    """
+    from sklearn.metrics import roc_curve
+
     y = np.asarray(labels)
     if len(np.unique(y)) < 2:
         raise ProtocolError("EER is undefined when all items have the same label")
-    fpr, tpr, _ = roc_curve(y, scores)
+    fpr, tpr, _ = roc_curve(y, scores, drop_intermediate=False)
     fnr = 1.0 - tpr
-    i = int(np.nanargmin(np.abs(fpr - fnr)))
-    return float((fpr[i] + fnr[i]) / 2.0)
+    d = fpr - fnr  # starts at -1 (0, 0) and ends at +1 (1, 1)
+    i = int(np.argmax(d >= 0.0))  # first point at or past the crossing
+    if d[i] == 0.0 or i == 0:
+        return float(fpr[i])
+    t = -d[i - 1] / (d[i] - d[i - 1])
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
 
 
 def frame_metrics(
@@ -170,36 +211,42 @@ def register_protocol(p: Protocol) -> Protocol:
 
 
 for _p in (
-    Protocol("image", 1, "image", description="One-vs-rest AUROC and EER of the raw scores."),
+    Protocol("image", 2, "image", description="One-vs-rest AUROC and EER of the raw scores."),
     Protocol(
-        "video-raw", 1, "video", "none", "drop",
+        "video-raw", 2, "video", "none", "drop",
         description="Raw scores pooled over all frames; unscorable border frames dropped.",
     ),
     Protocol(
-        "video-minmax", 1, "video", "minmax", "drop",
+        "video-minmax", 2, "video", "minmax", "drop",
         description=(
             "Per-video min-max normalisation (LNTRA eq. 10), border frames dropped as in the "
             "LNTRA release (labels[8:len-7] for 16-frame clips)."
         ),
     ),
     Protocol(
-        "video-minmax-nearest", 1, "video", "minmax", "nearest",
+        "video-minmax-nearest", 2, "video", "minmax", "nearest",
         description="Per-video min-max normalisation; border frames take the nearest score.",
     ),
     Protocol(
-        "video-minmax-smooth15", 1, "video", "minmax", "drop", 15.0,
+        "video-minmax-smooth15", 2, "video", "minmax", "drop", 15.0,
         description="Gaussian smoothing (sigma 15 frames) then per-video min-max; borders dropped.",
     ),
 ):
     register_protocol(_p)
 
-DEFAULT_PROTOCOL = {"image": "image@1", "video": "video-minmax@1"}
+DEFAULT_PROTOCOL = {"image": "image@2", "video": "video-minmax@2"}
 
 
 def get_protocol(pid: str) -> Protocol:
     """Look a protocol up by ``name@version`` (or bare ``name``, meaning the latest version)."""
     if pid in _PROTOCOLS:
         return _PROTOCOLS[pid]
+    name, _, ver = pid.partition("@")
+    if ver.isdigit() and int(ver) in RETIRED and any(p.name == name for p in _PROTOCOLS.values()):
+        latest = max((p for p in _PROTOCOLS.values() if p.name == name), key=lambda p: p.version)
+        raise ProtocolError(f"protocol {pid} was retired: {RETIRED[int(ver)]}; use {latest.id} "
+                            f"(`occbench store rescore --protocol {latest.id}` re-evaluates "
+                            "stored runs without retraining)")
     versions = [p for p in _PROTOCOLS.values() if p.name == pid]
     if versions:
         return max(versions, key=lambda p: p.version)

@@ -1,7 +1,9 @@
 """What ``occbench refresh`` would run, and why.
 
 A job runs when its content hash (method, parameters and version; dataset, parameters, version
-and fingerprint; normal class; protocol; seed) is not in the store. To tell CI *why*, each such
+and content fingerprint; normal class; seed) is not in the store. A stored run whose metrics
+under the job's protocol are missing or stale (the protocol or the metric code changed) is only
+*rescored* from its raw scores, never rerun. To tell CI *why*, each such
 job is compared with the stored runs of the same method, dataset, normal class and seed, and the
 identity fields that differ are named (``method_version 1 → 2``); a job with no such neighbour
 is ``new``, one with a recorded failure ``previously failed``.
@@ -13,12 +15,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from occbench.harness.protocols import get_protocol
 from occbench.harness.spec import Job, canonical_json
 from occbench.harness.store import RunStore
 
 #: Identity fields that can change between two runs of the same method/dataset/class/seed.
 _COMPARED = ("method_version", "method_params", "dataset_version", "dataset_params",
-             "dataset_fingerprint", "protocol", "fast", "selected_on_test")
+             "dataset_fingerprint", "fast", "selected_on_test", "auxiliary")
 
 
 @dataclass
@@ -27,6 +30,8 @@ class RefreshPlan:
 
     up_to_date: list[Job] = field(default_factory=list)
     to_run: list[tuple[Job, str]] = field(default_factory=list)
+    #: stored runs whose metrics under the job's protocol are missing or stale
+    to_rescore: list[tuple[Job, str]] = field(default_factory=list)
 
     @property
     def jobs(self) -> list[Job]:
@@ -82,7 +87,12 @@ def plan_refresh(jobs: Iterable[Job], store: RunStore) -> RefreshPlan:
         index.setdefault(_key(rec["job"]), []).append(rec["job"])
     for j in jobs:
         if store.has(j.job_id):
-            plan.up_to_date.append(j)
+            rec = store.run_record(j.job_id)
+            pid = get_protocol(j.protocol).id
+            if store._stored_metrics(j.job_id, pid, rec) is None:
+                plan.to_rescore.append((j, f"metrics under {pid} missing or stale"))
+            else:
+                plan.up_to_date.append(j)
         elif j.job_id in failed:
             plan.to_run.append((j, "previously failed"))
         else:

@@ -6,7 +6,7 @@ Example::
     seeds = [0, 1, 2]
 
     [protocols]                 # default protocol per modality (optional)
-    video = "video-minmax@1"
+    video = "video-minmax@2"
 
     [[methods]]
     name = "ocsvm"
@@ -19,7 +19,7 @@ Example::
     [[datasets]]
     name = "toy-video"
     params = { seed = 0 }
-    protocol = "video-minmax@1" # overrides [protocols]
+    protocol = "video-minmax@2" # overrides [protocols]
     time_limit_s = 600
 
 A method that does not support a dataset's modality is skipped for it (reported, not an error).
@@ -32,7 +32,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +58,17 @@ def canonical_json(obj: Any) -> str:
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work: a method with resolved parameters on one dataset split, one seed.
+    """One unit of work — a *run*: a method with resolved parameters on one dataset split, one
+    seed.
 
-    ``job_id`` is a content hash of everything that determines the scores, including the
-    method's version and the dataset's fingerprint, so a change to any of them is a new job.
+    ``job_id`` is a content hash of everything that determines the raw scores: the method
+    (name, resolved parameters, declared version), the dataset (name, parameters, version and
+    *content* fingerprint), the normal class, the seed and the flags that change what a method
+    computes (``fast``, ``selected_on_test``, auxiliary datasets). A change to any of them is a
+    new run. ``protocol`` is *not* part of it: it names the scoring protocol requested for the
+    run's headline metrics, which are derived from the stored raw scores and can be recomputed
+    under any protocol without retraining. A field added later must be left out of the
+    identity while it has its default value, or every stored run would change id.
     """
 
     method: str
@@ -85,12 +92,19 @@ class Job:
     label: str = ""  # display name; not part of the id
     tags: dict[str, Any] = field(default_factory=dict)  # not part of the id (e.g. sweep trial)
 
+    #: Fields that do not change what is computed: execution options, display, scoring.
+    NOT_IDENTITY = ("time_limit_s", "label", "tags", "protocol")
+    #: Versioned so that ids of the old identity scheme (which hashed the protocol and a
+    #: stat-based fingerprint) can never collide with new ones.
+    ID_SCHEME = "occbench.run-id/2"
+
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("time_limit_s", "label", "tags"):
+        for k in self.NOT_IDENTITY:
             d.pop(k)
         if not d["auxiliary"]:
             d.pop("auxiliary")
+        d["id_scheme"] = self.ID_SCHEME
         return d
 
     @property
@@ -106,6 +120,10 @@ class Job:
     def from_dict(cls, d: Mapping[str, Any]) -> Job:
         d = dict(d)
         d.pop("job_id", None)
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise ValueError(f"unknown job fields {extra}")
         return cls(**d)
 
     @property

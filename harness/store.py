@@ -1,30 +1,44 @@
-"""The run store: one folder per finished job, content-addressed by job id.
+"""The run store: one verified folder per run, content-addressed by job id; scoring derived.
 
-Layout (schema ``occbench.store/1``)::
+Layout (schema ``occbench.store/2``, see docs/store-format.md)::
 
-    STORE/occbench-store.json          {"schema": "occbench.store/1"}
-    STORE/runs/<job_id>/record.json    RunRecord: spec, metrics, provenance (see RECORD_SCHEMA)
-    STORE/runs/<job_id>/scores.parquet one row per test item: video_id, frame, raw, score, label
-    STORE/runs/<job_id>/log.txt        what the method logged
-    STORE/failed/<job_id>.json         the last failure of a job that has not succeeded
-    STORE/locks/<job_id>.lock          held while a driver runs that job
+    STORE/occbench-store.json                 {"schema": "occbench.store/2"}
+    STORE/runs/<job_id>/record.json           RunRecord: job, provenance, checksums (no metrics)
+    STORE/runs/<job_id>/raw.parquet           one row per test item: video_id, frame, raw
+    STORE/runs/<job_id>/log.txt               what the method logged (capped)
+    STORE/labels/<sha>.parquet                a test set's labels, once: video_id, frame, label
+    STORE/metrics/<protocol_id>/<job_id>.json metrics of a run under a protocol (derived, redoable)
+    STORE/failed/<job_id>.json                the last failure of a job that has not succeeded
+    STORE/locks/<job_id>.lock                 held while a driver runs that job
+    STORE/quarantine/...                      bad entries set aside by ``store verify --quarantine``
 
-``raw`` is the method's score (NaN where a clip-based method could not score a frame), ``score``
-the score after the protocol (NaN where the protocol dropped the frame), ``label`` 1 = anomalous.
-A run folder is written under a temporary name and renamed into place, so readers never see a
-half-written run, and a second driver finishing the same job keeps the first result.
+A **run** is what was computed (method, data content, class, seed): its folder never changes once
+written. **Metrics** are derived from the run's raw scores and the test labels under a named
+protocol; each metrics file records the digest of the protocol and metric code that produced it
+and the checksums of the raw scores and labels it read, so a protocol fix re-evaluates a store
+without retraining (``occbench store rescore``) and stale metrics are never shown: readers
+recompute them on the fly instead.
+
+Every file is checksummed (sha256) in the record, and the record carries a checksum of itself;
+every read verifies. A bad entry (truncated, edited, garbage) is *not done*: ``run`` reruns it,
+readers skip it with one line, ``store verify --quarantine`` moves it aside. Nothing is deleted.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +46,20 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
 
-STORE_SCHEMA = "occbench.store/1"
-RECORD_SCHEMA = "occbench.run/1"
+STORE_SCHEMA = "occbench.store/2"
+RECORD_SCHEMA = "occbench.run/2"
+METRICS_SCHEMA = "occbench.metrics/2"
 
 #: Keys of a run record; the JSON schema is documented in docs/store-format.md.
-RECORD_KEYS = ("schema", "job_id", "status", "job", "metrics", "provenance", "error", "protocol")
+RECORD_KEYS = ("schema", "job_id", "status", "job", "provenance", "labels", "files", "sha256")
+
+#: A job id: 20 lowercase hex characters (the first 80 bits of a sha256). Anything else that
+#: appears where a job id belongs (a record's ``job_id``, a folder name) is never made a path.
+JOB_ID_RE = re.compile(r"^[0-9a-f]{20}$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_PROTOCOL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*@[0-9]+$")
+
+RUN_FILES = ("raw.parquet", "log.txt")
 
 
 class StoreError(RuntimeError):
@@ -47,21 +70,143 @@ class DiskFullError(StoreError):
     pass
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def is_job_id(s: object) -> bool:
+    return isinstance(s, str) and JOB_ID_RE.match(s) is not None
+
+
+def check_job_id(s: object) -> str:
+    if not is_job_id(s):
+        raise StoreError(f"{s!r} is not a job id (20 lowercase hex characters)")
+    return str(s)
+
+
+def check_protocol_id(s: object) -> str:
+    if not isinstance(s, str) or not _PROTOCOL_RE.match(s):
+        raise StoreError(f"{s!r} is not a protocol id (name@version)")
+    return s
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default).encode()
+
+
+def self_digest(obj: Mapping[str, Any]) -> str:
+    """sha256 of a JSON object's canonical form without its own ``sha256`` key."""
+    return hashlib.sha256(canonical({k: v for k, v in obj.items() if k != "sha256"})).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def labels_digest(labels: Mapping[str, np.ndarray]) -> str:
+    """Content hash of a test set's labels (video ids, lengths and values; order-independent)."""
+    h = hashlib.sha256(b"occbench.labels/1")
+    for vid in sorted(labels):
+        y = np.ascontiguousarray(np.asarray(labels[vid]).astype(np.int8))
+        h.update(f"{vid}\0{len(y)}\0".encode())
+        h.update(y.tobytes())
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        tmp.write_text(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        _raise_disk_full(exc, path)
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-class RunStore:
-    """A run store rooted at ``path`` (created on first write)."""
+def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode())
 
-    def __init__(self, path: str | Path) -> None:
+
+def _raise_disk_full(exc: OSError, where: Path) -> None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFullError(
+            f"disk full while writing {where}: free space and rerun the same command; finished "
+            "runs are kept and only missing ones will run"
+        ) from exc
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # pyarrow directly (no pandas metadata): smaller, faster, and byte-stable for equal input
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None),
+                   path, compression="zstd")
+
+
+def raw_frame(raw: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """Per-item raw scores: video_id ('' for images), frame (index within video), raw."""
+    parts = [pd.DataFrame({"video_id": pd.Series([vid] * len(r), dtype="string"),
+                           "frame": np.arange(len(r), dtype=np.int64),
+                           "raw": np.asarray(r, dtype=np.float64)})
+             for vid, r in raw.items()]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        {"video_id": pd.Series([], dtype="string"), "frame": np.array([], np.int64),
+         "raw": np.array([], np.float64)})
+
+
+def _split(df: pd.DataFrame, col: str) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    vids = df["video_id"].astype(str).to_numpy()
+    vals = df[col].to_numpy()
+    frames = df["frame"].to_numpy()
+    # rows are written grouped by video in frame order; keep first-seen video order
+    order = dict.fromkeys(vids.tolist())
+    for v in order:
+        m = vids == v
+        f = frames[m]
+        x = vals[m]
+        if len(f) and not np.array_equal(f, np.arange(len(f))):
+            x = x[np.argsort(f, kind="stable")]
+        out[v] = x
+    return out
+
+
+@dataclass(frozen=True)
+class BadEntry:
+    """A store entry that failed verification: its path and why."""
+
+    path: Path
+    reason: str
+    kind: str  # "run" | "labels" | "metrics" | "failure" | "stray"
+
+    def line(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class RunStore:
+    """A run store rooted at ``path`` (created on first write).
+
+    ``protocol``: the protocol(s) whose metrics :meth:`record` and :meth:`scores` show, one per
+    modality (default: each run's requested protocol, ``record["job"]["protocol"]``).
+    ``on_bad``: called once per bad entry a reader skips (default: one line on stderr).
+    """
+
+    def __init__(self, path: str | Path, protocol: str | Sequence[str] | None = None,
+                 on_bad: Callable[[BadEntry], None] | None = None) -> None:
         self.path = Path(path)
+        self.protocol = protocol
+        self.on_bad = on_bad
+        self._verified: dict[str, tuple[Any, ...]] = {}
+        self._labels_ok: dict[str, str] = {}  # labels digest -> "" (good) or why bad
+        self._reported: set[Path] = set()
+        self.skipped: list[BadEntry] = []
 
     # -- layout --------------------------------------------------------------------------------
     @property
@@ -76,14 +221,39 @@ class RunStore:
     def locks_dir(self) -> Path:
         return self.path / "locks"
 
+    @property
+    def labels_dir(self) -> Path:
+        return self.path / "labels"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.path / "metrics"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.path / "quarantine"
+
+    @property
+    def pruned_dir(self) -> Path:
+        return self.path / "pruned"
+
     #: What a store folder may hold; anything else before the marker exists means a foreign
     #: folder. (Another driver creating the same new store at the same moment writes these.)
     OWN_ENTRIES = frozenset({"occbench-store.json", "runs", "failed", "locks", "sweeps",
-                             "pruned"})
+                             "pruned", "labels", "metrics", "quarantine"})
+
+    def run_dir(self, job_id: str) -> Path:
+        return self.runs_dir / check_job_id(job_id)
+
+    def metrics_path(self, job_id: str, protocol_id: str) -> Path:
+        return self.metrics_dir / check_protocol_id(protocol_id) / f"{check_job_id(job_id)}.json"
 
     def init(self) -> RunStore:
         """Create the store, or check that an existing folder is one (safe when racing)."""
         marker = self.path / "occbench-store.json"
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"{self.path} is a file, not a store folder; pass a folder to "
+                             "--store")
         if self.path.exists() and not marker.exists():
             foreign = sorted(p.name for p in self.path.iterdir()
                              if p.name not in self.OWN_ENTRIES
@@ -93,63 +263,302 @@ class RunStore:
                     f"{self.path} exists and is not an occbench store (no occbench-store.json; "
                     f"it holds {foreign[:5]}); choose an empty or new folder"
                 )
-        for d in (self.runs_dir, self.failed_dir, self.locks_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        try:
+            for d in (self.runs_dir, self.failed_dir, self.locks_dir, self.labels_dir,
+                      self.metrics_dir):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _raise_disk_full(exc, self.path)
+            raise StoreError(f"cannot create the store {self.path}: {exc}") from exc
         if not marker.exists():
             # atomic replace: two drivers racing here both write the same content
             _atomic_write_text(marker, json.dumps({"schema": STORE_SCHEMA}) + "\n")
         else:
-            schema = json.loads(marker.read_text()).get("schema")
-            if schema != STORE_SCHEMA:
-                raise StoreError(f"{marker}: store schema {schema!r}, this occbench reads "
-                                 f"{STORE_SCHEMA!r}")
+            self.check_schema()
         return self
 
-    # -- queries -------------------------------------------------------------------------------
+    def check_schema(self) -> None:
+        marker = self.path / "occbench-store.json"
+        try:
+            schema = json.loads(marker.read_text()).get("schema")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise StoreError(f"{marker}: unreadable store marker ({exc}); it should hold "
+                             f'{{"schema": "{STORE_SCHEMA}"}}') from exc
+        if schema == "occbench.store/1":
+            raise StoreError(
+                f"{marker}: a store of occbench.store/1, whose job ids ignored data content and "
+                "mixed scoring into runs; its runs cannot be trusted under the new identity. "
+                "Start a new store (e.g. --store runs/new) and rerun; the old one is untouched")
+        if schema != STORE_SCHEMA:
+            raise StoreError(f"{marker}: store schema {schema!r}, this occbench reads "
+                             f"{STORE_SCHEMA!r}")
+
+    # -- bad entries ---------------------------------------------------------------------------
+    def _report(self, bad: BadEntry) -> None:
+        if bad.path in self._reported:
+            return
+        self._reported.add(bad.path)
+        self.skipped.append(bad)
+        if self.on_bad is not None:
+            self.on_bad(bad)
+        else:
+            print(f"skipping {bad.line()} (`occbench store verify --quarantine` moves it aside)",
+                  file=sys.stderr)
+
+    # -- runs: verification --------------------------------------------------------------------
+    def check_run(self, job_id: str, deep: bool = True) -> str | None:
+        """Why the run ``job_id`` is bad, or None if it verifies (record checksum, job identity,
+        every file's size and sha256; ``deep=False`` checks sizes only)."""
+        if not is_job_id(job_id):
+            return "not a job id (20 lowercase hex characters)"
+        d = self.runs_dir / job_id
+        p = d / "record.json"
+        try:
+            st = [os.stat(d / n) for n in ("record.json", *RUN_FILES)]
+        except FileNotFoundError as exc:
+            return f"missing {Path(str(exc.filename)).name}"
+        key = tuple((s.st_size, s.st_mtime_ns, s.st_ino) for s in st)
+        if deep and self._verified.get(job_id) == key:
+            return None
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            return f"record.json unreadable ({type(exc).__name__}: {exc})"
+        if not isinstance(rec, dict):
+            return "record.json is not a JSON object"
+        if rec.get("schema") != RECORD_SCHEMA:
+            return f"record schema {rec.get('schema')!r}, expected {RECORD_SCHEMA!r}"
+        if rec.get("job_id") != job_id:
+            return f"record says job {rec.get('job_id')!r}"
+        try:
+            if rec.get("sha256") != self_digest(rec):
+                return "record.json checksum mismatch (edited or damaged)"
+        except (TypeError, ValueError) as exc:
+            return f"record.json not canonical JSON ({exc})"
+        try:
+            from occbench.harness.spec import Job
+
+            ident = Job.from_dict(rec["job"]).job_id
+        except (KeyError, TypeError, ValueError) as exc:
+            return f"record's job is malformed ({type(exc).__name__}: {exc})"
+        if ident != job_id:
+            return f"record's job hashes to {ident}, not its folder name (edited record)"
+        files = rec.get("files")
+        if not isinstance(files, dict) or set(files) != set(RUN_FILES):
+            return "record.json lists no checksums of its files"
+        for name, s in zip(RUN_FILES, st[1:], strict=True):
+            want = files[name]
+            if not isinstance(want, dict) or want.get("size") != s.st_size:
+                return f"{name}: size {s.st_size}, record says {want.get('size')}"
+            if deep and file_sha256(d / name) != want.get("sha256"):
+                return f"{name}: sha256 mismatch (damaged)"
+        digest = rec.get("labels")
+        if deep:
+            # a run whose test labels are gone or damaged cannot be scored: not done
+            why_labels = self._labels_ok.get(str(digest))
+            if why_labels is None:
+                try:
+                    self.labels_by_digest(str(digest))
+                    why_labels = ""
+                except StoreError as exc:
+                    why_labels = f"its labels {str(digest)[:12]}… are missing or damaged ({exc})"
+                self._labels_ok[str(digest)] = why_labels
+            if why_labels:
+                return why_labels
+        if deep:
+            self._verified[job_id] = key
+        return None
+
     def has(self, job_id: str) -> bool:
-        return (self.runs_dir / job_id / "record.json").exists()
+        """True if the run exists and verifies (a bad entry is not done)."""
+        return is_job_id(job_id) and self.check_run(job_id) is None
 
     def job_ids(self) -> list[str]:
+        """Ids of the runs that verify, sorted; bad entries are reported once and skipped."""
         if not self.runs_dir.exists():
             return []
-        return sorted(p.name for p in self.runs_dir.iterdir()
-                      if not p.name.startswith(".") and (p / "record.json").exists())
+        out = []
+        for p in sorted(self.runs_dir.iterdir()):
+            if p.name.startswith("."):
+                continue
+            why = self.check_run(p.name)
+            if why is None:
+                out.append(p.name)
+            else:
+                self._report(BadEntry(p, why, "run"))
+        return out
 
-    def record(self, job_id: str) -> dict[str, Any]:
-        p = self.runs_dir / job_id / "record.json"
+    def run_record(self, job_id: str) -> dict[str, Any]:
+        """The run's own record (job, provenance, checksums), verified."""
+        why = self.check_run(job_id)
+        if why is not None:
+            raise StoreError(f"{self.runs_dir / str(job_id)}: {why}; run `occbench store verify "
+                             "--quarantine` and rerun")
+        return dict(json.loads((self.runs_dir / job_id / "record.json").read_text()))
+
+    # -- reads ---------------------------------------------------------------------------------
+    def raw(self, job_id: str) -> dict[str, np.ndarray]:
+        """The method's raw scores per video (``""`` for images), float64, NaN = not scored."""
+        df = pd.read_parquet(self.run_dir(job_id) / "raw.parquet")
+        return {k: np.asarray(v, dtype=np.float64) for k, v in _split(df, "raw").items()}
+
+    def labels_by_digest(self, digest: str) -> dict[str, np.ndarray]:
+        if not isinstance(digest, str) or not _SHA_RE.match(digest):
+            raise StoreError(f"{digest!r} is not a labels digest")
+        p = self.labels_dir / f"{digest}.parquet"
         try:
-            return dict(json.loads(p.read_text()))
+            df = pd.read_parquet(p)
+            lab = {k: np.asarray(v, dtype=np.int8) for k, v in _split(df, "label").items()}
         except FileNotFoundError:
-            raise StoreError(f"no run {job_id} in {self.path}") from None
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"{p}: corrupt record ({exc}); delete the folder and rerun") from exc
+            raise StoreError(f"{p}: labels missing; merge them from the store the run came from "
+                             "or rerun") from None
+        except Exception as exc:  # pyarrow raises many types for damaged files
+            raise StoreError(f"{p}: unreadable labels ({type(exc).__name__}: {exc})") from exc
+        if labels_digest(lab) != digest:
+            raise StoreError(f"{p}: labels do not match their checksum (damaged)")
+        return lab
 
-    def records(self) -> Iterator[dict[str, Any]]:
+    def labels(self, job_id: str) -> dict[str, np.ndarray]:
+        """The test labels of the run's test set (1 = anomalous), per video."""
+        return self.labels_by_digest(str(self.run_record(job_id).get("labels")))
+
+    def view_protocol(self, rec: Mapping[str, Any], protocol: str | None = None) -> str:
+        """The protocol a read shows: ``protocol``, else the view's protocol for the run's
+        modality, else the run's own requested one."""
+        if protocol:
+            return protocol
+        view = self.protocol
+        if view:
+            from occbench.harness.protocols import get_protocol
+
+            for pid in ([view] if isinstance(view, str) else list(view)):
+                if get_protocol(pid).modality == rec["job"]["modality"]:
+                    return get_protocol(pid).id
+        return str(rec["job"]["protocol"])
+
+    def metrics(self, job_id: str, protocol: str | None = None,
+                compute: bool = True) -> dict[str, Any] | None:
+        """Metrics of the run under ``protocol`` (default: the view's / the run's own).
+
+        Stored metrics are used when fresh (same protocol digest, raw scores and labels);
+        otherwise they are recomputed from the raw scores and labels (``compute``) without
+        being written — ``rescore`` writes them. None when they cannot be had.
+        """
+        from occbench.harness.protocols import get_protocol
+
+        rec = self.run_record(job_id)
+        pid = self.view_protocol(rec, protocol)
+        proto = get_protocol(pid)
+        stored = self._stored_metrics(job_id, proto.id, rec)
+        if stored is not None:
+            return dict(stored["metrics"])
+        if not compute or proto.modality != rec["job"]["modality"]:
+            return None
+        try:
+            return proto.evaluate(self.raw(job_id), self.labels(job_id))
+        except (StoreError, ValueError):
+            return None
+
+    def _stored_metrics(self, job_id: str, pid: str, rec: Mapping[str, Any]
+                        ) -> dict[str, Any] | None:
+        p = self.metrics_path(job_id, pid)
+        if not p.exists():
+            return None
+        why, m = self._check_metrics_file(p, rec)
+        if why is not None:
+            if not why.startswith("stale"):
+                self._report(BadEntry(p, why, "metrics"))
+            return None
+        return m
+
+    def _check_metrics_file(self, p: Path, rec: Mapping[str, Any] | None = None
+                            ) -> tuple[str | None, dict[str, Any] | None]:
+        from occbench.harness.protocols import ProtocolError, get_protocol
+
+        try:
+            m = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            return f"unreadable metrics ({type(exc).__name__}: {exc})", None
+        if not isinstance(m, dict) or m.get("schema") != METRICS_SCHEMA:
+            return "not an occbench metrics file", None
+        try:
+            if m.get("sha256") != self_digest(m):
+                return "metrics checksum mismatch (edited or damaged)", None
+        except (TypeError, ValueError):
+            return "metrics not canonical JSON", None
+        if m.get("job_id") != p.stem or m.get("protocol_id") != p.parent.name:
+            return "metrics file names another run or protocol", None
+        if rec is None:
+            return None, m
+        try:
+            proto = get_protocol(str(m["protocol_id"]))
+        except ProtocolError:
+            return "stale: protocol no longer exists", m
+        if m.get("protocol_digest") != proto.digest:
+            return "stale: protocol or metric code changed", m
+        if m.get("raw_sha256") != rec["files"]["raw.parquet"]["sha256"]:
+            return "stale: computed from other raw scores", m
+        if m.get("labels") != rec.get("labels"):
+            return "stale: computed with other labels", m
+        return None, m
+
+    def record(self, job_id: str, protocol: str | None = None) -> dict[str, Any]:
+        """The run's record plus ``metrics`` and ``protocol`` (description) under the view's
+        protocol — the shape tables and exports read."""
+        from occbench.harness.protocols import get_protocol
+
+        rec = self.run_record(job_id)
+        pid = self.view_protocol(rec, protocol)
+        rec["metrics"] = self.metrics(job_id, pid)
+        rec["protocol"] = get_protocol(pid).describe()
+        return rec
+
+    def records(self, protocol: str | None = None) -> Iterator[dict[str, Any]]:
         for jid in self.job_ids():
-            yield self.record(jid)
+            try:
+                yield self.record(jid, protocol)
+            except StoreError as exc:
+                self._report(BadEntry(self.runs_dir / jid, str(exc), "run"))
+
+    def scores(self, job_id: str, protocol: str | None = None) -> pd.DataFrame:
+        """Per-item table: video_id, frame, raw, score (after the protocol, NaN where it dropped
+        the frame), label (1 = anomalous)."""
+        from occbench.harness.protocols import get_protocol
+
+        rec = self.run_record(job_id)
+        proto = get_protocol(self.view_protocol(rec, protocol))
+        raw = self.raw(job_id)
+        labels = self.labels(job_id)
+        evaluated, _ = proto.process(raw, labels)
+        return scores_frame(raw, evaluated, labels)
+
+    def log(self, job_id: str) -> str:
+        p = self.run_dir(job_id) / "log.txt"
+        return p.read_text(errors="replace") if p.exists() else ""
 
     def failures(self) -> list[dict[str, Any]]:
+        """Failure records of jobs with no good run; unreadable ones are reported and skipped."""
         if not self.failed_dir.exists():
             return []
         out = []
         for p in sorted(self.failed_dir.glob("*.json")):
+            if not is_job_id(p.stem):
+                self._report(BadEntry(p, "not named by a job id", "failure"))
+                continue
+            rec = _read_failure(p)
+            if rec is None:
+                self._report(BadEntry(p, "unreadable failure record", "failure"))
+                continue
             if not self.has(p.stem):
-                out.append(json.loads(p.read_text()))
+                out.append(rec)
         return out
-
-    def scores(self, job_id: str) -> pd.DataFrame:
-        return pd.read_parquet(self.runs_dir / job_id / "scores.parquet")
-
-    def log(self, job_id: str) -> str:
-        p = self.runs_dir / job_id / "log.txt"
-        return p.read_text() if p.exists() else ""
 
     # -- writes --------------------------------------------------------------------------------
     @contextmanager
     def claim(self, job_id: str) -> Iterator[bool]:
         """Try to take the job's lock without waiting; yields False if another driver holds it."""
         self.locks_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.locks_dir / f"{job_id}.lock"))
+        lock = FileLock(str(self.locks_dir / f"{check_job_id(job_id)}.lock"))
         try:
             lock.acquire(timeout=0)
         except Timeout:
@@ -160,19 +569,58 @@ class RunStore:
         finally:
             lock.release()
 
-    def write_run(self, record: Mapping[str, Any], scores: pd.DataFrame, log: str = "") -> bool:
-        """Write a finished run atomically. Returns False if the run was already there."""
-        job_id = str(record["job_id"])
+    def write_labels(self, labels: Mapping[str, np.ndarray]) -> str:
+        """Store a test set's labels once (content-addressed); returns their digest."""
+        digest = labels_digest(labels)
+        p = self.labels_dir / f"{digest}.parquet"
+        if p.exists():
+            try:
+                self.labels_by_digest(digest)
+                return digest
+            except StoreError:
+                pass  # damaged copy: rewrite it from the labels we hold
+        self.labels_dir.mkdir(parents=True, exist_ok=True)
+        df = pd.concat([pd.DataFrame({"video_id": pd.Series([vid] * len(y), dtype="string"),
+                                      "frame": np.arange(len(y), dtype=np.int64),
+                                      "label": np.asarray(y).astype(np.int8)})
+                        for vid, y in labels.items()], ignore_index=True)
+        tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            _write_parquet(df, tmp)
+            os.replace(tmp, p)
+        except OSError as exc:
+            _raise_disk_full(exc, p)
+            raise
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        self._labels_ok.pop(digest, None)
+        return digest
+
+    def write_run(self, record: Mapping[str, Any], raw: Mapping[str, np.ndarray],
+                  labels: Mapping[str, np.ndarray], log: str = "") -> bool:
+        """Write a finished run atomically with checksums. Returns False if a good run is
+        already there (a bad one is moved to quarantine and replaced)."""
+        job_id = check_job_id(record["job_id"])
         final = self.runs_dir / job_id
         if final.exists():
-            return False
+            why = self.check_run(job_id)
+            if why is None:
+                return False
+            self._quarantine(final, "run", why)
+        digest = self.write_labels(labels)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{job_id}.", dir=self.runs_dir))
         try:
-            scores.to_parquet(tmp / "scores.parquet", index=False)
+            _write_parquet(raw_frame(raw), tmp / "raw.parquet")
             (tmp / "log.txt").write_text(log)
-            (tmp / "record.json").write_text(json.dumps(record, indent=1, sort_keys=True,
-                                                        default=_json_default) + "\n")
+            rec = {k: v for k, v in record.items() if k not in ("metrics", "protocol", "sha256")}
+            rec.update(schema=RECORD_SCHEMA, job_id=job_id, labels=digest, files={
+                n: {"size": (tmp / n).stat().st_size, "sha256": file_sha256(tmp / n)}
+                for n in RUN_FILES})
+            rec = json.loads(canonical(rec))  # what is hashed is exactly what is read back
+            rec["sha256"] = self_digest(rec)
+            (tmp / "record.json").write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
             try:
                 os.rename(tmp, final)
             except OSError as exc:
@@ -180,11 +628,7 @@ class RunStore:
                     return False
                 raise exc
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(
-                    f"disk full while writing run {job_id} into {self.path}: free space and rerun "
-                    "the same command; finished runs are kept and only missing ones will run"
-                ) from exc
+            _raise_disk_full(exc, final)
             raise
         finally:
             if tmp.exists():
@@ -194,57 +638,212 @@ class RunStore:
             failed.unlink()
         return True
 
+    def write_metrics(self, job_id: str, protocol: str | None = None,
+                      raw: Mapping[str, np.ndarray] | None = None,
+                      labels: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """Compute the run's metrics under ``protocol`` (default: its own) from its raw scores
+        and labels and store them; returns the metrics. Raises ProtocolError/ValueError when
+        the protocol cannot evaluate the scores."""
+        from occbench.harness.protocols import get_protocol
+
+        rec = self.run_record(job_id)
+        proto = get_protocol(self.view_protocol(rec, protocol))
+        if proto.modality != rec["job"]["modality"]:
+            raise StoreError(f"protocol {proto.id} is for {proto.modality}, run {job_id} is "
+                             f"{rec['job']['modality']}")
+        raw = self.raw(job_id) if raw is None else raw
+        labels = self.labels(job_id) if labels is None else labels
+        metrics = proto.evaluate(raw, labels)
+        doc = {"schema": METRICS_SCHEMA, "job_id": job_id, "protocol_id": proto.id,
+               "protocol": proto.describe(), "protocol_digest": proto.digest,
+               "raw_sha256": rec["files"]["raw.parquet"]["sha256"], "labels": rec["labels"],
+               "computed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "metrics": metrics}
+        doc = json.loads(canonical(doc))
+        doc["sha256"] = self_digest(doc)
+        p = self.metrics_path(job_id, proto.id)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(p, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        return dict(doc["metrics"])
+
+    def rescore(self, protocols: list[str] | None = None, force: bool = False
+                ) -> dict[str, int]:
+        """(Re)compute missing or stale metrics of every good run under its own protocol and
+        ``protocols`` (those of the run's modality). Never retrains. Returns counts."""
+        from occbench.harness.protocols import get_protocol
+
+        counts = {"fresh": 0, "computed": 0, "failed": 0}
+        wanted = [get_protocol(p) for p in (protocols or [])]
+        for jid in self.job_ids():
+            rec = self.run_record(jid)
+            pids = {get_protocol(str(rec["job"]["protocol"])).id} | {
+                p.id for p in wanted if p.modality == rec["job"]["modality"]}
+            raw = labels = None
+            for pid in sorted(pids):
+                if not force and self._stored_metrics(jid, pid, rec) is not None:
+                    counts["fresh"] += 1
+                    continue
+                try:
+                    if raw is None:
+                        raw, labels = self.raw(jid), self.labels(jid)
+                    self.write_metrics(jid, pid, raw, labels)
+                    counts["computed"] += 1
+                except (StoreError, ValueError) as exc:
+                    counts["failed"] += 1
+                    self._report(BadEntry(self.runs_dir / jid, f"cannot score under {pid}: "
+                                          f"{exc}", "run"))
+        return counts
+
     def write_failure(self, record: Mapping[str, Any]) -> None:
         self.failed_dir.mkdir(parents=True, exist_ok=True)
-        p = self.failed_dir / f"{record['job_id']}.json"
-        prev = json.loads(p.read_text()) if p.exists() else {}
+        p = self.failed_dir / f"{check_job_id(record['job_id'])}.json"
+        prev = _read_failure(p) or {} if p.exists() else {}
         rec = dict(record)
-        rec["attempts"] = int(prev.get("attempts", 0)) + 1
+        rec["attempts"] = int(prev.get("attempts", 0) or 0) + 1
         _atomic_write_text(p, json.dumps(rec, indent=1, sort_keys=True, default=_json_default))
 
-    @property
-    def pruned_dir(self) -> Path:
-        return self.path / "pruned"
+    # -- verification and quarantine -----------------------------------------------------------
+    def verify(self, quarantine: bool = False, recompute: bool = True) -> list[BadEntry]:
+        """Check every entry: runs (checksums, identity), labels (content hash), metrics
+        (checksum; with ``recompute``, equal to metrics recomputed from the stored raw scores
+        and labels under the current protocol when fresh), failure records. ``quarantine``
+        moves each bad entry under ``STORE/quarantine/`` (nothing is deleted)."""
+        bad: list[BadEntry] = []
+        if self.runs_dir.exists():
+            for p in sorted(self.runs_dir.iterdir()):
+                if p.name.startswith("."):
+                    continue
+                why = self.check_run(p.name)
+                if why is not None:
+                    bad.append(BadEntry(p, why, "run"))
+        if self.labels_dir.exists():
+            for p in sorted(self.labels_dir.glob("*.parquet")):
+                try:
+                    self.labels_by_digest(p.stem)
+                except StoreError as exc:
+                    bad.append(BadEntry(p, str(exc).split(": ", 1)[-1], "labels"))
+        bad_runs = {b.path.name for b in bad if b.kind == "run"}
+        if self.metrics_dir.exists():
+            for p in sorted(self.metrics_dir.glob("*/*.json")):
+                if p.stem in bad_runs:
+                    continue  # set aside with its run
+                if not is_job_id(p.stem) or not (self.runs_dir / p.stem).exists():
+                    bad.append(BadEntry(p, "metrics of no run in the store", "metrics"))
+                    continue
+                rec = self.run_record(p.stem)
+                why, m = self._check_metrics_file(p, rec)
+                if why is not None and not why.startswith("stale"):
+                    bad.append(BadEntry(p, why, "metrics"))
+                    continue
+                if why is None and recompute and m is not None:
+                    diff = self._recompute_diff(p.stem, m)
+                    if diff:
+                        bad.append(BadEntry(p, f"stored metrics differ from recomputed: {diff}",
+                                            "metrics"))
+        if self.failed_dir.exists():
+            for p in sorted(self.failed_dir.glob("*.json")):
+                if not is_job_id(p.stem) or _read_failure(p) is None:
+                    bad.append(BadEntry(p, "unreadable failure record", "failure"))
+        if quarantine:
+            for b in bad:
+                self._quarantine(b.path, b.kind, b.reason)
+        return bad
 
+    def _recompute_diff(self, job_id: str, m: Mapping[str, Any]) -> str:
+        from occbench.harness.protocols import get_protocol
+
+        proto = get_protocol(str(m["protocol_id"]))
+        try:
+            fresh = proto.evaluate(self.raw(job_id), self.labels(job_id))
+        except (StoreError, ValueError) as exc:
+            return f"cannot recompute ({exc})"
+        fresh = json.loads(canonical(fresh))
+        diffs = [k for k in sorted(set(fresh) | set(m["metrics"]))
+                 if fresh.get(k) != m["metrics"].get(k)]
+        return ", ".join(f"{k} {m['metrics'].get(k)!r} != {fresh.get(k)!r}"
+                         for k in diffs[:3])
+
+    def _quarantine(self, path: Path, kind: str, reason: str) -> Path | None:
+        if not path.exists():
+            return None
+        dst_dir = self.quarantine_dir / kind
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        dst = dst_dir / f"{path.name}.{uuid.uuid4().hex[:8]}"
+        os.rename(path, dst)  # same file system: atomic
+        (dst_dir / f"{dst.name}.why.txt").write_text(f"{path}\n{reason}\n")
+        self._verified.pop(path.name, None)
+        self._labels_ok.pop(path.stem, None)
+        if kind == "run" and is_job_id(path.name):  # its derived metrics go with it
+            for mp in self.metrics_dir.glob(f"*/{path.name}.json"):
+                self._quarantine(mp, "metrics", f"metrics of the bad run {path.name}")
+        return dst
+
+    # -- pruning and merging -------------------------------------------------------------------
     def set_aside(self, job_id: str) -> bool:
         """Move a finished run out of ``runs/`` into ``pruned/`` (kept, never deleted): tables,
         exports and resumes no longer see it. False if the job's lock is held or it is gone."""
         with self.claim(job_id) as got:
-            if not got or not self.has(job_id):
+            if not got or not (self.runs_dir / job_id).exists():
                 return False
             self.pruned_dir.mkdir(parents=True, exist_ok=True)
             dst = self.pruned_dir / job_id
             if dst.exists():  # pruned before, then run again: keep the older copy aside too
                 dst = self.pruned_dir / f"{job_id}.{uuid.uuid4().hex[:8]}"
             os.rename(self.runs_dir / job_id, dst)  # same file system: atomic
+            self._verified.pop(job_id, None)
             return True
 
     def merge_from(self, other: RunStore) -> tuple[int, int]:
-        """Copy runs of ``other`` missing here; returns (copied, already present)."""
+        """Copy good runs of ``other`` missing here, with their labels and metrics; returns
+        (copied, already present). Bad entries of ``other`` are reported and not copied."""
         self.init()
+        other.check_schema()
         copied = present = 0
         for jid in other.job_ids():
-            rec = other.record(jid)
-            if rec.get("job_id") != jid:
-                raise StoreError(f"{other.runs_dir / jid}: record says job {rec.get('job_id')}")
+            orec = other.run_record(jid)
+            digest = str(orec.get("labels"))
+            if not (self.labels_dir / f"{digest}.parquet").exists():
+                self.write_labels(other.labels_by_digest(digest))
             if self.has(jid):
                 present += 1
-                continue
-            tmp = Path(tempfile.mkdtemp(prefix=f".{jid}.", dir=self.runs_dir))
-            try:
-                for f in (other.runs_dir / jid).iterdir():
-                    shutil.copy2(f, tmp / f.name)
+            else:
+                if (self.runs_dir / jid).exists():  # a bad copy here: set it aside first
+                    self._quarantine(self.runs_dir / jid, "run", str(self.check_run(jid)))
+                tmp = Path(tempfile.mkdtemp(prefix=f".{jid}.", dir=self.runs_dir))
                 try:
-                    os.rename(tmp, self.runs_dir / jid)
-                    copied += 1
-                except OSError:
-                    if not self.has(jid):
-                        raise
-                    present += 1
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
+                    for n in ("record.json", *RUN_FILES):
+                        shutil.copy2(other.runs_dir / jid / n, tmp / n)
+                    try:
+                        os.rename(tmp, self.runs_dir / jid)
+                        copied += 1
+                    except OSError:
+                        if not self.has(jid):
+                            raise
+                        present += 1
+                except OSError as exc:
+                    _raise_disk_full(exc, self.runs_dir / jid)
+                    raise
+                finally:
+                    if tmp.exists():
+                        shutil.rmtree(tmp, ignore_errors=True)
+            for mp in sorted(other.metrics_dir.glob(f"*/{jid}.json")):
+                why, _ = other._check_metrics_file(mp, orec)
+                dst = self.metrics_dir / mp.parent.name / mp.name
+                if why is None and not dst.exists():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    _atomic_write_bytes(dst, mp.read_bytes())
         return copied, present
+
+
+def _read_failure(p: Path) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(rec, dict) or not is_job_id(rec.get("job_id")) or \
+            not isinstance(rec.get("job"), dict):
+        return None
+    return rec
 
 
 def _json_default(o: Any) -> Any:

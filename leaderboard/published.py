@@ -68,7 +68,7 @@ def load_published(path: str | Path | None = None) -> pd.DataFrame:
 
 
 def family(protocol: str, modality: str | None = None) -> str | None:
-    """``image@1`` → ``image``, ``video-minmax@1`` → ``video``; anything else → ``modality``."""
+    """``image@2`` → ``image``, ``video-minmax@2`` → ``video``; anything else → ``modality``."""
     if protocol.startswith("image"):
         return "image"
     if protocol.startswith("video"):

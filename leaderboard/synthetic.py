@@ -8,16 +8,14 @@ exactly as it reads real runs.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from occbench.harness.protocols import get_protocol
-from occbench.harness.store import RECORD_SCHEMA, RunStore, scores_frame
+from occbench.harness.spec import Job
+from occbench.harness.store import RECORD_SCHEMA, RunStore
 
 
 @dataclass(frozen=True)
@@ -32,27 +30,24 @@ DEFAULT_METHODS = (SynthMethod("alpha", 2.0), SynthMethod("beta", 1.5),
                    SynthMethod("gamma", 1.0), SynthMethod("delta", 0.5, 0.0))
 
 
-def _job_id(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]
+def _job(method: SynthMethod, dataset: str, modality: str, normal_class: str | None,
+         seed: int, protocol: str) -> Job:
+    return Job(method=method.name, method_params={"d": method.d}, method_version="1",
+               dataset=dataset, dataset_params={}, dataset_version="1",
+               dataset_fingerprint="synthetic", normal_class=normal_class, protocol=protocol,
+               seed=seed, modality=modality, fast=True)
 
 
-def _record(method: SynthMethod, dataset: str, modality: str, normal_class: str | None,
-            seed: int, protocol: str, metrics: dict[str, Any], job_id: str, gpus: float,
-            extra_params: dict[str, Any]) -> dict[str, Any]:
-    proto = get_protocol(protocol)
+def _record(job: Job, method: SynthMethod, gpus: float) -> dict[str, Any]:
     return {
-        "schema": RECORD_SCHEMA, "job_id": job_id, "status": "ok", "error": None,
-        "job": {"job_id": job_id, "method": method.name, "label": "", "method_version": "1",
-                "method_params": {"d": method.d, **extra_params}, "dataset": dataset,
-                "dataset_params": {}, "dataset_version": "1", "dataset_fingerprint": "synthetic",
-                "normal_class": normal_class, "modality": modality, "protocol": protocol,
-                "seed": seed, "selected_on_test": False, "fast": True, "tags": {},
-                "time_limit_s": None, "resources": {"cpus": 1, "gpus": gpus}},
-        "metrics": metrics, "protocol": proto.describe(),
-        "provenance": {"wall_time_s": round(1.0 + method.d + 0.1 * seed, 3),
-                       "peak_rss_mb": 300.0 + 10 * seed, "n_parameters": int(1000 * (1 + method.d)),
+        "schema": RECORD_SCHEMA, "job_id": job.job_id, "status": "ok", "job": job.to_dict(),
+        "provenance": {"resources": {"cpus": 1, "gpus": gpus},
+                       "wall_time_s": round(1.0 + method.d + 0.1 * job.seed, 3),
+                       "peak_rss_mb": 300.0 + 10 * job.seed,
+                       "n_parameters": int(1000 * (1 + method.d)),
                        "device": "cuda" if gpus else "cpu", "git_sha": "synthetic",
-                       "peak_gpu_mb": 500.0 if gpus else None},
+                       "peak_gpu_mb": 500.0 if gpus else None,
+                       "started_at": "2026-01-01T00:00:00Z"},
     }
 
 
@@ -76,12 +71,9 @@ def make_store(path: str | Path, methods: Sequence[SynthMethod] = DEFAULT_METHOD
                     y = (rng.random(n_images) < 0.5).astype(np.int8)
                     img_raw = {"": rng.standard_normal(n_images) + d * y}
                     img_labels = {"": y}
-                    p = get_protocol("image@1")
-                    metrics = p.evaluate(img_raw, img_labels)
-                    ev, _ = p.process(img_raw, img_labels)
-                    jid = _job_id(m.name, ds, c, s)
-                    st.write_run(_record(m, ds, "image", str(c), s, "image@1", metrics, jid,
-                                         gpus, {}), scores_frame(img_raw, ev, img_labels))
+                    job = _job(m, ds, "image", str(c), s, "image@2")
+                    st.write_run(_record(job, m, gpus), img_raw, img_labels)
+                    st.write_metrics(job.job_id, None, img_raw, img_labels)
             for ds in video_datasets:
                 labels: dict[str, np.ndarray] = {}
                 raw: dict[str, np.ndarray] = {}
@@ -97,10 +89,24 @@ def make_store(path: str | Path, methods: Sequence[SynthMethod] = DEFAULT_METHOD
                         r[:border] = np.nan
                         r[-border:] = np.nan
                     labels[f"video_{v:02d}"], raw[f"video_{v:02d}"] = y, r
-                p = get_protocol("video-minmax@1")
-                metrics = p.evaluate(raw, labels)
-                ev, _ = p.process(raw, labels)
-                jid = _job_id(m.name, ds, s)
-                st.write_run(_record(m, ds, "video", None, s, "video-minmax@1", metrics, jid,
-                                     gpus, {}), scores_frame(raw, ev, labels))
+                job = _job(m, ds, "video", None, s, "video-minmax@2")
+                st.write_run(_record(job, m, gpus), raw, labels)
+                st.write_metrics(job.job_id, None, raw, labels)
     return st
+
+
+def derive_run(store: RunStore, job_id: str, job_changes: dict[str, Any] | None = None,
+               provenance_changes: dict[str, Any] | None = None,
+               set_aside_original: bool = False) -> str:
+    """Write a new, verified run like ``job_id``'s with changed job fields (a new id) and
+    provenance: what a refresh after a new method version leaves beside the old run. For tests
+    and benchmarks; the raw scores are the original's. Returns the new job id."""
+    rec = store.run_record(job_id)
+    new = Job.from_dict({**rec["job"], **(job_changes or {})})
+    out = {**rec, "job_id": new.job_id, "job": new.to_dict(),
+           "provenance": {**rec["provenance"], **(provenance_changes or {})}}
+    store.write_run(out, store.raw(job_id), store.labels(job_id), store.log(job_id))
+    store.write_metrics(new.job_id)
+    if set_aside_original and new.job_id != job_id:
+        store.set_aside(job_id)
+    return new.job_id

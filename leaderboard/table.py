@@ -95,15 +95,19 @@ def resolve_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
       different parameters gets the differing parameters appended, so they never average.
     * A slot (:data:`SLOT`: entry, dataset, protocol, class, seed) holding several runs that
       differ only in method version or dataset fingerprint — a refresh after a new method version
-      or changed data leaves the old run in the store — keeps the newest run (``started_at``);
-      the others are returned as superseded and left out of every table.
+      or changed data leaves the old run in the store — keeps the newest run (``started_at``)
+      among those scored on the most test items: a run made on a subset of the test set (a
+      missing video) never supersedes one made on the whole set. The others are returned as
+      superseded and left out of every table.
     """
     if df.empty:
         return df, df.iloc[0:0]
     df = df.copy()
     _disambiguate(df, "label", "method_params", also="method")
     _disambiguate(df, "dataset", "dataset_params")
-    df = df.sort_values(["started_at", "job_id"], kind="stable", na_position="first")
+    df["_n"] = pd.to_numeric(df["n_items"], errors="coerce").fillna(-1)
+    df = df.sort_values(["_n", "started_at", "job_id"], kind="stable", na_position="first")
+    df = df.drop(columns="_n")
     dup = df.duplicated(SLOT, keep="last")
     cur, old = df[~dup], df[dup]
     return (cur.sort_values("job_id", kind="stable").reset_index(drop=True),
@@ -123,7 +127,8 @@ def runs_frame(store: RunStore | str | Path, include_superseded: bool = False) -
             "job_id": rec["job_id"], "method": job["method"],
             "label": job.get("label") or job["method"], "method_version": job["method_version"],
             "dataset": job["dataset"], "normal_class": job["normal_class"],
-            "protocol": job["protocol"], "seed": job["seed"], "modality": job["modality"],
+            "protocol": (rec.get("protocol") or {}).get("id") or job["protocol"],
+            "seed": job["seed"], "modality": job["modality"],
             "selected_on_test": bool(job.get("selected_on_test", False)),
             "auc": m.get("auc_micro") if video else m.get("auc"),
             "auc_macro": m.get("auc_macro") if video else np.nan,

@@ -82,7 +82,7 @@ def test_list_and_validate() -> None:
     r = runner.invoke(app, ["list", "methods"])
     assert r.exit_code == 0 and "ocsvm" in r.output and "occbench" in r.output
     r = runner.invoke(app, ["list", "protocols"])
-    assert "video-minmax@1" in r.output
+    assert "video-minmax@2" in r.output
     r = runner.invoke(app, ["validate", "iforest", "-p", "n_estimators=10"])
     assert r.exit_code == 0, r.output
     assert "PASS" in r.output
@@ -98,7 +98,6 @@ def test_every_verb_has_help(verb: str) -> None:
 
 def test_store_prune_sets_aside_superseded_and_unlisted_runs(finished: Path,
                                                             tmp_path: Path) -> None:
-    import json
     import shutil
 
     from occbench.harness.store import RunStore
@@ -109,13 +108,9 @@ def test_store_prune_sets_aside_superseded_and_unlisted_runs(finished: Path,
     ids = st.job_ids()
     # a newer version of one run (what a refresh leaves beside the old one)
     old_id = next(j for j in ids if st.record(j)["job"]["method"] == "iforest")
-    new_id = "f" * 20
-    shutil.copytree(store / "runs" / old_id, store / "runs" / new_id)
-    rec = json.loads((store / "runs" / new_id / "record.json").read_text())
-    rec["job_id"] = rec["job"]["job_id"] = new_id
-    rec["job"]["method_version"] = "99"
-    rec["provenance"]["started_at"] = "2999-01-01T00:00:00Z"
-    (store / "runs" / new_id / "record.json").write_text(json.dumps(rec))
+    from occbench.leaderboard.synthetic import derive_run
+
+    derive_run(st, old_id, {"method_version": "99"}, {"started_at": "2999-01-01T00:00:00Z"})
     # a spec that keeps only the ocsvm half of the grid
     (tmp_path / "keep.toml").write_text(SPEC.replace(
         '[[methods]]\nname = "iforest"\nparams = { n_estimators = 20 }\n', ""))

@@ -73,7 +73,7 @@ def test_analysis_comparisons_and_ranking(store: Path) -> None:
     vid = a.comparisons[a.comparisons["dataset"] == "synth-vid"]
     assert (vid["n_pairs"] == 3).all() and not vid["significant"].any()  # 3 seeds: p >= 0.25
     assert a.friedman is not None and a.friedman.avg_rank["alpha"] == 1.0
-    assert a.ranking_blocks == {"synth-img": "image@1", "synth-vid": "video-minmax@1"}
+    assert a.ranking_blocks == {"synth-img": "image@2", "synth-vid": "video-minmax@2"}
     assert set(a.p_best["dataset"]) == {"synth-img", "synth-vid"}
     files = write_tables(a, store.parent / "tables")
     assert {f.name for f in files} >= {"comparisons.csv", "ranks.csv",
@@ -100,11 +100,11 @@ def test_published_join_flags_outside_interval(store: Path, tmp_path: Path) -> N
     rep = aggregate(runs).set_index(["method", "dataset"])
     inside = rep.loc[("alpha", "synth-img"), "auc_mean"]
     path = _published(tmp_path, [
-        f"P1,Table 1,synth-img,image@1,auc,alpha,mean,{inside:.6f},",
-        "P1,Table 1,synth-img,image@1,auc,alpha,0,0.10,far below",
+        f"P1,Table 1,synth-img,image@2,auc,alpha,mean,{inside:.6f},",
+        "P1,Table 1,synth-img,image@2,auc,alpha,0,0.10,far below",
         "P2,Table 3,synth-vid,as-published,auc_micro,beta,,0.99,",
         "P2,Table 3,synth-vid,as-published,auc_micro,zeta,,0.99,not in store",
-        "P2,Table 3,cifar10,image@1,auc,gamma,3,0.70,",
+        "P2,Table 3,cifar10,image@2,auc,gamma,3,0.70,",
     ])
     c = pub.compare(pub.load_published(path), runs)
     assert "zeta" not in set(c["method"])  # only methods with runs are joined
@@ -113,7 +113,7 @@ def test_published_join_flags_outside_interval(store: Path, tmp_path: Path) -> N
     far = c[(c["method"] == "alpha") & (c["normal_class"] == "0")].iloc[0]
     assert far["status"] == "outside" and far["diff"] > 0.5
     vid = c[c["method"] == "beta"].iloc[0]  # as-published matches the video family
-    assert vid["protocol"] == "video-minmax@1"
+    assert vid["protocol"] == "video-minmax@2"
     assert vid["reproduced"] == pytest.approx(rep.loc[("beta", "synth-vid"), "auc_mean"])
     assert c[c["method"] == "gamma"].iloc[0]["status"] == "not reproduced"
 
@@ -124,7 +124,7 @@ def test_published_file_absent_or_broken(tmp_path: Path, store: Path) -> None:
     bad.write_text("paper,value\nx,0.5\n")
     with pytest.raises(pub.PublishedFormatError, match=r"bad\.csv.*missing columns"):
         pub.load_published(bad)
-    pct = _published(tmp_path, ["P,T,d,image@1,auc,m,0,96.6,"])
+    pct = _published(tmp_path, ["P,T,d,image@2,auc,m,0,96.6,"])
     with pytest.raises(pub.PublishedFormatError, match="fractions"):
         pub.load_published(pct)
     assert pub.compare(pub.load_published(tmp_path / "nope.csv"), runs_frame(store)).empty
@@ -150,7 +150,7 @@ def test_published_class_index_maps_to_plugin_class_names(store: Path, tmp_path:
     runs = runs[runs["dataset"] == "synth-img"].assign(dataset="cifar10")
     runs["normal_class"] = runs["normal_class"].map({"0": "airplane", "1": "automobile",
                                                      "2": "bird"})
-    path = _published(tmp_path, ["P,Table 1,cifar10,image@1,auc,alpha,2,0.5,bird"])
+    path = _published(tmp_path, ["P,Table 1,cifar10,image@2,auc,alpha,2,0.5,bird"])
     row = pub.compare(pub.load_published(path), runs).iloc[0]
     bird = runs[(runs["label"] == "alpha") & (runs["normal_class"] == "bird")]["auc"].mean()
     assert row["status"] != "not reproduced" and row["reproduced"] == pytest.approx(bird)
@@ -171,21 +171,28 @@ def test_declared_gpus(prov: dict, job: dict, gpus: float) -> None:
     assert declared_gpus({"provenance": prov, "job": job}) == gpus
 
 
-def _clone_run(store_path: Path, job_id: str, new_id: str, job: dict, auc: float,
-               started_at: str) -> None:
-    """Copy a run under ``new_id`` with changed job fields, AUC and start time (what a refresh
-    after a new method version or changed data leaves beside the old run)."""
+def _clone_run(store_path: Path, job_id: str, job: dict, auc: float, started_at: str) -> str:
+    """Write a run like ``job_id``'s with changed job fields, AUC and start time (what a refresh
+    after a new method version or changed data leaves beside the old run); returns its id."""
     import json
-    import shutil
 
-    src, dst = store_path / "runs" / job_id, store_path / "runs" / new_id
-    shutil.copytree(src, dst)
-    rec = json.loads((dst / "record.json").read_text())
-    rec["job_id"] = new_id
-    rec["job"] = {**rec["job"], **job, "job_id": new_id}
-    rec["metrics"]["auc"] = auc
-    rec["provenance"]["started_at"] = started_at
-    (dst / "record.json").write_text(json.dumps(rec))
+    from occbench.harness.spec import Job
+    from occbench.harness.store import RunStore, self_digest
+
+    st = RunStore(store_path)
+    rec = st.run_record(job_id)
+    new = Job.from_dict({**rec["job"], **job})
+    rec = {**rec, "job_id": new.job_id, "job": new.to_dict(),
+           "provenance": {**rec["provenance"], "started_at": started_at}}
+    st.write_run(rec, st.raw(job_id), st.labels(job_id))
+    st.write_metrics(new.job_id)
+    # then pretend the method scored ``auc``: a metrics file with a valid checksum
+    p = st.metrics_path(new.job_id, new.protocol)
+    doc = json.loads(p.read_text())
+    doc["metrics"]["auc"] = auc
+    doc["sha256"] = self_digest(doc)
+    p.write_text(json.dumps(doc))
+    return new.job_id
 
 
 def test_superseded_runs_and_label_collisions_never_average(tmp_path: Path) -> None:
@@ -206,7 +213,7 @@ def test_superseded_runs_and_label_collisions_never_average(tmp_path: Path) -> N
     assert len(before) == 2 and before.attrs["superseded"] == 0
     # a refresh after a method version bump: the old runs stay in the store
     for i, j in enumerate(jobs):
-        _clone_run(path, j.job_id, f"{'v2':0<18}{i:02d}", {"method_version": "2"}, 0.5 + i / 10,
+        _clone_run(path, j.job_id, {"method_version": "2"}, 0.5 + i / 10,
                    "2999-01-01T00:00:00Z")
     runs = runs_frame(path)
     assert runs.attrs["superseded"] == 2 and len(runs) == 2
@@ -215,7 +222,7 @@ def test_superseded_runs_and_label_collisions_never_average(tmp_path: Path) -> N
     assert agg.loc["test-mean", "auc_mean"] == pytest.approx(0.55)  # not mixed with version 1
     assert len(runs_frame(path, include_superseded=True)) == 4
     # the same label with other parameters is another entry, named by what differs
-    _clone_run(path, jobs[0].job_id, f"{'p':0<18}00",
+    _clone_run(path, jobs[0].job_id,
                {"method_params": {"offset": 3.0}, "label": ""}, 0.9, "2999-01-02T00:00:00Z")
     runs = runs_frame(path)
     assert set(runs["label"]) == {"test-mean (offset=0.0)", "test-mean (offset=3.0)"}
@@ -224,7 +231,7 @@ def test_superseded_runs_and_label_collisions_never_average(tmp_path: Path) -> N
     assert agg.loc["test-mean (offset=3.0)", "auc_mean"] == pytest.approx(0.9)
     assert agg.loc["test-mean (offset=0.0)", "auc_mean"] == pytest.approx(0.55)
     # a parameter a newer version added (with its default) is not another configuration
-    _clone_run(path, jobs[1].job_id, f"{'n':0<18}01",
+    _clone_run(path, jobs[1].job_id,
                {"method_params": {"offset": 0.0, "new_knob": 1}, "method_version": "3"}, 0.7,
                "2999-01-03T00:00:00Z")
     runs = runs_frame(path)

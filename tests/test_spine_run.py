@@ -91,7 +91,8 @@ def test_job_id_covers_what_changes_scores() -> None:
     assert replace(base, seed=1).job_id != base.job_id
     assert replace(base, method_version="2").job_id != base.job_id
     assert replace(base, dataset_fingerprint="x").job_id != base.job_id
-    assert replace(base, protocol="video-raw@1").job_id != base.job_id
+    # the scoring protocol is derived from the raw scores, not part of what was computed
+    assert replace(base, protocol="video-raw@2").job_id == base.job_id
     assert replace(base, label="display only").job_id == base.job_id
 
 
@@ -138,21 +139,23 @@ def test_disk_full_stops_cleanly_and_loses_nothing(tmp_path: Path,
     spec = spec_from_dict(small_spec([{"name": "test-mean"}], [0, 1]))
     jobs = expand(spec).jobs
     store = RunStore(tmp_path / "s")
-    real = pd.DataFrame.to_parquet
+    import occbench.harness.store as store_mod
+
+    real = store_mod._write_parquet
     calls = {"n": 0}
 
-    def flaky(self, *a, **k):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 3:
+    def flaky(df, path):  # type: ignore[no-untyped-def]
+        calls["n"] += path.name == "raw.parquet"
+        if calls["n"] == 3 and path.name == "raw.parquet":  # the third run's raw scores
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, *a, **k)
+        return real(df, path)
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", flaky)
+    monkeypatch.setattr(store_mod, "_write_parquet", flaky)
     s = run_jobs(jobs, store, SerialRunner(in_process=True))
     assert s.stop_reason and "disk full" in s.stop_reason and "rerun" in s.stop_reason
     assert len(store.job_ids()) == 2  # the runs before the failure are intact
     assert not [p for p in store.runs_dir.iterdir() if p.name.startswith(".")]  # no debris
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", real)
+    monkeypatch.setattr(store_mod, "_write_parquet", real)
     s2 = run_jobs(jobs, store, SerialRunner(in_process=True))
     assert s2.ok == len(jobs) - 2 and len(store.job_ids()) == len(jobs)
 
