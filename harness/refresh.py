@@ -69,7 +69,7 @@ def _diff(key: str, old: Any, new: Any) -> list[str]:
 
 def explain(job: Job, neighbours: Iterable[Mapping[str, Any]]) -> str:
     """Why ``job`` is not in the store, compared with stored jobs of the same key."""
-    mine = job.identity()
+    mine = job.to_dict()
     best: list[str] | None = None
     for other in neighbours:
         diffs = [d for k in _COMPARED for d in _diff(k, other.get(k), mine.get(k))]
