@@ -34,7 +34,7 @@ from markupsafe import Markup
 from occbench.harness.store import RunStore
 from occbench.leaderboard import plots
 from occbench.leaderboard.analysis import Analysis, analyze, stable_seed, write_tables
-from occbench.leaderboard.stats import video_bootstrap
+from occbench.leaderboard.stats import ALL_PAIRS_MAX, video_bootstrap
 from occbench.leaderboard.table import display_table, markdown
 
 MARKER = ".occbench-site"
@@ -349,7 +349,8 @@ class _Builder:
                     info=_dataset_info(ds), modality=modality, tables=tables, spread=spread,
                     class_tables=class_tables, comparisons=comp, published=_records(pubrows),
                     n_unreproduced=n_unrep, sweeps=sweeps, runs=runrows,
-                    ranking_protocol=a.ranking_blocks.get(ds))
+                    ranking_protocol=a.ranking_blocks.get(ds), all_pairs_max=ALL_PAIRS_MAX,
+                    n_entries=int(runs.loc[~runs["selected_on_test"], "label"].nunique()))
 
     # -- method pages --------------------------------------------------------------------------
     def method(self, label: str) -> None:
@@ -387,7 +388,9 @@ class _Builder:
                                                        self.opts.timeline_points,
                                                        per_video_auc))
             if self.opts.n_boot > 0 and sc.loc[sc["score"].notna(), "label"].nunique() == 2:
-                boot = video_bootstrap(sc, self.opts.n_boot, stable_seed(jid, "videos"))
+                # the point estimates are the record's: not computed again per page
+                boot = video_bootstrap(sc, self.opts.n_boot, stable_seed(jid, "videos"),
+                                       auc=row["auc"], eer=row["eer"])
         else:
             same = self.siblings[(row["label"], row["dataset"], row["protocol"], row["seed"])]
             figs.append(plots.class_bars_figure(

@@ -20,15 +20,17 @@ Why these choices (see docs/leaderboard.md for the long version):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-from threadpoolctl import threadpool_limits
+from scipy import special, stats
+from threadpoolctl import ThreadpoolController
 
 #: Nemenyi q_alpha for alpha = 0.05 and k = 2..10 classifiers (Demšar 2006, Table 5a):
 #: the studentized range statistic at infinite degrees of freedom divided by sqrt(2).
@@ -127,29 +129,34 @@ class _VideoROC:
 
     def __init__(self, scores: np.ndarray, labels: np.ndarray, video_index: np.ndarray,
                  n_videos: int, grid: int = 2000) -> None:
-        pos = labels == 1
-        self.P = np.bincount(video_index[pos], minlength=n_videos).astype(np.float64)
-        self.N = np.bincount(video_index[~pos], minlength=n_videos).astype(np.float64)
-        ps, pv = scores[pos], video_index[pos]
+        # one sort of all frames; every per-video, per-class list below is a sorted subsequence
+        order = np.argsort(scores, kind="stable")
+        s_sorted, y_sorted, v_sorted = scores[order], labels[order] == 1, video_index[order]
+        self.P = np.bincount(video_index[labels == 1], minlength=n_videos).astype(np.float64)
+        self.N = np.bincount(video_index[labels != 1], minlength=n_videos).astype(np.float64)
+        ps, pv = s_sorted[y_sorted], v_sorted[y_sorted]  # anomalous frames, scores ascending
+        ns, nvid = s_sorted[~y_sorted], v_sorted[~y_sorted]
         self.C = np.zeros((n_videos, n_videos))
         for v in range(n_videos):
-            nv = np.sort(scores[~pos & (video_index == v)])
+            nv = ns[nvid == v]
             if len(nv) == 0:
                 continue
+            # sorted queries: searchsorted walks both arrays once instead of jumping around
             less = np.searchsorted(nv, ps, side="left")
             leq = np.searchsorted(nv, ps, side="right")
             self.C[:, v] = np.bincount(pv, weights=less + 0.5 * (leq - less),
                                        minlength=n_videos)
-        thr = np.unique(scores)[::-1]
+        distinct = np.ones(len(s_sorted), bool)
+        distinct[1:] = s_sorted[1:] != s_sorted[:-1]
+        thr = s_sorted[distinct][::-1]
         if len(thr) > grid:
-            thr = np.quantile(scores, np.linspace(1, 0, grid), method="inverted_cdf")
+            thr = np.quantile(s_sorted, np.linspace(1, 0, grid), method="inverted_cdf")
             thr = np.unique(thr)[::-1]
         # TP[v, t] / FP[v, t]: anomalous / normal frames of video v scoring >= thr[t]
         self.TP = np.zeros((n_videos, len(thr)))
         self.FP = np.zeros((n_videos, len(thr)))
         for v in range(n_videos):
-            sv, lv = scores[video_index == v], labels[video_index == v]
-            for arr, out in ((np.sort(sv[lv == 1]), self.TP), (np.sort(sv[lv == 0]), self.FP)):
+            for arr, out in ((ps[pv == v], self.TP), (ns[nvid == v], self.FP)):
                 out[v] = len(arr) - np.searchsorted(arr, thr, side="left")
 
     def metrics(self, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,24 +178,32 @@ class _VideoROC:
         return auc, eer
 
 
+@functools.lru_cache(maxsize=1)
+def _threadpools() -> ThreadpoolController:
+    """The process's thread pools, found once: ``threadpool_limits`` rescans every loaded
+    library on each call, which cost more than the bootstrap of a small run."""
+    return ThreadpoolController()
+
+
 def video_bootstrap(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
-                    level: float = 0.95, chunk: int = 200) -> VideoBootstrap:
+                    level: float = 0.95, chunk: int = 200, auc: float | None = None,
+                    eer: float | None = None) -> VideoBootstrap:
     """Bootstrap CI of micro frame AUC and EER of one run, resampling videos with replacement.
 
-    ``scores`` is a run's ``scores.parquet`` table (``video_id, score, label``; NaN scores are
-    frames the protocol dropped and are left out). Each replicate draws as many videos as there
-    are, with replacement, pools their frames (a video drawn twice counts twice) and recomputes
-    the metrics; the interval is the percentile interval of the valid replicates (a replicate
+    ``scores`` is a run's scores table (``video_id, score, label``; NaN scores are frames the
+    protocol dropped and are left out). Each replicate draws as many videos as there are, with
+    replacement, pools their frames (a video drawn twice counts twice) and recomputes the
+    metrics; the interval is the percentile interval of the valid replicates (a replicate
     without anomalous or without normal frames is undefined and skipped). The point estimates
-    are the run's own metrics (``protocols.roc_auc`` / ``protocols.eer``).
+    are ``auc`` / ``eer`` when given (the run's recorded metrics: the site passes them, so they
+    are not computed again), else ``protocols.roc_auc`` / ``protocols.eer`` of the frames.
     """
-    from occbench.harness.protocols import eer as eer_fn
-    from occbench.harness.protocols import roc_auc
-
     d = scores[scores["score"].notna()]
     if d.empty:
         raise ValueError("no evaluated frames (all scores NaN)")
-    vids, vidx = np.unique(d["video_id"].astype(str).to_numpy(), return_inverse=True)
+    # integer codes in sorted order of the ids (as np.unique would number them, without
+    # sorting 24,000 strings): the same video numbering, so the same replicates
+    vidx, vids = pd.factorize(d["video_id"].astype(str), sort=True)
     s = d["score"].to_numpy(np.float64)
     y = d["label"].to_numpy(np.int64)
     nv = len(vids)
@@ -197,10 +212,12 @@ def video_bootstrap(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
     draws = rng.integers(0, nv, size=(n_boot, nv))
     res_auc, res_eer = [], []
     # the matrices are small: BLAS threads only add contention (10x slower on a busy 2-core box)
-    with threadpool_limits(1, user_api="blas"):
+    with _threadpools().limit(limits=1, user_api="blas"):
         for a0 in range(0, n_boot, chunk):
-            W = np.stack([np.bincount(r, minlength=nv)
-                          for r in draws[a0:a0 + chunk]]).astype(float)
+            r = draws[a0:a0 + chunk]
+            # multiplicity of each video in each replicate, all replicates of the chunk at once
+            W = np.bincount((np.arange(len(r))[:, None] * nv + r).ravel(),
+                            minlength=len(r) * nv).reshape(len(r), nv).astype(float)
             au, ee = roc.metrics(W)
             res_auc.append(au)
             res_eer.append(ee)
@@ -212,7 +229,13 @@ def video_bootstrap(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
         eer_lo, eer_hi = np.quantile(re_[ok], [q, 1 - q])
     else:
         auc_lo = auc_hi = eer_lo = eer_hi = math.nan
-    return VideoBootstrap(roc_auc(y, s), float(auc_lo), float(auc_hi), eer_fn(y, s),
+    if auc is None or eer is None:
+        from occbench.harness.protocols import eer as eer_fn
+        from occbench.harness.protocols import roc_auc
+
+        auc = roc_auc(y, s) if auc is None else auc
+        eer = eer_fn(y, s) if eer is None else eer
+    return VideoBootstrap(float(auc), float(auc_lo), float(auc_hi), float(eer),
                           float(eer_lo), float(eer_hi), nv, n_boot, int(ok.sum()), level)
 
 
@@ -257,33 +280,180 @@ def paired_test(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray
     return float(r.statistic), float(r.pvalue)
 
 
+def _avg_ranks(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average ranks along the last axis of a 2-D array (NaNs last, each NaN a group of its own)
+    and the tie counts (group size at each group's first sorted position, 0 elsewhere): what
+    scipy's signed-rank test computes for one sample, here for many rows at once."""
+    rows, n = a.shape
+    j = np.argsort(a, axis=1, kind="stable")
+    y = np.take_along_axis(a, j, axis=1)
+    new = np.ones((rows, n), dtype=bool)
+    new[:, 1:] = y[:, :-1] != y[:, 1:]  # NaN != NaN: every NaN is a group of its own
+    starts = np.flatnonzero(new.ravel())
+    counts = np.diff(starts, append=rows * n)
+    first = (starts % n + 1).astype(np.float64)  # ordinal rank of each group's first element
+    ranks_sorted = np.repeat(first + (counts - 1) / 2.0, counts).reshape(rows, n)
+    ranks = np.empty_like(ranks_sorted)
+    np.put_along_axis(ranks, j, ranks_sorted, axis=1)
+    t = np.zeros(rows * n)
+    t[starts] = counts
+    return ranks, t.reshape(rows, n)
+
+
+@functools.lru_cache(maxsize=64)
+def _wilcoxon_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """cdf(k) and sf(k), k = 0..n(n+1)/2, of the exact null distribution of W+ for ``n`` pairs,
+    each value summed the way scipy sums it (so p-values agree to the last bit)."""
+    from scipy.stats._hypotests import _get_wilcoxon_distr
+
+    pm = _get_wilcoxon_distr(n)
+    mean = n * (n + 1) / 4
+    ks = range(len(pm))
+    cdf = np.array([pm[:k + 1].sum() if k <= mean else 1 - pm[k + 1:].sum() for k in ks])
+    sf = np.array([pm[k:].sum() if k <= mean else 1 - pm[:k].sum() for k in ks])
+    return cdf, sf
+
+
+def signed_rank_rows(x: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided Wilcoxon signed-rank test of each row of ``x`` (rows × n paired differences, no
+    NaN); returns (statistic, p) per row, equal to :func:`paired_test` row by row.
+
+    Same choices as ``scipy.stats.wilcoxon`` with its defaults (``zero_method="wilcox"``,
+    ``method="auto"``): the exact null distribution without ties or zeros up to 50 pairs; with
+    ties or zeros an exact permutation test over all 2^n sign patterns up to 13 pairs; the
+    normal approximation with tie correction otherwise. All-zero rows give (0, 1) as
+    :func:`paired_test` does. Vectorised over rows: thousands of pairs in milliseconds, where
+    one scipy call costs about a millisecond.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    rows, n = x.shape
+    stat, p = np.full(rows, np.nan), np.full(rows, np.nan)
+    if rows == 0 or n == 0:
+        return stat, p
+    zero = x == 0
+    allzero = zero.all(axis=1)
+    absx = np.where(zero, np.nan, np.abs(x))
+    ranks, t = _avg_ranks(absx)
+    r_plus = np.where(x > 0, ranks, 0.0).sum(axis=1)
+    r_minus = np.where(x < 0, ranks, 0.0).sum(axis=1)
+    ties = (t == 0).any(axis=1)
+    has_zero = zero.any(axis=1)
+    live = ~allzero
+    if n > 50:
+        exact = perm = np.zeros(rows, bool)
+    else:
+        exact = live & ~(ties | has_zero)
+        perm = live & ~exact if n <= 13 else np.zeros(rows, bool)
+    asym = live & ~exact & ~perm
+    if exact.any():
+        cdf, sf = _wilcoxon_tables(n)
+        rp = r_plus[exact]
+        p[exact] = np.clip(2 * np.minimum(sf[np.floor(rp).astype(np.int64)],
+                                          cdf[np.ceil(rp).astype(np.int64)]), 0, 1)
+    if perm.any():
+        # W+ under every sign pattern (a zero stays zero whatever its sign); rank sums are
+        # multiples of 1/2, so the matrix product is exact in any summation order
+        signs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1).astype(np.float64)
+        rk = np.where(zero, 0.0, ranks)[perm]
+        obs = r_plus[perm]
+        gamma = np.abs(np.finfo(np.float64).eps * 100 * obs)  # scipy's tolerance
+        out = np.empty(len(rk))
+        for i0 in range(0, len(rk), chunk):
+            null = rk[i0:i0 + chunk] @ signs.T
+            o, g = obs[i0:i0 + chunk, None], gamma[i0:i0 + chunk, None]
+            less = np.count_nonzero(null <= o + g, axis=1) / float(2 ** n)
+            greater = np.count_nonzero(null >= o - g, axis=1) / float(2 ** n)
+            out[i0:i0 + chunk] = np.clip(np.minimum(less, greater) * 2, 0, 1)
+        p[perm] = out
+    if asym.any():
+        c = (n - zero[asym].sum(axis=1)).astype(np.float64)
+        mn = c * (c + 1.0) * 0.25
+        se = c * (c + 1.0) * (2.0 * c + 1.0)
+        tt = t[asym]
+        se = np.sqrt((se - (tt ** 3 - tt).sum(axis=1) / 2) / 24)
+        z = (r_plus[asym] - mn) / se
+        p[asym] = 2 * special.ndtr(-np.abs(z))
+    stat[live] = np.minimum(r_plus, r_minus)[live]
+    stat[allzero], p[allzero] = 0.0, 1.0
+    return stat, p
+
+
+#: Up to this many entries on one dataset, every pair is compared; beyond it (a sweep of
+#: hundreds of configurations) each entry only against the best entry and its neighbour in the
+#: ranking: what a page can show, 2 (k - 1) pairs instead of k (k - 1) / 2.
+ALL_PAIRS_MAX = 30
+
+COMPARISON_COLUMNS = ["a", "b", "n_pairs", "mean_diff", "wins", "ties", "losses", "statistic",
+                      "p", "p_holm", "significant"]
+
+
+def _pairs_to_compare(cols: list[Any], values: np.ndarray, higher_is_better: bool,
+                      all_pairs_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column index pairs (i < j in ``cols`` order) to compare: all of them for up to
+    ``all_pairs_max`` entries, else each entry against the best and its ranking neighbour."""
+    k = len(cols)
+    if k <= all_pairs_max:
+        ia, ib = np.triu_indices(k, 1)
+        return ia, ib
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(values, axis=0)
+    key = np.where(np.isnan(mean), -np.inf, mean if higher_is_better else -mean)
+    order = sorted(range(k), key=lambda i: (-key[i], str(cols[i])))  # best first
+    pairs = {(min(order[0], j), max(order[0], j)) for j in order[1:]}
+    pairs |= {(min(u, v), max(u, v)) for u, v in itertools.pairwise(order)}
+    ia, ib = (np.array(x, dtype=np.int64) for x in zip(*sorted(pairs), strict=True))
+    return ia, ib
+
+
 def pairwise_comparisons(units: pd.DataFrame, method: str = "method", unit: Sequence[str] = (
         "seed", "normal_class"), value: str = "auc", higher_is_better: bool = True,
-        alpha: float = 0.05) -> pd.DataFrame:
-    """Every pair of methods compared over their matched units (e.g. seed × class).
+        alpha: float = 0.05, all_pairs_max: int = ALL_PAIRS_MAX) -> pd.DataFrame:
+    """Pairs of methods compared over their matched units (e.g. seed × class).
 
     ``units`` has one row per (method, unit...) with ``value``. Returns one row per pair:
-    ``a, b, n_pairs, mean_diff`` (a − b), ``wins/ties/losses`` of a, ``p`` (Wilcoxon),
-    ``p_holm`` (Holm over all pairs of this table) and ``significant`` (p_holm <= alpha).
+    ``a, b, n_pairs, mean_diff`` (a − b), ``wins/ties/losses`` of a, ``p`` (Wilcoxon, as
+    :func:`paired_test`), ``p_holm`` (Holm over all pairs of this table) and ``significant``
+    (p_holm <= alpha). ``a`` sorts before ``b`` by name. Every pair up to ``all_pairs_max``
+    methods; beyond, each method against the best (highest mean ``value``) and against its
+    neighbour in that ranking (:data:`ALL_PAIRS_MAX`), and Holm over those pairs.
     """
     ucols = [c for c in unit if c in units.columns]
     d = units.copy()
     for c in ucols:  # None/NaN keys (video has no class) must still match each other
         d[c] = d[c].astype(object).where(d[c].notna(), "")
     wide = d.pivot_table(index=ucols, columns=method, values=value, aggfunc="mean")
-    rows = []
-    for a, b in itertools.combinations(sorted(wide.columns, key=str), 2):
-        pair = wide[[a, b]].dropna()
-        xa, xb = pair[a].to_numpy(), pair[b].to_numpy()
-        diff = xa - xb if higher_is_better else xb - xa
-        stat, p = paired_test(xa, xb)
-        rows.append({"a": a, "b": b, "n_pairs": len(pair),
-                     "mean_diff": float(np.mean(xa - xb)) if len(pair) else math.nan,
-                     "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()),
-                     "losses": int((diff < 0).sum()), "statistic": stat, "p": p})
-    out = pd.DataFrame(rows, columns=["a", "b", "n_pairs", "mean_diff", "wins", "ties", "losses",
-                                      "statistic", "p"])
-    out["p_holm"] = holm(out["p"].to_numpy()) if len(out) else []
+    cols = sorted(wide.columns, key=str)
+    if len(cols) < 2:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    V = wide[cols].to_numpy(np.float64)  # units × methods
+    ia, ib = _pairs_to_compare(cols, V, higher_is_better, all_pairs_max)
+    npair = len(ia)
+    n_pairs = np.zeros(npair, np.int64)
+    mean_diff = np.full(npair, np.nan)
+    wins, ties, losses = (np.zeros(npair, np.int64) for _ in range(3))
+    stat, p = np.full(npair, np.nan), np.full(npair, np.nan)
+    for i0 in range(0, npair, 4096):  # bounded memory: units × 4,096 pairs at a time
+        a_, b_ = ia[i0:i0 + 4096], ib[i0:i0 + 4096]
+        D = (V[:, a_] - V[:, b_]).T  # pairs × units, NaN where one side is missing
+        ok = ~np.isnan(D)
+        cnt = ok.sum(axis=1)
+        sl = slice(i0, i0 + len(a_))
+        n_pairs[sl] = cnt
+        sgn = D if higher_is_better else -D
+        wins[sl] = (sgn > 0).sum(axis=1)
+        ties[sl] = (sgn == 0).sum(axis=1)
+        losses[sl] = (sgn < 0).sum(axis=1)
+        md, st_, pv = np.full(len(a_), np.nan), np.full(len(a_), np.nan), np.full(len(a_), np.nan)
+        for m in np.unique(cnt[cnt > 0]):
+            rows = np.flatnonzero(cnt == m)
+            X = D[rows][ok[rows]].reshape(len(rows), m)  # the matched units, in unit order
+            md[rows] = X.mean(axis=1)
+            st_[rows], pv[rows] = signed_rank_rows(X)
+        mean_diff[sl], stat[sl], p[sl] = md, st_, pv
+    out = pd.DataFrame({"a": [cols[i] for i in ia], "b": [cols[i] for i in ib],
+                        "n_pairs": n_pairs, "mean_diff": mean_diff, "wins": wins, "ties": ties,
+                        "losses": losses, "statistic": stat, "p": p})
+    out["p_holm"] = holm(out["p"].to_numpy())
     out["significant"] = out["p_holm"] <= alpha
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 from occbench.harness.protocols import eer as protocol_eer
 from occbench.leaderboard.stats import (
+    ALL_PAIRS_MAX,
     NEMENYI_Q05,
     _VideoROC,
     complete_blocks,
@@ -19,6 +21,7 @@ from occbench.leaderboard.stats import (
     paired_test,
     pairwise_comparisons,
     rank_bootstrap,
+    signed_rank_rows,
     summarize,
     t_interval,
     video_bootstrap,
@@ -103,6 +106,82 @@ def test_pairwise_comparisons_holm_and_matching() -> None:
     assert gb["p"] < 1e-4 and gb["significant"]
     assert c["p_holm"].to_numpy() == pytest.approx(holm(c["p"].to_numpy()))
     assert c.loc[("bad", "same"), "significant"]
+
+
+def test_signed_rank_rows_equals_scipy_row_by_row() -> None:
+    # every branch scipy's "auto" takes: exact (no ties/zeros, n <= 50), permutation (ties or
+    # zeros, n <= 13), normal approximation (ties/zeros beyond 13, anything beyond 50)
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 3, 6, 13, 14, 20, 50, 51, 70):
+        for kind in ("plain", "ties", "zeros", "all-zero"):
+            if n == 13 and kind in ("zeros", "all-zero"):
+                continue  # scipy's 2^13-pattern permutation test takes seconds: once is enough
+            x = rng.normal(0.3, 1.0, size=(1 if n == 13 else 3, n))
+            if kind == "ties":
+                x = np.round(x * 2) / 4
+            elif kind == "zeros":
+                x[:, : max(1, n // 3)] = 0.0
+            elif kind == "all-zero":
+                x[-1] = 0.0
+            stat, p = signed_rank_rows(x)
+            for i in range(len(x)):
+                ref = paired_test(x[i], np.zeros(n))
+                assert (stat[i], p[i]) == ref, (n, kind, i)
+
+
+def _pairwise_reference(df: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """Today's loop: one scipy test per pair (what the vectorised version must reproduce)."""
+    wide = df.pivot_table(index=["seed", "normal_class"], columns="method", values="auc")
+    rows = []
+    for a, b in pairs:
+        pair = wide[[a, b]].dropna()
+        stat, p = paired_test(pair[a].to_numpy(), pair[b].to_numpy())
+        rows.append({"a": a, "b": b, "n_pairs": len(pair), "statistic": stat, "p": p,
+                     "wins": int((pair[a] > pair[b]).sum())})
+    return pd.DataFrame(rows).set_index(["a", "b"])
+
+
+def _many_entries(k: int, seeds: int = 3, classes: int = 8) -> pd.DataFrame:
+    rng = np.random.default_rng(k)
+    rows = []
+    for j in range(k):
+        for s in range(seeds):
+            for c in range(classes):
+                if rng.random() < 0.05:  # some units missing: pairs of different sizes
+                    continue
+                auc = round(0.6 + 0.3 * j / k + rng.normal(0, 0.03), 2)  # rounded: ties
+                rows.append({"method": f"m{j:03d}", "seed": s, "normal_class": str(c),
+                             "auc": auc})
+    return pd.DataFrame(rows)
+
+
+def test_pairwise_comparisons_all_pairs_same_p_as_one_test_per_pair() -> None:
+    df = _many_entries(7)
+    c = pairwise_comparisons(df).set_index(["a", "b"])
+    names = sorted(df["method"].unique())
+    assert len(c) == 7 * 6 // 2
+    ref = _pairwise_reference(df, [(a, b) for i, a in enumerate(names) for b in names[i + 1:]])
+    for col in ("n_pairs", "statistic", "p", "wins"):
+        np.testing.assert_array_equal(c.loc[ref.index, col].to_numpy(), ref[col].to_numpy())
+    assert c["p_holm"].to_numpy() == pytest.approx(holm(c["p"].to_numpy()))
+
+
+def test_pairwise_comparisons_many_entries_best_and_neighbours() -> None:
+    k = ALL_PAIRS_MAX + 15
+    df = _many_entries(k)
+    c = pairwise_comparisons(df)
+    means = df.groupby("method")["auc"].mean()
+    order = sorted(means.index, key=lambda m: (-means[m], m))
+    want = {tuple(sorted((order[0], m))) for m in order[1:]}
+    want |= {tuple(sorted(p)) for p in itertools.pairwise(order)}
+    got = set(zip(c["a"], c["b"], strict=True))
+    assert got == want and len(c) <= 2 * (k - 1)  # not k (k - 1) / 2
+    assert all(a < b for a, b in got)  # the same orientation as the all-pairs table
+    ref = _pairwise_reference(df, sorted(got)[::6])  # a sample: scipy is slow here
+    ci = c.set_index(["a", "b"]).loc[ref.index]
+    np.testing.assert_array_equal(ci["p"].to_numpy(), ref["p"].to_numpy())
+    np.testing.assert_array_equal(ci["statistic"].to_numpy(), ref["statistic"].to_numpy())
+    assert c["p_holm"].to_numpy() == pytest.approx(holm(c["p"].to_numpy()))
 
 
 # -- Friedman / Nemenyi -------------------------------------------------------------------------
