@@ -112,6 +112,14 @@ def run(
         _precheck(sp, root)
     for s in plan.skipped:
         console.print(f"[dim]skipped: {escape(s)}[/dim]")
+    if address is None:  # an existing cluster may have GPUs this machine lacks
+        from occbench.harness.spec import split_requires_gpu
+
+        here, need_gpu = split_requires_gpu(plan.jobs)
+        if need_gpu:
+            console.print(f"{len(need_gpu)} jobs need a GPU and this machine has none: not "
+                          "attempted (run them on a GPU node, or a cluster with --address)")
+            plan.jobs = here
     st = RunStore(store)
     try:
         st.init()
@@ -182,7 +190,12 @@ def _precheck(sp: Any, root: str | None) -> None:
     check = getattr(mod, "check_dataset", None)
     if check is None:
         return
-    for d in sp.datasets:
+    seen = set()
+    for d in sp.all_datasets():
+        key = json.dumps([d["name"], d.get("params") or {}], sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
         rep = check(d["name"], root, d.get("params") or {})
         if not rep.ok:
             raise _fail(f"dataset {d['name']!r} failed its check:\n  " + "\n  ".join(rep.errors))

@@ -80,11 +80,22 @@ def refresh(
         console.print(t)
         if len(rp.to_run) > 200:
             console.print(f"... and {len(rp.to_run) - 200} more")
+    if rp.need_gpu:
+        console.print(f"{len(rp.need_gpu)} jobs need a GPU and this machine has none: listed, "
+                      "never attempted here (a maintainer runs them on a GPU node or with "
+                      "--address, then `occbench store merge`)")
+        t = Table("job needing a GPU", "job id", "why it runs")
+        for j, why in rp.need_gpu[:200]:
+            t.add_row(escape(j.display), j.job_id, escape(why))
+        console.print(t)
     if rp.to_rescore:
         console.print(f"{len(rp.to_rescore)} stored runs to rescore from their raw scores "
                       "(metrics under their protocol missing or stale; nothing is retrained)")
+    stale_gpu = [j for j, w in rp.stale() if j.requires_gpu]
+    if stale_gpu:
+        console.print(f"{len(stale_gpu)} GPU jobs replace older runs the board still shows")
     if check:
-        raise typer.Exit(1 if rp.to_run or rp.to_rescore else 0)
+        raise typer.Exit(1 if rp.to_run or rp.to_rescore or stale_gpu else 0)
     if rp.to_rescore:
         st.rescore(sorted({get_protocol(j.protocol).id for j, _ in rp.to_rescore}))
     code = 0

@@ -32,6 +32,13 @@ class RefreshPlan:
     to_run: list[tuple[Job, str]] = field(default_factory=list)
     #: stored runs whose metrics under the job's protocol are missing or stale
     to_rescore: list[tuple[Job, str]] = field(default_factory=list)
+    #: jobs to run that need a GPU this machine lacks (never attempted here), with why
+    need_gpu: list[tuple[Job, str]] = field(default_factory=list)
+
+    def stale(self) -> list[tuple[Job, str]]:
+        """Jobs whose slot holds an older run (the board would show a stale result)."""
+        return [(j, w) for j, w in [*self.to_run, *self.need_gpu]
+                if w != "new" and not w.startswith("previously")]
 
     @property
     def jobs(self) -> list[Job]:
@@ -78,8 +85,11 @@ def explain(job: Job, neighbours: Iterable[Mapping[str, Any]]) -> str:
     return "; ".join(best) if best else "new"
 
 
-def plan_refresh(jobs: Iterable[Job], store: RunStore) -> RefreshPlan:
-    """Split ``jobs`` into stored ones and ones to run, each with the reason it must run."""
+def plan_refresh(jobs: Iterable[Job], store: RunStore, have_gpu: bool | None = None
+                 ) -> RefreshPlan:
+    """Split ``jobs`` into stored ones and ones to run, each with the reason it must run.
+    Jobs marked ``requires_gpu`` go to ``need_gpu`` instead of ``to_run`` when this machine
+    has no GPU (``have_gpu``; default: ask torch when such a job is missing)."""
     plan = RefreshPlan()
     index: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     failed = {f["job_id"] for f in store.failures()} if store.path.exists() else set()
@@ -97,6 +107,12 @@ def plan_refresh(jobs: Iterable[Job], store: RunStore) -> RefreshPlan:
             plan.to_run.append((j, "previously failed"))
         else:
             plan.to_run.append((j, explain(j, index.get(_key(j.to_dict()), []))))
+    if any(j.requires_gpu for j, _ in plan.to_run):
+        from occbench.harness.spec import gpu_available
+
+        if not (gpu_available() if have_gpu is None else have_gpu):
+            plan.need_gpu = [(j, w) for j, w in plan.to_run if j.requires_gpu]
+            plan.to_run = [(j, w) for j, w in plan.to_run if not j.requires_gpu]
     return plan
 
 

@@ -89,11 +89,14 @@ class Job:
     #: methods without any are what they were before the field existed
     auxiliary: dict[str, dict[str, str]] = field(default_factory=dict)
     time_limit_s: float | None = None  # execution option: not part of the id
+    #: the spec says this job is only worth running on a GPU (a 60-epoch video model): never
+    #: attempted on a machine without one; an execution option, not part of the id
+    requires_gpu: bool = False
     label: str = ""  # display name; not part of the id
     tags: dict[str, Any] = field(default_factory=dict)  # not part of the id (e.g. sweep trial)
 
     #: Fields that do not change what is computed: execution options, display, scoring.
-    NOT_IDENTITY = ("time_limit_s", "label", "tags", "protocol")
+    NOT_IDENTITY = ("time_limit_s", "label", "tags", "protocol", "requires_gpu")
     #: Versioned so that ids of the old identity scheme (which hashed the protocol and a
     #: stat-based fingerprint) can never collide with new ones.
     ID_SCHEME = "occbench.run-id/2"
@@ -141,6 +144,13 @@ class Spec:
     protocols: dict[str, str]
     path: str = "<memory>"
     fast: bool = False
+    #: other specs this one includes (``include = ["a.toml", ...]``, relative to this file):
+    #: the spec's jobs are the union of its own and theirs
+    includes: list[Spec] = field(default_factory=list)
+
+    def all_datasets(self) -> list[dict[str, Any]]:
+        """Dataset entries of this spec and every spec it includes."""
+        return [*self.datasets, *(d for inc in self.includes for d in inc.all_datasets())]
 
 
 def load_spec(path_or_name: str | Path) -> Spec:
@@ -153,15 +163,38 @@ def load_spec(path_or_name: str | Path) -> Spec:
         else:
             names = sorted(x.stem for x in BUILTIN_SPECS.glob("*.toml"))
             raise SpecError(f"spec {str(path_or_name)!r} not found (built-in specs: {names})")
+    return _load_spec_file(p, ())
+
+
+def _load_spec_file(p: Path, parents: tuple[Path, ...]) -> Spec:
     try:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{p}: not valid TOML: {exc}") from exc
-    return spec_from_dict(data, str(p))
+    except OSError as exc:
+        raise SpecError(f"{p}: cannot read the spec ({exc.strerror})") from exc
+    inc = data.get("include") or []
+    if not isinstance(inc, list) or not all(isinstance(x, str) for x in inc):
+        raise SpecError(f"{p}: `include` must be a list of spec file names")
+    includes = []
+    for name in inc:
+        q = (p.parent / name).resolve()
+        if q in parents or q == p.resolve():
+            raise SpecError(f"{p}: includes {name} in a cycle")
+        if not q.exists():
+            raise SpecError(f"{p}: included spec {name} not found (paths are relative to {p})")
+        includes.append(_load_spec_file(q, (*parents, p.resolve())))
+    sp = spec_from_dict({k: v for k, v in data.items() if k != "include"}, str(p),
+                        allow_empty=bool(includes))
+    sp.includes = includes
+    return sp
 
 
-def spec_from_dict(data: Mapping[str, Any], path: str = "<memory>") -> Spec:
+def spec_from_dict(data: Mapping[str, Any], path: str = "<memory>",
+                   allow_empty: bool = False) -> Spec:
     unknown = set(data) - {"name", "seeds", "methods", "datasets", "protocols", "fast"}
+    if "include" in data:
+        raise SpecError(f"{path}: `include` works in spec files only (load_spec)")
     if unknown:
         raise SpecError(f"{path}: unknown top-level keys {sorted(unknown)}")
     seeds = data.get("seeds", [0])
@@ -169,12 +202,12 @@ def spec_from_dict(data: Mapping[str, Any], path: str = "<memory>") -> Spec:
         raise SpecError(f"{path}: `seeds` must be a non-empty list of integers")
     methods = data.get("methods") or []
     datasets = data.get("datasets") or []
-    if not methods or not datasets:
+    if (not methods or not datasets) and not (allow_empty and not methods and not datasets):
         raise SpecError(f"{path}: needs at least one [[methods]] and one [[datasets]] entry")
     for i, m in enumerate(methods):
         if "name" not in m:
             raise SpecError(f"{path}: [[methods]] entry {i + 1} has no `name`")
-        bad = set(m) - {"name", "params", "label", "selected_on_test"}
+        bad = set(m) - {"name", "params", "label", "selected_on_test", "requires_gpu"}
         if bad:
             raise SpecError(f"{path}: [[methods]] {m['name']!r}: unknown keys {sorted(bad)}")
     for i, d in enumerate(datasets):
@@ -260,7 +293,22 @@ def auxiliary_of(method: Method, data_root: str | Path | None, where: str = ""
 
 
 def expand(spec: Spec, data_root: str | Path | None = None) -> Plan:
-    """All jobs of a spec. Raises :class:`SpecError` before anything runs if any name is bad."""
+    """All jobs of a spec (and of the specs it includes, each job once). Raises
+    :class:`SpecError` before anything runs if any name is bad."""
+    jobs: list[Job] = []
+    skipped: list[str] = []
+    for inc in spec.includes:
+        sub = expand(inc, data_root)
+        seen = {j.job_id for j in jobs}
+        jobs += [j for j in sub.jobs if j.job_id not in seen]
+        skipped += sub.skipped
+    own = _expand_own(spec, data_root)
+    seen = {j.job_id for j in jobs}
+    jobs += [j for j in own.jobs if j.job_id not in seen]
+    return Plan(jobs, skipped + own.skipped)
+
+
+def _expand_own(spec: Spec, data_root: str | Path | None) -> Plan:
     jobs: list[Job] = []
     skipped: list[str] = []
     resolved_methods = []
@@ -314,8 +362,30 @@ def expand(spec: Spec, data_root: str | Path | None = None) -> Plan:
                         auxiliary=aux, fast=spec.fast,
                         selected_on_test=bool(m.get("selected_on_test", False)),
                         time_limit_s=d.get("time_limit_s"), label=str(m.get("label", "")),
+                        requires_gpu=bool(m.get("requires_gpu", False)),
                     ))
     ids = [j.job_id for j in jobs]
     if len(set(ids)) != len(ids):
-        raise SpecError(f"{spec.path}: the spec lists the same job twice")
+        raise SpecError(f"{spec.path}: the spec lists the same run twice (a protocol is not "
+                        "part of a run: see other protocols with `occbench board --protocol`)")
     return Plan(jobs, skipped)
+
+
+def gpu_available() -> bool:
+    """Whether this machine can run CUDA jobs (imports torch only when asked)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def split_requires_gpu(jobs: Sequence[Job], have_gpu: bool | None = None
+                       ) -> tuple[list[Job], list[Job]]:
+    """(jobs to run here, jobs that need a GPU this machine lacks)."""
+    if not any(j.requires_gpu for j in jobs):
+        return list(jobs), []
+    have = gpu_available() if have_gpu is None else have_gpu
+    if have:
+        return list(jobs), []
+    return [j for j in jobs if not j.requires_gpu], [j for j in jobs if j.requires_gpu]

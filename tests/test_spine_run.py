@@ -232,3 +232,33 @@ def test_scores_deterministic_across_processes(tmp_path: Path) -> None:
     run_jobs(expand(spec).jobs, b, SerialRunner(in_process=True))
     for jid in a.job_ids():
         np.testing.assert_array_equal(a.scores(jid).raw, b.scores(jid).raw)
+
+
+def test_spec_include_is_a_union_and_gpu_jobs_are_never_attempted_without_one(
+        tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from occbench.harness.refresh import plan_refresh
+    from occbench.harness.spec import SpecError, load_spec, split_requires_gpu
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.toml").write_text(
+        'name = "a"\nseeds = [0]\n[[methods]]\nname = "ocsvm"\n'
+        '[[datasets]]\nname = "digits"\nclasses = ["0", "1"]\n')
+    (tmp_path / "sub" / "b.toml").write_text(
+        'name = "b"\nseeds = [0]\n[[methods]]\nname = "ocsvm"\n[[methods]]\nname = "iforest"\n'
+        'requires_gpu = true\n[[datasets]]\nname = "digits"\nclasses = ["0"]\n')
+    (tmp_path / "top.toml").write_text('name = "top"\ninclude = ["sub/a.toml", "sub/b.toml"]\n')
+    plan = expand(load_spec(tmp_path / "top.toml"))
+    # ocsvm on class 0 is in both: one job; iforest is marked as needing a GPU
+    assert len(plan.jobs) == 3 and len({j.job_id for j in plan.jobs}) == 3
+    here, gpu = split_requires_gpu(plan.jobs, have_gpu=False)
+    assert [j.method for j in gpu] == ["iforest"] and len(here) == 2
+    assert split_requires_gpu(plan.jobs, have_gpu=True) == (plan.jobs, [])
+    # requires_gpu is an execution option, not identity
+    assert replace(gpu[0], requires_gpu=False).job_id == gpu[0].job_id
+    rp = plan_refresh(plan.jobs, RunStore(tmp_path / "s"), have_gpu=False)
+    assert len(rp.to_run) == 2 and [j.method for j, _ in rp.need_gpu] == ["iforest"]
+    (tmp_path / "loop.toml").write_text('name = "l"\ninclude = ["loop.toml"]\n')
+    with pytest.raises(SpecError, match="cycle"):
+        load_spec(tmp_path / "loop.toml")
