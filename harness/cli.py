@@ -318,8 +318,15 @@ def parse_params(items: list[str]) -> dict[str, Any]:
 def store_merge(
     sources: Annotated[list[Path], typer.Argument(help="Run stores to merge from.")],
     into: Annotated[Path, typer.Option("--into", help="Destination store.")],
+    compact: Annotated[bool, typer.Option(
+        "--compact", help="Store image runs' raw scores as dense ranks (exact for every image "
+                          "metric, a fraction of the size; for the committed results/).")] = False,
+    self_reported: Annotated[bool, typer.Option(
+        "--self-reported", help="The runs were made elsewhere (not by CI or a maintainer from "
+                                "the plugin's code): the board marks them so.")] = False,
 ) -> None:
-    """Copy runs missing from --into out of each source store (content-addressed: no repeats)."""
+    """Copy good runs missing from --into out of each source store, with their labels and
+    metrics (content-addressed: no repeats; bad entries are reported and not copied)."""
     from occbench.harness.store import RunStore, StoreError
 
     dst = RunStore(into)
@@ -328,7 +335,7 @@ def store_merge(
         if not src.runs_dir.exists():
             raise _fail(f"{s} is not a run store (no runs/ folder)")
         try:
-            copied, present = dst.merge_from(src)
+            copied, present = dst.merge_from(src, compact=compact, self_reported=self_reported)
         except StoreError as exc:
             raise _fail(str(exc)) from None
         console.print(f"{escape(str(s))}: {copied} runs copied, {present} already present")

@@ -240,10 +240,25 @@ class RunStore:
     #: What a store folder may hold; anything else before the marker exists means a foreign
     #: folder. (Another driver creating the same new store at the same moment writes these.)
     OWN_ENTRIES = frozenset({"occbench-store.json", "runs", "failed", "locks", "sweeps",
-                             "pruned", "labels", "metrics", "quarantine"})
+                             "pruned", "labels", "metrics", "quarantine", "origins"})
 
     def run_dir(self, job_id: str) -> Path:
         return self.runs_dir / check_job_id(job_id)
+
+    @property
+    def origins_dir(self) -> Path:
+        return self.path / "origins"
+
+    def origin(self, job_id: str) -> str:
+        """``"verified"`` (made by occbench from the plugin's code: by CI or a maintainer) or
+        ``"self-reported"`` (merged with ``--self-reported`` from a store made elsewhere)."""
+        p = self.origins_dir / f"{check_job_id(job_id)}.json"
+        if not p.exists():
+            return "verified"
+        try:
+            return str(json.loads(p.read_text()).get("origin", "self-reported"))
+        except (OSError, ValueError):
+            return "self-reported"  # never upgrade an unreadable mark
 
     def metrics_path(self, job_id: str, protocol_id: str) -> Path:
         return self.metrics_dir / check_protocol_id(protocol_id) / f"{check_job_id(job_id)}.json"
@@ -793,19 +808,53 @@ class RunStore:
             self._verified.pop(job_id, None)
             return True
 
-    def merge_from(self, other: RunStore) -> tuple[int, int]:
+    def merge_from(self, other: RunStore, compact: bool = False,
+                   self_reported: bool = False) -> tuple[int, int]:
         """Copy good runs of ``other`` missing here, with their labels and metrics; returns
-        (copied, already present). Bad entries of ``other`` are reported and not copied."""
+        (copied, already present). Bad entries of ``other`` are reported and not copied.
+
+        ``compact``: image runs are stored with their raw scores replaced by dense ranks
+        (``scipy.stats.rankdata(method="dense")``, ties kept): every image metric (AUROC,
+        EER) depends only on the order of the scores, so they are recomputed exactly, at a
+        fraction of the size (the committed reference store, ``results/``). The record says
+        so (``provenance.raw_compacted``, with the original raw scores' sha256).
+
+        ``self_reported``: the runs were made elsewhere, not from the plugin's code by CI or a
+        maintainer; the board says so (``STORE/origins/<job_id>.json``). A run already marked
+        self-reported in ``other`` stays so."""
         self.init()
         other.check_schema()
         copied = present = 0
         for jid in other.job_ids():
+            if self_reported or other.origin(jid) != "verified":
+                self.origins_dir.mkdir(parents=True, exist_ok=True)
+                op = self.origins_dir / f"{jid}.json"
+                if not op.exists():
+                    _atomic_write_text(op, json.dumps(
+                        {"job_id": jid, "origin": "self-reported", "merged_from": other.path.name,
+                         "merged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                        indent=1, sort_keys=True) + "\n")
             orec = other.run_record(jid)
             digest = str(orec.get("labels"))
             if not (self.labels_dir / f"{digest}.parquet").exists():
                 self.write_labels(other.labels_by_digest(digest))
             if self.has(jid):
                 present += 1
+            elif compact and orec["job"]["modality"] == "image" and \
+                    "raw_compacted" not in orec.get("provenance", {}):
+                from scipy.stats import rankdata
+
+                raw = other.raw(jid)
+                ranked = {k: rankdata(v, method="dense").astype(np.float64)
+                          for k, v in raw.items()}
+                prov = {**orec["provenance"], "raw_compacted": {
+                    "transform": "dense-rank",
+                    "raw_sha256": orec["files"]["raw.parquet"]["sha256"]}}
+                self.write_run({**orec, "provenance": prov}, ranked,
+                               other.labels_by_digest(digest), other.log(jid))
+                self.write_metrics(jid, None, ranked)
+                copied += 1
+                continue
             else:
                 if (self.runs_dir / jid).exists():  # a bad copy here: set it aside first
                     self._quarantine(self.runs_dir / jid, "run", str(self.check_run(jid)))

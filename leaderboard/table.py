@@ -24,7 +24,7 @@ RUN_COLUMNS = [
     "job_id", "method", "label", "method_version", "dataset", "normal_class", "protocol", "seed",
     "modality", "selected_on_test", "auc", "auc_macro", "eer", "n_items", "wall_time_s",
     "peak_rss_mb", "peak_gpu_mb", "n_parameters", "device", "git_sha", "gpus", "gpu_hours",
-    "method_params", "dataset_params", "dataset_fingerprint", "started_at",
+    "method_params", "dataset_params", "dataset_fingerprint", "started_at", "origin",
 ]
 #: What one entry of the board is measured on: a run is one seed of one class of it.
 SLOT = ["label", "dataset", "protocol", "normal_class", "seed", "selected_on_test"]
@@ -141,6 +141,7 @@ def runs_frame(store: RunStore | str | Path, include_superseded: bool = False) -
             "dataset_params": json.dumps(job.get("dataset_params") or {}, sort_keys=True),
             "dataset_fingerprint": job.get("dataset_fingerprint"),
             "started_at": prov.get("started_at"),
+            "origin": st.origin(rec["job_id"]),
         })
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     for c in ("auc", "auc_macro", "eer", "wall_time_s", "peak_rss_mb", "peak_gpu_mb",
@@ -193,8 +194,13 @@ AGG_COLUMNS = [
     "method", "dataset", "protocol", "selected_on_test", "modality", "seeds", "classes",
     "auc_mean", "auc_std", "auc_lo", "auc_hi", "auc_macro_mean", "auc_macro_std", "auc_macro_lo",
     "auc_macro_hi", "eer_mean", "eer_std", "eer_lo", "eer_hi", "wall_time_s", "gpu_hours",
-    "peak_rss_mb", "peak_gpu_mb", "n_parameters",
+    "peak_rss_mb", "peak_gpu_mb", "n_parameters", "origin",
 ]
+
+
+def _origin(values: pd.Series) -> str:
+    u = set(values.fillna("verified"))
+    return u.pop() if len(u) == 1 else "mixed"
 
 
 def aggregate(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
@@ -218,6 +224,10 @@ def aggregate(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     for v in ("auc", "auc_macro", "eer"):
         s = summarize(ps, keys, v, level).drop(columns=[f"{v}_n"])
         out = out.merge(s, on=keys, how="left")
+    # verified (made by CI or a maintainer from the plugin's code) or self-reported (merged)
+    src = df if "origin" in df else df.assign(origin="verified")
+    org = src.groupby(keys, dropna=False)["origin"].agg(_origin).rename("origin")
+    out = out.merge(org.reset_index(), on=keys, how="left")
     out = out.rename(columns={"label": "method"})[AGG_COLUMNS]
     out = out.sort_values(["dataset", "protocol", "auc_mean", "method"],
                           ascending=[True, True, False, True]).reset_index(drop=True)
@@ -267,6 +277,7 @@ def display_table(agg: pd.DataFrame) -> pd.DataFrame:
         "EER %": [_pm(m, s) for m, s in zip(agg["eer_mean"], agg["eer_std"], strict=True)],
         "AUC 95% CI": [_ci(lo, hi) for lo, hi in zip(agg["auc_lo"], agg["auc_hi"], strict=True)],
         "wall s": agg["wall_time_s"].round(1),
+        "runs": agg.get("origin", "verified"),
     })
 
 

@@ -215,3 +215,31 @@ def test_old_stores_are_refused_with_the_fix(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="Start a new store"):
         RunStore(tmp_path / "old").init()
     assert np.isfinite(0.0)
+
+
+def test_compact_merge_keeps_every_image_metric_exactly(grid, tmp_path: Path) -> None:
+    from occbench.leaderboard.table import aggregate, runs_frame
+
+    src = RunStore(grid[0])
+    dst = RunStore(tmp_path / "results")
+    assert dst.merge_from(src, compact=True) == (6, 0)
+    assert dst.merge_from(src, compact=True) == (0, 6)
+    assert dst.verify() == []
+    for jid in src.job_ids():
+        a, b = src.record(jid), dst.record(jid)
+        assert a["metrics"] == b["metrics"]
+        prov = b["provenance"]
+        if a["job"]["modality"] == "image":  # ranks: ties kept, order kept
+            assert prov["raw_compacted"]["transform"] == "dense-rank"
+            r = dst.raw(jid)[""]
+            assert np.array_equal(r, np.round(r)) and r.min() == 1.0
+        else:  # video runs keep their raw scores (min-max is not rank-invariant)
+            assert "raw_compacted" not in prov
+            np.testing.assert_array_equal(np.concatenate(list(src.raw(jid).values())),
+                                          np.concatenate(list(dst.raw(jid).values())))
+    # runs merged from elsewhere are marked self-reported on the board
+    other = RunStore(tmp_path / "other")
+    other.merge_from(src, self_reported=True)
+    assert {other.origin(j) for j in other.job_ids()} == {"self-reported"}
+    assert set(aggregate(runs_frame(other))["origin"]) == {"self-reported"}
+    assert set(aggregate(runs_frame(dst))["origin"]) == {"verified"}
