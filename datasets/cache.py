@@ -5,6 +5,9 @@ Layout under the cache directory (``$OCCBENCH_CACHE``, default ``~/.cache/occben
     frames/<dataset>/<hash of the source folder>/<video_id>_<H>x<W>x<C>.npy   (T, H, W, C) uint8
     frames/<dataset>/<hash of the source folder>/<video_id>_<H>x<W>x<C>.json  source fingerprint
 
+Derived label files (Avenue's mask labels) are memoised elsewhere (:func:`label_cache_root`), and
+the sidecars name no source folder: a method's memmaps lead here, and nothing here leads to labels.
+
 An entry is valid while the ``.json`` records the same source fingerprint (names, sizes and
 mtimes of the source files) and cache format version; otherwise it is rebuilt. Entries are
 written to a temporary file and renamed into place under a file lock, so concurrent jobs build
@@ -35,6 +38,19 @@ def cache_root() -> Path:
     """The cache directory: ``$OCCBENCH_CACHE`` or ``~/.cache/occbench``."""
     env = os.environ.get("OCCBENCH_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "occbench"
+
+
+def label_cache_root(cache_dir: str | Path | None = None) -> Path:
+    """Where label files derived from the source (e.g. Avenue's masks) are memoised:
+    ``$OCCBENCH_LABEL_CACHE``, else beside the frame cache as ``<cache>-labels``.
+
+    Never inside the frame cache: a method's memmaps point into that tree.
+    """
+    env = os.environ.get("OCCBENCH_LABEL_CACHE")
+    if env and cache_dir is None:
+        return Path(env)
+    base = Path(cache_dir) if cache_dir is not None else cache_root()
+    return base.with_name(base.name + "-labels")
 
 
 def _size_tag(size: tuple[int, int] | None, channels: int) -> str:
@@ -101,7 +117,9 @@ class FrameCache:
                 return hit
             shape = _build(npy, decode, n_frames_hint, video_id)
             meta = {"fingerprint": fingerprint, "version": CACHE_FORMAT_VERSION,
-                    "shape": list(shape), "video_id": video_id, "source": str(source_dir)}
+                    "shape": list(shape), "video_id": video_id}
+            # no source path here: a method sees these memmaps (unsealed), and the source folder
+            # sits beside the label files
             tmp_meta = npy.with_suffix(f".json.tmp{os.getpid()}")
             tmp_meta.write_text(json.dumps(meta))
             os.replace(tmp_meta, npy.with_suffix(".json"))

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 from occbench.datasets import formats as fmt
-from occbench.datasets.cache import FrameCache, cache_root
+from occbench.datasets.cache import FrameCache, cache_root, label_cache_root
 from occbench.harness.api import (
     CheckReport,
     Dataset,
@@ -626,7 +626,7 @@ class Avenue(VideoDataset):
     def _mask_labels(self, path: Path) -> np.ndarray:
         """Frame labels of one mask file, memoised on disk (the masks take ~1 s each to read)."""
         fp = fmt.stat_fingerprint([path], "avenue-mask-v1")
-        store = Path(self.params.get("cache_dir") or cache_root()) / "labels" / "avenue"
+        store = label_cache_root(self.params.get("cache_dir")) / "avenue"
         cached = store / f"{fp}.npy"
         if cached.exists():
             try:

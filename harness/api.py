@@ -12,7 +12,6 @@ Conventions used everywhere:
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 from abc import ABC, abstractmethod
@@ -143,21 +142,75 @@ class LabelAccessError(RuntimeError):
     """Test labels were requested while a method was running."""
 
 
-_label_guard = {"depth": 0}
+class _LabelGate:
+    """Whether test labels may be read in this process (see :func:`labels_blocked`).
+
+    The state lives in a ``__slots__`` object that is not exported, and the closed state of
+    :func:`seal_labels` has no way back: it also replaces every dataset's ``test_labels`` and
+    drops the original functions. In-process this prevents accidents and the known bypasses
+    (``__wrapped__``, resetting a module-level counter); it is no defence against code that
+    re-reads the dataset's source or label files: that is what the sealed process is for.
+    """
+
+    __slots__ = ("_depth", "_sealed")
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._sealed = False
+
+    def closed(self) -> bool:
+        return self._sealed or self._depth > 0
+
+
+_gate = _LabelGate()
+del _LabelGate  # no second gate can be made to stand in for this one
 
 
 @contextmanager
 def labels_blocked() -> Iterator[None]:
     """Within the block, every :meth:`Dataset.test_labels` raises :class:`LabelAccessError`.
 
-    The harness runs methods inside it. Labels are never loaded in a worker process in the
-    first place; this guard makes an attempt fail loudly instead of silently peeking.
+    For in-process use (``occbench validate``, debugging runs): the harness's worker processes
+    use :func:`seal_labels` instead, which cannot be undone. Labels are never loaded in a worker
+    process in the first place; this guard makes an attempt fail loudly instead of silently
+    peeking.
     """
-    _label_guard["depth"] += 1
+    _gate._depth += 1
     try:
         yield
     finally:
-        _label_guard["depth"] -= 1
+        _gate._depth -= 1
+
+
+def seal_labels() -> None:
+    """Refuse test labels in this process for good: the method worker's first step.
+
+    Every :class:`Dataset` subclass, loaded now or later, gets a ``test_labels`` that raises,
+    and the original functions are dropped, so there is nothing to unwrap or re-enable.
+    """
+    _gate._sealed = True
+    todo = list(Dataset.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if "test_labels" in cls.__dict__:
+            cls.test_labels = _refusing(cls)  # type: ignore[method-assign]
+
+
+def labels_sealed() -> bool:
+    """True once :func:`seal_labels` ran in this process."""
+    return bool(_gate._sealed)
+
+
+def _refusing(cls: type) -> Any:
+    def test_labels(self: Dataset, normal_class: str | None = None) -> Labels:
+        raise LabelAccessError(
+            f"test labels of dataset {getattr(cls, 'name', cls.__name__)!r} cannot be read in "
+            "a method's process; methods must not read test labels"
+        )
+
+    test_labels._occbench_guarded = True  # type: ignore[attr-defined]
+    return test_labels
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -201,21 +254,26 @@ class Dataset(ABC):
         self.params = dict(params)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        # wrap every subclass's test_labels so that labels_blocked() can refuse it
+        # wrap every subclass's test_labels so that labels_blocked()/seal_labels() can refuse it
         super().__init_subclass__(**kwargs)
         fn = cls.__dict__.get("test_labels")
         if fn is None or getattr(fn, "_occbench_guarded", False):
             return
+        if _gate._sealed:  # a class defined (or re-imported) in a sealed process never reads
+            cls.test_labels = _refusing(cls)  # type: ignore[method-assign]
+            return
 
-        @functools.wraps(fn)
+        # not functools.wraps: it would hand out the unguarded function as __wrapped__
         def guarded(self: Dataset, normal_class: str | None = None) -> Labels:
-            if _label_guard["depth"]:
+            if _gate.closed():
                 raise LabelAccessError(
                     f"test labels of dataset {type(self).name!r} were requested while a method "
                     "was running; methods must not read test labels"
                 )
             return fn(self, normal_class)  # type: ignore[no-any-return]
 
+        guarded.__name__ = guarded.__qualname__ = "test_labels"
+        guarded.__doc__ = fn.__doc__
         guarded._occbench_guarded = True  # type: ignore[attr-defined]
         cls.test_labels = guarded  # type: ignore[method-assign]
 

@@ -8,6 +8,7 @@ metrics with the labels it alone loads.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -40,7 +41,8 @@ from occbench.harness.api import (
     labels_blocked,
 )
 
-__all__ = ["JobOutput", "LabelAccessError", "ScoreError", "execute_job", "label_guard"]
+__all__ = ["JobOutput", "LabelAccessError", "RootHandle", "ScoreError", "enter_worker",
+           "execute_job", "label_guard", "run_method", "scrubbed_environ"]
 from occbench.harness.spec import Job, make_dataset
 
 
@@ -243,30 +245,209 @@ def cpu_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(old)
 
 
+class RootHandle:
+    """The data root as handed to a worker: :meth:`take` returns it once and forgets it.
+
+    Runners pass one of these instead of the plain string, so that once the worker has loaded
+    the data no frame above the method (the executor's call item, Ray's task arguments) still
+    holds the data root.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str | None) -> None:
+        self._value = value
+
+    def take(self) -> str | None:
+        v, self._value = self._value, None
+        return v
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RootHandle, (self._value,))
+
+
+def _take_root(data_root: str | Path | RootHandle | None) -> str | None:
+    if isinstance(data_root, RootHandle):
+        return data_root.take()
+    return None if data_root is None else str(data_root)
+
+
+def _root_key(root: str | None) -> str | None:
+    # the split caches are keyed by a digest of the data root: their keys outlive the load
+    import hashlib
+
+    return None if root is None else hashlib.sha256(root.encode()).hexdigest()[:16]
+
+
+_roots: dict[str, str | None] = {}  # root key -> root, only while a load is in progress
+
+
+@contextmanager
+def _root_for_load(root: str | None) -> Iterator[str | None]:
+    key = _root_key(root)
+    if key is not None:
+        _roots[key] = root
+    try:
+        yield key
+    finally:
+        _roots.pop(key or "", None)
+
+
 @lru_cache(maxsize=4)
-def _load_split(dataset: str, params_json: str, root: str | None,
+def _load_split(dataset: str, params_json: str, root_key: str | None,
                 normal_class: str | None) -> DatasetSplit:
     # cached per worker process: a grid's jobs on one dataset decode it once
     import json
 
-    ds = make_dataset(dataset, json.loads(params_json), root)
+    ds = make_dataset(dataset, json.loads(params_json), _roots.get(root_key or ""))
     return ds.load(normal_class)
 
 
 @lru_cache(maxsize=2)
-def _load_auxiliary(dataset: str, root: str | None) -> ImageData:
+def _load_auxiliary(dataset: str, root_key: str | None) -> ImageData:
     # cached per worker process like _load_split: an intruder pool is read once per worker
-    ds = make_dataset(dataset, {}, root)
+    ds = make_dataset(dataset, {}, _roots.get(root_key or ""))
     return ImageData(np.ascontiguousarray(ds.auxiliary_images()))
 
 
-def execute_job(job: Job, data_root: str | None = None, device: str = "cpu") -> JobOutput:
+def load_inputs(job: Job, root: str | None) -> tuple[DatasetSplit, dict[str, ImageData]]:
+    """The job's unlabelled split and auxiliary images (cached per worker process)."""
+    import json
+
+    with _root_for_load(root) as key:
+        split = _load_split(job.dataset, json.dumps(job.dataset_params, sort_keys=True), key,
+                            job.normal_class)
+        auxiliary = {role: _load_auxiliary(a["dataset"], key)
+                     for role, a in job.auxiliary.items()}
+    return split, auxiliary
+
+
+# --------------------------------------------------------------------------------------------
+# Worker processes
+# --------------------------------------------------------------------------------------------
+
+#: Environment variables that name the data root (the driver's; never a method's).
+DATA_ROOT_ENV = ("OCCBENCH_DATA", "OCCBENCH_DATA_ROOT")
+
+
+def _naming_root(root: str | None) -> list[str]:
+    out = [k for k in DATA_ROOT_ENV if k in os.environ]
+    if root:
+        out += [k for k, v in os.environ.items() if root in v and k not in out]
+    return out
+
+
+@contextmanager
+def scrubbed_environ(data_root: str | None) -> Iterator[None]:
+    """Start worker processes inside this: their environment names no data root."""
+    saved = {k: os.environ.pop(k) for k in _naming_root(data_root)}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def enter_worker() -> None:
+    """First step of a process that runs methods (serial worker, Ray worker).
+
+    Test labels are refused for good (:func:`~occbench.harness.api.seal_labels`), and the
+    command line and environment inherited from the driver are cleared of the data root.
+    """
+    from occbench.harness.api import seal_labels
+
+    seal_labels()
+    sys.argv[:] = sys.argv[:1] if sys.argv and "occbench" not in sys.argv[0] else ["occbench"]
+    for k in _naming_root(None):
+        os.environ.pop(k, None)
+
+
+def prestart_sandbox(job: Job, device: str = "cpu", sealed: str | bool | None = "auto") -> None:
+    """Start this worker's sealed process for ``job`` now (before any job's time limit runs)."""
+    from occbench.harness import sandbox
+
+    if sandbox.normalise_mode(sealed) == "off" or not sandbox.probe().ok:
+        return
+    with contextlib.suppress(sandbox.SandboxError):  # the job itself reports it
+        sandbox.sealed_process(sandbox.layout(job.method, None), device, sandbox.probe())
+
+
+# --------------------------------------------------------------------------------------------
+# The method itself (shared by the sealed process and unsealed runs: same code, same scores)
+# --------------------------------------------------------------------------------------------
+
+
+def _probe_subset(test: Data) -> tuple[Data, Any] | None:
+    """A reordered part of the test set, to see whether scores depend on the rest of it."""
+    if isinstance(test, ImageData):
+        if len(test) < 4:
+            return None
+        idx = np.arange(len(test))[::-2][:6]
+        return ImageData(np.ascontiguousarray(test.images[idx])), idx
+    assert isinstance(test, VideoData)
+    if len(test.videos) < 2:
+        return None
+    v = min(test.videos, key=len)
+    return VideoData((v,)), v.video_id
+
+
+def run_method(method: Method, train: Data, test: Data, ctx: Context, logger: logging.Logger
+               ) -> tuple[dict[str, np.ndarray], Method, dict[str, Any]]:
+    """Fit on ``train``, score ``test``; returns ``(raw scores, fitted method, provenance)``.
+
+    Also scores a reordered part of the test set again (after the real scores, so they are not
+    affected): ``test_independent`` False means an item's score changed with the rest of the
+    test set (a transductive method, marked on the board).
+    """
+    prov: dict[str, Any] = {}
+    threads = max(1, int(method.resources_for().cpus))
+    prov["threads"] = threads
+    with cpu_threads(threads):
+        t_fit = time.perf_counter()
+        fitted = method.fit(train, ctx)
+        if fitted is not method:
+            logger.warning("fit() did not return self; using the returned object")
+            method = fitted
+        prov["fit_time_s"] = round(time.perf_counter() - t_fit, 3)
+        t_score = time.perf_counter()
+        raw = normalise_scores(method, test, method.score(test, ctx))
+        prov["score_time_s"] = round(time.perf_counter() - t_score, 3)
+        sub = _probe_subset(test)
+        prov["test_independent"] = None
+        if sub is not None:
+            try:
+                part, where = sub
+                again = normalise_scores(method, part, method.score(part, ctx))
+                ref = raw[""][where] if isinstance(test, ImageData) else raw[where]
+                got = again[""] if isinstance(test, ImageData) else again[where]
+                prov["test_independent"] = bool(np.allclose(got, ref, rtol=1e-5, atol=1e-6,
+                                                            equal_nan=True))
+            except Exception as exc:  # the check is advisory; the job's scores stand
+                logger.warning("test-independence check failed: %s: %s", type(exc).__name__, exc)
+    prov["n_parameters"] = method.n_parameters()
+    return raw, method, prov
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------------
+
+
+def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
+                device: str = "cpu", sealed: str | bool | None = "auto",
+                method_blob: bytes | None = None) -> JobOutput:
     """Run one job: fit on normal training data, score the unlabelled test split.
+
+    ``sealed``: ``"auto"`` (default) runs the method in the sealed process
+    (:mod:`occbench.harness.sandbox`) when this machine can start one, else here with a
+    warning in the job's log; ``"require"`` (or ``True``) fails the job when it cannot be
+    sealed; ``"off"`` (or ``False``) runs the method in this process. The provenance says
+    ``sealed`` (bool) and ``sealed_by``. ``method_blob``: a pickled method class the driver
+    registered at run time (Ray ships it), for the sealed process.
 
     Never raises for a method's fault: failures come back as ``status="failed"`` with the
     traceback, so the driver can record them.
     """
-    import json
+    from occbench.harness import sandbox
 
     log_buf = io.StringIO()
     handler = logging.StreamHandler(log_buf)
@@ -278,39 +459,54 @@ def execute_job(job: Job, data_root: str | None = None, device: str = "cpu") -> 
     prov: dict[str, Any] = {**static_provenance(), "device": device, "pid": os.getpid(),
                             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     t0 = time.perf_counter()
+    root = _take_root(data_root)
+    del data_root
+    mode = sandbox.normalise_mode(sealed)
+    probe = sandbox.probe() if mode != "off" else sandbox.Probe(False, why="--unsealed")
+    seal = probe.ok
+    prov.update(sealed=seal, sealed_by=probe.by if seal else None)
     try:
-        with label_guard(), PeakRSS() as mem, \
-                tempfile.TemporaryDirectory(prefix="occbench-job-") as wd:
-            if device.startswith("cuda"):
+        if not seal:
+            prov["unsealed_reason"] = probe.why
+            if mode == "require":
+                raise sandbox.SandboxUnavailable(
+                    f"sealed execution was required but is unavailable: {probe.why}")
+            if mode == "auto":
+                logger.warning("running UNSEALED: %s", probe.why)
+        with label_guard(), PeakRSS() as mem:
+            if device.startswith("cuda") and not seal:
                 import torch
 
                 torch.cuda.reset_peak_memory_stats()
             t_load = time.perf_counter()
-            split = _load_split(job.dataset, json.dumps(job.dataset_params, sort_keys=True),
-                                None if data_root is None else str(data_root), job.normal_class)
-            root = None if data_root is None else str(data_root)
-            auxiliary = {role: _load_auxiliary(a["dataset"], root)
-                         for role, a in job.auxiliary.items()}
+            split, auxiliary = load_inputs(job, root)
             prov["load_time_s"] = round(time.perf_counter() - t_load, 3)
-            cls = registry.methods.get(job.method)
-            method = cls(**job.method_params)
-            ctx = Context(seed=job.seed, device=device, logger=logger, workdir=Path(wd),
-                          fast=job.fast, auxiliary=auxiliary)
-            threads = max(1, int(method.resources_for().cpus))
-            prov["threads"] = threads
-            with cpu_threads(threads):
-                t_fit = time.perf_counter()
-                fitted = method.fit(split.train, ctx)
-                if fitted is not method:
-                    logger.warning("fit() did not return self; using the returned object")
-                    method = fitted
-                prov["fit_time_s"] = round(time.perf_counter() - t_fit, 3)
-                t_score = time.perf_counter()
-                raw = normalise_scores(method, split.test, method.score(split.test, ctx))
-                prov["score_time_s"] = round(time.perf_counter() - t_score, 3)
-            prov["n_parameters"] = method.n_parameters()
-        prov["peak_rss_mb"] = mem.peak_mb
-        prov.update(gpu_info(device))
+            if seal:
+                try:
+                    raw, sprov, mlog = sandbox.run_sealed(job, split, auxiliary, device, root,
+                                                          probe, method_blob)
+                except sandbox.SealedProcessDied as exc:
+                    prov["wall_time_s"] = round(time.perf_counter() - t0, 3)
+                    return JobOutput(job.job_id, "failed", {}, prov, log_buf.getvalue(),
+                                     {"type": "WorkerDied", "message": str(exc),
+                                      "traceback": ""})
+                except sandbox.SealedJobError as exc:
+                    prov.update(exc.provenance)
+                    log_buf.write(exc.log)
+                    prov["wall_time_s"] = round(time.perf_counter() - t0, 3)
+                    return JobOutput(job.job_id, "failed", {}, prov, log_buf.getvalue(),
+                                     exc.error)
+                root = None
+                prov.update(sprov)
+                log_buf.write(mlog)
+            else:
+                root = None  # not reachable from the method's frames
+                with tempfile.TemporaryDirectory(prefix="occbench-job-") as wd:
+                    raw, prov_m = _run_here(job, split, auxiliary, device, logger, Path(wd))
+                prov.update(prov_m)
+        if not seal:
+            prov["peak_rss_mb"] = mem.peak_mb
+            prov.update(gpu_info(device))
         prov["wall_time_s"] = round(time.perf_counter() - t0, 3)
         return JobOutput(job.job_id, "ok", raw, prov, log_buf.getvalue())
     except Exception as exc:
@@ -322,3 +518,14 @@ def execute_job(job: Job, data_root: str | None = None, device: str = "cpu") -> 
         )
     finally:
         logger.removeHandler(handler)
+
+
+def _run_here(job: Job, split: DatasetSplit, auxiliary: dict[str, ImageData], device: str,
+              logger: logging.Logger, wd: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    # the unsealed path: the method runs in this process, from a frame without the data root
+    cls = registry.methods.get(job.method)
+    method = cls(**job.method_params)
+    ctx = Context(seed=job.seed, device=device, logger=logger, workdir=wd, fast=job.fast,
+                  auxiliary=auxiliary)
+    raw, _, prov = run_method(method, split.train, split.test, ctx, logger)
+    return raw, prov

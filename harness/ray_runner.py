@@ -44,7 +44,7 @@ from typing import Any
 import ray
 from occbench.harness import registry
 from occbench.harness.api import Resources
-from occbench.harness.execute import JobOutput, _load_split, execute_job
+from occbench.harness.execute import JobOutput, RootHandle, _load_split, enter_worker, execute_job
 from occbench.harness.runner import ClaimFn, DoneFn, Runner, StopFn, failed_output
 from occbench.harness.spec import Job
 from ray import cloudpickle
@@ -86,12 +86,21 @@ def _ensure_method(job: Job, method_blob: bytes | None) -> None:
     registry.methods.register(cls, source="<runtime, shipped by the driver>")
 
 
-def run_in_worker(job: Job, data_root: str | None, device: str, method_blob: bytes | None,
-                  clock: Any | None) -> JobOutput:
-    """The Ray task body: ``execute_job`` plus where it ran (node, pid, GPUs, cache hit)."""
+def run_in_worker(job: Job, data_root: str | RootHandle | None, device: str,
+                  method_blob: bytes | None, clock: Any | None,
+                  sealed: str = "auto") -> JobOutput:
+    """The Ray task body: ``execute_job`` plus where it ran (node, pid, GPUs, cache hit).
+
+    Sealed jobs start the sandbox here, on whichever node runs the task.
+    """
     if clock is not None:
         clock.start.remote(job.job_id)
-    _ensure_method(job, method_blob)
+    enter_worker()  # this process runs methods: labels refused for good, no data root in env
+    from occbench.harness import sandbox
+
+    seal = sandbox.normalise_mode(sealed) != "off" and sandbox.probe().ok
+    if not seal:  # sealed: the class is unpickled inside the sandbox, never here
+        _ensure_method(job, method_blob)
     gpu_ids = ray.get_gpu_ids()
     # Ray narrowed CUDA_VISIBLE_DEVICES to this task's GPU(s), so "cuda" is the right device.
     # (A GPU resource without CUDA, e.g. a simulated cluster's fake GPUs, runs on cpu.)
@@ -100,7 +109,7 @@ def run_in_worker(job: Job, data_root: str | None, device: str, method_blob: byt
         log.warning("job %s asked for cuda but got no usable GPU; running on cpu", job.job_id)
     hits = _load_split.cache_info().hits
     t0 = time.time()
-    out = execute_job(job, data_root, dev)
+    out = execute_job(job, data_root, dev, sealed, method_blob if seal else None)
     rc = ray.get_runtime_context()
     out.provenance.update(
         ray_task_start=round(t0, 3), ray_task_end=round(time.time(), 3),  # epoch s: overlap
@@ -108,7 +117,9 @@ def run_in_worker(job: Job, data_root: str | None, device: str, method_blob: byt
         ray_gpu_ids=[str(g) for g in gpu_ids], ray_resources=rc.get_assigned_resources(),
         cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
         data_cache="hit" if _load_split.cache_info().hits > hits else "miss",
-        resources=asdict(resources_of(job)),
+        # sealed: what the method declared inside the sandbox (no plugin code runs here)
+        resources=(out.provenance.get("resources") if out.provenance.get("sealed")
+                   else asdict(resources_of(job))),
     )
     return out
 
@@ -175,13 +186,15 @@ class RayRunner(Runner):
     requires them (a job no node can host is recorded as failed, not left waiting).
     ``max_concurrent``: most jobs in flight (default: the cluster's CPU count).
     ``max_retries``: retries of a job whose worker or node died.
+    ``sealed``: ``"auto"`` (default), ``"require"`` or ``"off"``: each task starts the sandbox
+    on its node (see :mod:`occbench.harness.sandbox`).
     """
 
     name = "ray"
 
     def __init__(self, address: str | None = None, max_concurrent: int | None = None,
                  device: str = "auto", max_retries: int = 2, num_cpus: int | None = None,
-                 num_gpus: int | None = None) -> None:
+                 num_gpus: int | None = None, sealed: str = "auto") -> None:
         if max_concurrent is not None and max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -192,6 +205,7 @@ class RayRunner(Runner):
         self.max_retries = max_retries
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
+        self.sealed = sealed  # "auto" | "require" | "off": each task seals on its own node
         self._owns_ray = False
         self._clock: Any | None = None
 
@@ -295,8 +309,8 @@ class RayRunner(Runner):
                         blobs[job.method] = self._method_blob(job)
                     fn = gpu_task if opts["num_gpus"] > 0 else _cpu_task
                     clock = self._clock if job.time_limit_s else None
-                    ref = fn.options(**opts).remote(job, data_root, self.device,
-                                                   blobs[job.method], clock)
+                    ref = fn.options(**opts).remote(job, RootHandle(data_root), self.device,
+                                                   blobs[job.method], clock, self.sealed)
                     inflight[ref] = _InFlight(job, time.monotonic())
                 if stopped():
                     queue.clear()

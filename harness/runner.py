@@ -22,7 +22,13 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 
-from occbench.harness.execute import JobOutput, execute_job
+from occbench.harness.execute import (
+    JobOutput,
+    RootHandle,
+    enter_worker,
+    execute_job,
+    scrubbed_environ,
+)
 from occbench.harness.spec import Job
 
 ClaimFn = Callable[[Job], bool]
@@ -48,25 +54,42 @@ def failed_output(job: Job, kind: str, message: str, wall: float | None = None) 
                      error={"type": kind, "message": message, "traceback": ""})
 
 
-def _warm_up() -> None:
-    import occbench.harness.execute  # noqa: F401
+def _warm_up(job: Job | None = None, device: str = "cpu", sealed: str = "off") -> None:
+    from occbench.harness.execute import prestart_sandbox
+
+    if job is not None:  # the sandbox's start must not count against the first job's limit
+        prestart_sandbox(job, device, sealed)
+
+
+def _worker_init() -> None:
+    # this process runs methods: labels refused for good, the driver's argv/env forgotten
+    enter_worker()
 
 
 class SerialRunner(Runner):
-    """One job at a time in a separate worker process (``in_process=True`` for debugging)."""
+    """One job at a time in a separate worker process (``in_process=True`` for debugging).
+
+    ``sealed``: ``"auto"`` (default), ``"require"`` or ``"off"``, see
+    :func:`~occbench.harness.execute.execute_job`.
+    """
 
     name = "serial"
 
-    def __init__(self, device: str = "cpu", in_process: bool = False) -> None:
+    def __init__(self, device: str = "cpu", in_process: bool = False,
+                 sealed: str = "auto") -> None:
         self.device = device
         self.in_process = in_process
+        self.sealed = sealed
         self._pool: ProcessPoolExecutor | None = None
+        self._root: str | None = None
 
-    def _get_pool(self) -> ProcessPoolExecutor:
+    def _get_pool(self, job: Job | None = None) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+            with scrubbed_environ(self._root):  # the worker's environment names no data root
+                self._pool = ProcessPoolExecutor(max_workers=1, initializer=_worker_init,
+                                                 mp_context=mp.get_context("spawn"))
             # start the worker (imports) before any job's time limit starts counting
-            self._pool.submit(_warm_up).result()
+            self._pool.submit(_warm_up, job, self.device, self.sealed).result()
         return self._pool
 
     def _kill_pool(self) -> None:
@@ -82,16 +105,18 @@ class SerialRunner(Runner):
 
     def run(self, jobs: Sequence[Job], data_root: str | None, claim: ClaimFn, done: DoneFn,
             stopped: StopFn) -> None:
+        self._root = data_root
         for job in jobs:
             if stopped():
                 break
             if not claim(job):
                 continue
             if self.in_process:
-                done(job, execute_job(job, data_root, self.device))
+                done(job, execute_job(job, data_root, self.device, self.sealed))
                 continue
             t0 = time.perf_counter()
-            fut = self._get_pool().submit(execute_job, job, data_root, self.device)
+            fut = self._get_pool(job).submit(execute_job, job, RootHandle(data_root), self.device,
+                                          self.sealed)
             try:
                 out = fut.result(timeout=job.time_limit_s)
             except FutureTimeout:
