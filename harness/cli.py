@@ -61,15 +61,17 @@ def _fail(msg: str, code: int = 2) -> typer.Exit:
 # --------------------------------------------------------------------------------------------
 
 
-def make_runner(name: str, device: str, address: str | None, max_concurrent: int | None) -> Any:
+def make_runner(name: str, device: str, address: str | None, max_concurrent: int | None,
+                sealed: str = "auto") -> Any:
     """Build a runner by name (``serial``; ``ray`` when the Ray runner is installed)."""
     from occbench.harness.runner import SerialRunner
 
     if name == "serial":  # "auto" means cpu here: the serial runner does no GPU placement
-        return SerialRunner(device="cpu" if device == "auto" else device)
+        return SerialRunner(device="cpu" if device == "auto" else device, sealed=sealed)
     if name == "ray":
         mod = importlib.import_module("occbench.harness.ray_runner")
-        return mod.RayRunner(address=address, max_concurrent=max_concurrent, device=device)
+        return mod.RayRunner(address=address, max_concurrent=max_concurrent, device=device,
+                             sealed=sealed)
     raise _fail(f"unknown runner {name!r} (serial, ray)")
 
 
@@ -96,6 +98,10 @@ def run(
     board: Annotated[bool, typer.Option(help="Print the aggregated table at the end.")] = True,
     check_data: Annotated[bool, typer.Option(help="Check each dataset before any job starts."
                                              )] = True,
+    sealed: Annotated[bool | None, typer.Option(
+        "--sealed/--unsealed", help="Run methods in the bubblewrap sandbox (--sealed: fail if "
+        "it is unavailable) or in the worker (--unsealed). Default: sealed where available, "
+        "else unsealed with a warning.")] = None,
 ) -> None:
     """Run every job of SPEC that is not already in the store, then print the table."""
     from occbench.harness.driver import run_jobs
@@ -128,8 +134,9 @@ def run(
     todo = sum(1 for j in plan.jobs if not st.has(j.job_id))
     console.print(f"spec [bold]{escape(sp.name)}[/bold]: {len(plan.jobs)} jobs, "
                   f"{len(plan.jobs) - todo} already in {escape(str(store))}, {todo} to run")
+    seal_mode = seal_mode_checked(sealed)
     rname = runner or default_runner()
-    r = make_runner(rname, device, address, max_concurrent)
+    r = make_runner(rname, device, address, max_concurrent, seal_mode)
     t0 = time.perf_counter()
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
@@ -174,6 +181,24 @@ def run(
         _print_board(st)
     if summary.failed or summary.stop_reason:
         raise typer.Exit(1)
+
+
+def seal_mode_checked(sealed: bool | None) -> str:
+    """Probe the sandbox before the first job: ``--sealed`` fails closed (exit 2), the default
+    warns in one line when it has to run unsealed. Returns the mode for the runner."""
+    from occbench.harness import sandbox
+
+    mode = "require" if sealed else "off" if sealed is False else "auto"
+    try:
+        ok, p = sandbox.resolve(mode, warn=False)
+    except sandbox.SandboxUnavailable as exc:
+        raise _fail(str(exc)) from None
+    if mode == "auto" and not ok:
+        err.print(f"[yellow]warning:[/yellow] running UNSEALED (methods can reach files and "
+                  f"the network): {escape(p.why)}")
+    elif ok:
+        console.print(f"[dim]methods run sealed ({escape(str(p.by))})[/dim]")
+    return mode
 
 
 def _one_line(msg: object, limit: int = 300) -> str:

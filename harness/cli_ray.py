@@ -45,6 +45,9 @@ def refresh(
     address: AddressOpt = None,
     max_concurrent: MaxConcOpt = None,
     device: DeviceOpt = "auto",
+    require_sealed: Annotated[bool, typer.Option(
+        "--require-sealed", help="Run jobs sealed (fail if the sandbox is unavailable) and "
+        "refuse to publish a board with unsealed runs (the leaderboard CI entry).")] = False,
 ) -> None:
     """Run exactly the jobs of SPEC whose content hash is not in the store, then rebuild the board.
 
@@ -102,14 +105,28 @@ def refresh(
     if rp.to_run:
         try:
             run_cmd(spec=spec, store=store, data_root=data_root, runner=runner, address=address,
-                    max_concurrent=max_concurrent, device=device, board=False, check_data=True)
+                    max_concurrent=max_concurrent, device=device, board=False, check_data=True,
+                    sealed=True if require_sealed else None)
         except typer.Exit as exc:
             code = int(exc.exit_code or 0)
         if code not in (0, 1):
             raise typer.Exit(code)
+    if require_sealed:
+        unsealed = unsealed_runs(st)
+        if unsealed:
+            raise _fail(f"{len(unsealed)} run(s) in {store} were not sealed (e.g. "
+                        f"{', '.join(unsealed[:3])}): the board is not published; rerun them "
+                        "sealed into a fresh store (occbench refresh --require-sealed), or "
+                        "publish without --require-sealed")
     for f in rebuild_board(st, board_out, site_out):
         console.print(f"wrote {escape(str(f))}")
     raise typer.Exit(code)
+
+
+def unsealed_runs(store: Any) -> list[str]:
+    """Job ids of the store's runs whose record does not say ``sealed: true``."""
+    return [r["job_id"] for r in store.records()
+            if not (r.get("provenance") or {}).get("sealed")]
 
 
 def rebuild_board(store: Any, board_out: Path, site_out: Path | None = None) -> list[Path]:

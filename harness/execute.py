@@ -368,7 +368,9 @@ def prestart_sandbox(job: Job, device: str = "cpu", sealed: str | bool | None = 
     if sandbox.normalise_mode(sealed) == "off" or not sandbox.probe().ok:
         return
     with contextlib.suppress(sandbox.SandboxError):  # the job itself reports it
-        sandbox.sealed_process(sandbox.layout(job.method, None), device, sandbox.probe())
+        runtime = sandbox._runtime_blob(job.method) is not None
+        sandbox.sealed_process(sandbox.layout(job.method, None, runtime), device,
+                               sandbox.probe())
 
 
 # --------------------------------------------------------------------------------------------

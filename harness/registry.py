@@ -145,6 +145,14 @@ class Registry(Generic[T]):
         self._scan().pop(name, None)
         self._loaded.pop(name, None)
 
+    def registered_at_runtime(self, name: str) -> type[T] | None:
+        """The class of ``name`` if :meth:`register` put it here (no entry point); imports
+        nothing."""
+        e = self._loaded.get(name)
+        if e is None or self._eps is None or name not in self._eps:
+            return None
+        return e.obj if self._eps[name][0] is None else None
+
     def get(self, name: str) -> type[T]:
         return self.entry(name).obj
 

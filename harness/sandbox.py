@@ -297,8 +297,9 @@ class Layout:
     refused: tuple[str, ...]
 
 
-def layout(method: str, data_root: str | None) -> Layout:
-    """What the sandbox of a job of ``method`` binds (see the module docstring)."""
+def layout(method: str, data_root: str | None, runtime: bool = False) -> Layout:
+    """What the sandbox of a job of ``method`` binds (see the module docstring); ``runtime``:
+    the class was registered at run time here, so its module's folder is bound too."""
     deny = deny_paths(data_root)
     home = os.path.realpath(str(Path.home()))
     prefixes = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
@@ -313,7 +314,14 @@ def layout(method: str, data_root: str | None) -> Layout:
         cands.append(r)
         extra_path.append(r)
     cands += [os.path.realpath(p) for p in _occbench_dirs()]
-    for p in _module_dirs(_plugin_modules(method)):
+    mods = _plugin_modules(method)
+    if runtime:
+        from occbench.harness import registry
+
+        cls = registry.methods.registered_at_runtime(method)
+        if cls is not None:
+            mods.append(cls.__module__)
+    for p in _module_dirs(mods):
         r = os.path.realpath(p)
         cands.append(r)
         # a module file's folder, a package's parent folder: what goes on PYTHONPATH
@@ -577,7 +585,9 @@ def run_sealed(job: Any, split: Any, auxiliary: dict[str, Any], device: str,
     Returns ``(raw scores, provenance, method log)``; raises :class:`SandboxError` when the
     sandbox failed and :class:`SealedJobError` (with the method's traceback) when the method did.
     """
-    lay = layout(job.method, data_root)
+    if method_blob is None:
+        method_blob = _runtime_blob(job.method)
+    lay = layout(job.method, data_root, method_blob is not None)
     sp, started = sealed_process(lay, device, p)
     t0 = time.perf_counter()
     d, inner = sp.job_dir()
@@ -617,6 +627,22 @@ def run_sealed(job: Any, split: Any, auxiliary: dict[str, Any], device: str,
                              prov, logtext)
     raw = decode_scores(rep.get("raw"), split.test)
     return raw, prov, logtext
+
+
+def _runtime_blob(method: str) -> bytes | None:
+    """A class registered at run time in this process (a test, a notebook, an in-process run)
+    is pickled by reference for the sealed process; entry-point plugins are found there."""
+    import pickle
+
+    from occbench.harness import registry
+
+    cls = registry.methods.registered_at_runtime(method)
+    if cls is None:
+        return None
+    try:
+        return pickle.dumps(cls)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return None  # defined in a function: the sealed process reports it unknown
 
 
 def _count(how: Sequence[str]) -> dict[str, int]:
@@ -700,8 +726,9 @@ def _serve(req: dict[str, Any]) -> dict[str, Any]:
     try:
         if req.get("method_blob") and req["method"] not in registry.methods:
             with open(req["method_blob"], "rb") as f:
-                cls = pickle.load(f)  # the driver's own class, shipped by Ray
-            registry.methods.register(cls, source="<runtime, shipped by the driver>")
+                cls = pickle.load(f)  # the driver's own class (its module may register it)
+            if req["method"] not in registry.methods:
+                registry.methods.register(cls, source="<runtime, shipped by the driver>")
         cls = registry.methods.get(req["method"])
         device = str(req["device"])
         if device.startswith("cuda"):

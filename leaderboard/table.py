@@ -25,6 +25,7 @@ RUN_COLUMNS = [
     "modality", "selected_on_test", "auc", "auc_macro", "eer", "n_items", "wall_time_s",
     "peak_rss_mb", "peak_gpu_mb", "n_parameters", "device", "git_sha", "gpus", "gpu_hours",
     "method_params", "dataset_params", "dataset_fingerprint", "started_at", "origin",
+    "unsealed", "transductive",
 ]
 #: What one entry of the board is measured on: a run is one seed of one class of it.
 SLOT = ["label", "dataset", "protocol", "normal_class", "seed", "selected_on_test"]
@@ -142,6 +143,10 @@ def runs_frame(store: RunStore | str | Path, include_superseded: bool = False) -
             "dataset_fingerprint": job.get("dataset_fingerprint"),
             "started_at": prov.get("started_at"),
             "origin": st.origin(rec["job_id"]),
+            # the method ran outside the sandbox (records from before sealing say nothing)
+            "unsealed": not prov.get("sealed", False),
+            # its scores changed when the rest of the test set did (execute.run_method's check)
+            "transductive": prov.get("test_independent") is False,
         })
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     for c in ("auc", "auc_macro", "eer", "wall_time_s", "peak_rss_mb", "peak_gpu_mb",
@@ -150,6 +155,8 @@ def runs_frame(store: RunStore | str | Path, include_superseded: bool = False) -
     df["gpu_hours"] = df["wall_time_s"] * df["gpus"] / 3600.0
     df["normal_class"] = df["normal_class"].astype(object)
     df["selected_on_test"] = df["selected_on_test"].astype(bool)  # also when there are no runs
+    df["unsealed"] = df["unsealed"].astype(bool)
+    df["transductive"] = df["transductive"].astype(bool)
     cur, old = resolve_runs(df)
     if include_superseded:
         out = pd.concat([cur.assign(superseded=False), old.assign(superseded=True)])
@@ -194,7 +201,7 @@ AGG_COLUMNS = [
     "method", "dataset", "protocol", "selected_on_test", "modality", "seeds", "classes",
     "auc_mean", "auc_std", "auc_lo", "auc_hi", "auc_macro_mean", "auc_macro_std", "auc_macro_lo",
     "auc_macro_hi", "eer_mean", "eer_std", "eer_lo", "eer_hi", "wall_time_s", "gpu_hours",
-    "peak_rss_mb", "peak_gpu_mb", "n_parameters", "origin",
+    "peak_rss_mb", "peak_gpu_mb", "n_parameters", "origin", "unsealed", "transductive",
 ]
 
 
@@ -228,6 +235,12 @@ def aggregate(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     src = df if "origin" in df else df.assign(origin="verified")
     org = src.groupby(keys, dropna=False)["origin"].agg(_origin).rename("origin")
     out = out.merge(org.reset_index(), on=keys, how="left")
+    # an entry is unsealed / transductive when any of its runs is
+    for flag in ("unsealed", "transductive"):
+        col = df[flag] if flag in df.columns else pd.Series(False, index=df.index)
+        f = df.assign(_f=col.astype(bool)).groupby(keys, dropna=False)["_f"].any()
+        out = out.merge(f.rename(flag).reset_index(), on=keys, how="left")
+        out[flag] = out[flag].fillna(False).astype(bool)
     out = out.rename(columns={"label": "method"})[AGG_COLUMNS]
     out = out.sort_values(["dataset", "protocol", "auc_mean", "method"],
                           ascending=[True, True, False, True]).reset_index(drop=True)
@@ -269,7 +282,9 @@ def display_table(agg: pd.DataFrame) -> pd.DataFrame:
     """Human-readable strings (percent) for Markdown/terminal output."""
     return pd.DataFrame({
         "dataset": agg["dataset"], "method": agg["method"]
-        + np.where(agg["selected_on_test"], " [selected on test]", ""),
+        + np.where(agg["selected_on_test"], " [selected on test]", "")
+        + np.where(agg.get("unsealed", False), " [unsealed]", "")
+        + np.where(agg.get("transductive", False), " [transductive]", ""),
         "protocol": agg["protocol"], "seeds": agg["seeds"],
         "AUC (micro) %": [_pm(m, s) for m, s in zip(agg["auc_mean"], agg["auc_std"], strict=True)],
         "AUC (macro) %": [_pm(m, s) for m, s in zip(agg["auc_macro_mean"], agg["auc_macro_std"],

@@ -1,0 +1,221 @@
+"""Sealed method execution (issue 14): a cheating plugin tries every route to the test labels.
+
+Sealed, under the serial and the Ray runner, each route fails (asserted one by one) and the
+cheater's scores are exactly the honest method's. With ``--unsealed`` (``sealed="off"``) the same
+test shows which routes exist there (the label server, a label file by host path, the user's
+config), so it can fail; the in-process bypasses (``__wrapped__``, the guard, the data root in
+frames, argv and the environment) stay closed either way.
+
+The label server is started by the test itself on 127.0.0.1 (an ephemeral port), serves only
+loopback, and stops at the end of the module (or after 10 minutes at the latest).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import cheating_plugin  # noqa: F401  (registers test-cheater)
+import numpy as np
+import plugins_for_tests  # noqa: F401  (registers test-mean)
+import pytest
+from occbench.datasets import fakes
+from occbench.harness import sandbox
+from occbench.harness.driver import run_jobs
+from occbench.harness.runner import SerialRunner
+from occbench.harness.spec import expand, make_dataset, spec_from_dict
+from occbench.harness.store import RunStore
+
+TESTS = Path(__file__).resolve().parent
+needs_bwrap = pytest.mark.skipif(not sandbox.probe().ok,
+                                 reason=f"no sandbox here: {sandbox.probe().why}")
+
+#: Routes that must be closed in every mode (in-process hardening).
+ALWAYS_CLOSED = ("wrapped", "guard_reset", "frames", "argv", "environ", "sidecar_source")
+#: Routes that only the sandbox closes.
+SEALED_ONLY = ("gc", "ppid", "processes", "memmap", "probe_file", "config",
+               "usr_share_datasets", "label_server")
+
+
+class _Labels(BaseHTTPRequestHandler):
+    payload = b"[]"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(self.payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Fake MNIST under a data root whose path holds a token; a label file elsewhere; a user
+    config naming the root; a loopback label server."""
+    base = tmp_path_factory.mktemp("sealed")
+    token = "tok" + os.urandom(6).hex()
+    root = base / f"root-{token}"
+    fakes.write_mnist(root / "mnist", n_train_per_class=6, n_test_per_class=4)
+    fakes.write_ped2_frames(root / "ped2")  # video: memmaps of the frame cache
+    labels = make_dataset("mnist", {}, str(root)).test_labels("0").per_video[""]
+    secret = base / "secret"
+    secret.mkdir()
+    np.save(secret / "labels.npy", labels)
+    cfg = base / "cfg" / "occbench"
+    cfg.mkdir(parents=True)
+    (cfg / "config.toml").write_text(f'data_root = "{root}"\n')
+    handler = type("H", (_Labels,), {"payload": json.dumps(labels.tolist()).encode()})
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    stop = threading.Timer(600, srv.shutdown)  # bounded even if the module hangs
+    stop.daemon = True
+    stop.start()
+    try:
+        yield {"root": str(root), "token": token, "port": srv.server_address[1],
+               "probe_file": str(secret / "labels.npy"), "config_file": str(cfg / "config.toml"),
+               "xdg": str(base / "cfg"), "labels": labels, "cache": str(base / "cache")}
+    finally:
+        stop.cancel()
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch, world: dict[str, Any]) -> None:
+    monkeypatch.setenv("OCCBENCH_PLUGIN_MODULES", "cheating_plugin,plugins_for_tests")
+    monkeypatch.setenv("PYTHONPATH", str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("XDG_CONFIG_HOME", world["xdg"])
+
+
+def _jobs(world: dict[str, Any]) -> list[Any]:
+    params = {k: world[k] for k in ("token", "port", "probe_file", "config_file")}
+    spec = spec_from_dict({"name": "cheat", "seeds": [0],
+                           "methods": [{"name": "test-cheater", "params": params},
+                                       {"name": "test-mean"}],
+                           "datasets": [{"name": "mnist", "classes": ["0"]},
+                                        {"name": "ped2", "params": {"cache_dir": world["cache"]}}
+                                        ]})
+    jobs = expand(spec, world["root"]).jobs
+    order = {("test-cheater", "mnist"): 0, ("test-mean", "mnist"): 1,
+             ("test-cheater", "ped2"): 2, ("test-mean", "ped2"): 3}
+    return sorted(jobs, key=lambda j: order[(j.method, j.dataset)])
+
+
+def _report(store: RunStore, job_id: str) -> dict[str, str]:
+    m = re.search(r"CHEAT-REPORT (\{.*\})", store.log(job_id))
+    assert m, store.log(job_id)[-2000:]
+    return dict(json.loads(m.group(1)))
+
+
+def _run(tmp_path: Path, world: dict[str, Any], runner: Any) -> tuple[RunStore, list[Any]]:
+    store = RunStore(tmp_path / "store")
+    jobs = _jobs(world)
+    try:
+        s = run_jobs(jobs, store, runner, world["root"])
+    finally:
+        runner.close()
+    assert s.ok == 4, [f["error"] for f in store.failures()]
+    return store, jobs
+
+
+def _check_sealed(store: RunStore, jobs: list[Any]) -> None:
+    cheat, honest, vcheat, vhonest = jobs
+    for jid in (cheat.job_id, vcheat.job_id):
+        rep = _report(store, jid)
+        for route in (*ALWAYS_CLOSED, *SEALED_ONLY):
+            assert rep[route].startswith("blocked"), (route, rep[route])
+    np.testing.assert_array_equal(store.scores(vcheat.job_id)["raw"].to_numpy(),
+                                  store.scores(vhonest.job_id)["raw"].to_numpy())
+    rc, rh = store.record(cheat.job_id), store.record(honest.job_id)
+    assert rc["provenance"]["sealed"] is True and rc["provenance"]["sealed_by"]
+    # an honest AUC: exactly the honest method's scores
+    np.testing.assert_array_equal(store.scores(cheat.job_id)["raw"].to_numpy(),
+                                  store.scores(honest.job_id)["raw"].to_numpy())
+    assert rc["metrics"]["auc"] == rh["metrics"]["auc"]
+
+
+def _check_unsealed(store: RunStore, jobs: list[Any], labels: np.ndarray) -> None:
+    cheat, _, vcheat, _ = jobs
+    vrep = _report(store, vcheat.job_id)
+    # video frames are memmaps of the frame cache, but its sidecars name no source folder
+    assert vrep["memmap"].startswith("open") and "frames" in vrep["memmap"], vrep["memmap"]
+    for route in ALWAYS_CLOSED:
+        assert vrep[route].startswith("blocked"), (route, vrep[route])
+    rep = _report(store, cheat.job_id)
+    print("unsealed routes:", json.dumps(rep, indent=1))  # shown with pytest -s
+    for route in ALWAYS_CLOSED:
+        assert rep[route].startswith("blocked"), (route, rep[route])
+    # the routes exist without the sandbox: the test can fail
+    for route in ("label_server", "probe_file", "config"):
+        assert rep[route].startswith("open"), (route, rep[route])
+    if os.path.isdir("/usr/share/datasets") and os.listdir("/usr/share/datasets"):
+        assert rep["usr_share_datasets"].startswith("open")
+    rec = store.record(cheat.job_id)
+    assert rec["provenance"]["sealed"] is False
+    assert rec["metrics"]["auc"] == 1.0  # it read the labels and returned them as scores
+    np.testing.assert_array_equal(store.scores(cheat.job_id)["raw"].to_numpy(), labels)
+
+
+@needs_bwrap
+def test_serial_sealed_blocks_every_route(tmp_path: Path, world: dict[str, Any]) -> None:
+    store, jobs = _run(tmp_path, world, SerialRunner(sealed="require"))
+    _check_sealed(store, jobs)
+
+
+def test_serial_unsealed_routes_exist(tmp_path: Path, world: dict[str, Any]) -> None:
+    store, jobs = _run(tmp_path, world, SerialRunner(sealed="off"))
+    _check_unsealed(store, jobs, world["labels"])
+
+
+@pytest.fixture(scope="module")
+def local_ray(world: dict[str, Any]) -> Iterator[None]:
+    ray = pytest.importorskip("ray")
+    from occbench.harness.ray_runner import init_local_ray
+
+    # Ray's workers inherit the environment at start: the test plugins and the config
+    saved = {k: os.environ.get(k) for k in ("OCCBENCH_PLUGIN_MODULES", "PYTHONPATH",
+                                            "XDG_CONFIG_HOME")}
+    os.environ.update(OCCBENCH_PLUGIN_MODULES="cheating_plugin,plugins_for_tests",
+                      PYTHONPATH=str(TESTS) + os.pathsep + (saved["PYTHONPATH"] or ""),
+                      XDG_CONFIG_HOME=world["xdg"])
+    if ray.is_initialized():
+        ray.shutdown()
+    init_local_ray(num_cpus=2)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.mark.ray
+@needs_bwrap
+def test_ray_sealed_blocks_every_route(tmp_path: Path, world: dict[str, Any],
+                                       local_ray: None) -> None:
+    from occbench.harness.ray_runner import RayRunner
+
+    store, jobs = _run(tmp_path, world, RayRunner(sealed="require"))
+    _check_sealed(store, jobs)
+    assert store.record(jobs[0].job_id)["provenance"]["ray_node_id"]
+
+
+@pytest.mark.ray
+def test_ray_unsealed_routes_exist(tmp_path: Path, world: dict[str, Any],
+                                   local_ray: None) -> None:
+    from occbench.harness.ray_runner import RayRunner
+
+    store, jobs = _run(tmp_path, world, RayRunner(sealed="off"))
+    _check_unsealed(store, jobs, world["labels"])
