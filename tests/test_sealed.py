@@ -219,3 +219,144 @@ def test_ray_unsealed_routes_exist(tmp_path: Path, world: dict[str, Any],
 
     store, jobs = _run(tmp_path, world, RayRunner(sealed="off"))
     _check_unsealed(store, jobs, world["labels"])
+
+
+# --------------------------------------------------------------------------------------------
+# Same scores sealed and unsealed
+# --------------------------------------------------------------------------------------------
+
+
+def _quick_subset() -> list[Any]:
+    """One job per (method, dataset) of the quick grid, seed 1, the first class."""
+    from occbench.harness.spec import load_spec
+
+    seen: dict[tuple[str, str], Any] = {}
+    for j in expand(load_spec("quick")).jobs:
+        if j.seed == 1:
+            seen.setdefault((j.method, j.dataset), j)
+    return list(seen.values())
+
+
+def _same_scores(job: Any, root: str | None = None) -> dict[str, Any]:
+    from occbench.harness.execute import execute_job
+
+    off = execute_job(job, root, "cpu", sealed="off")
+    on = execute_job(job, root, "cpu", sealed="require")
+    assert off.status == on.status == "ok", (off.error, on.error)
+    assert off.provenance["sealed"] is False and on.provenance["sealed"] is True
+    assert list(off.raw) == list(on.raw)
+    for k in off.raw:  # bit for bit, NaN where NaN
+        assert off.raw[k].dtype == on.raw[k].dtype == np.float64
+        assert off.raw[k].tobytes() == on.raw[k].tobytes(), (job.display, k)
+    return on.provenance
+
+
+@needs_bwrap
+def test_quick_grid_subset_bit_identical_sealed_and_unsealed() -> None:
+    jobs = _quick_subset()
+    assert {j.dataset for j in jobs} == {"digits", "toy-video"} and len(jobs) == 6
+    for j in jobs:
+        prov = _same_scores(j)
+        assert prov["test_independent"] is True  # the classic baselines are inductive
+
+
+@needs_bwrap
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_job_bit_identical_sealed_and_unsealed() -> None:
+    spec = spec_from_dict({"name": "fm", "seeds": [0],
+                           "methods": [{"name": "iforest", "params": {"n_estimators": 50}}],
+                           "datasets": [{"name": "fashion-mnist", "classes": ["trouser"]}]})
+    (job,) = expand(spec).jobs
+    prov = _same_scores(job)
+    # the 6,000 training images went in through the hand-over folder, not the dataset files
+    assert prov["handover"] == {"write": 2}
+
+
+# --------------------------------------------------------------------------------------------
+# No sandbox: auto runs unsealed with a warning, --sealed fails closed
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_bwrap(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv(sandbox.BWRAP_ENV, "/nonexistent/bwrap")
+    sandbox._probe_cache.clear()
+    yield
+    monkeypatch.undo()
+    sandbox._probe_cache.clear()
+
+
+def _digits_job(method: str = "test-mean") -> Any:
+    spec = spec_from_dict({"name": "d", "seeds": [0], "methods": [{"name": method}],
+                           "datasets": [{"name": "digits", "classes": ["0"]}]})
+    return expand(spec).jobs[0]
+
+
+def test_without_bwrap_auto_runs_unsealed_and_require_fails_closed(no_bwrap: None) -> None:
+    from occbench.harness.execute import execute_job
+
+    p = sandbox.probe()
+    assert not p.ok and "bubblewrap" in p.why and "apt-get install bubblewrap" in p.why
+    out = execute_job(_digits_job(), None, "cpu", sealed="auto")
+    assert out.status == "ok" and out.provenance["sealed"] is False
+    assert "running UNSEALED" in out.log and "bubblewrap" in out.provenance["unsealed_reason"]
+    out = execute_job(_digits_job(), None, "cpu", sealed="require")
+    assert out.status == "failed" and out.error is not None
+    assert out.error["type"] == "SandboxUnavailable"
+    with pytest.raises(sandbox.SandboxUnavailable, match="bubblewrap"):
+        sandbox.resolve("require")
+    with pytest.warns(UserWarning, match="UNSEALED"):
+        assert sandbox.resolve("auto")[0] is False
+
+
+def test_cli_sealed_fails_closed_before_any_job(no_bwrap: None, tmp_path: Path) -> None:
+    from occbench.harness.cli import app
+    from typer.testing import CliRunner
+
+    r = CliRunner().invoke(app, ["run", "quick", "--store", str(tmp_path / "s"), "--runner",
+                                 "serial", "--sealed", "--no-board"])
+    assert r.exit_code == 2, r.output
+    assert "sealed execution was required" in r.output
+    assert not list((tmp_path / "s").glob("runs/*"))  # nothing ran
+
+
+# --------------------------------------------------------------------------------------------
+# The board marks unsealed and transductive entries; refresh --require-sealed refuses them
+# --------------------------------------------------------------------------------------------
+
+
+def test_board_marks_unsealed_and_transductive(tmp_path: Path) -> None:
+    from occbench.leaderboard.table import aggregate, display_table, runs_frame
+
+    spec = spec_from_dict({"name": "b", "seeds": [0],
+                           "methods": [{"name": "test-mean"}, {"name": "test-transductive"}],
+                           "datasets": [{"name": "digits", "classes": ["0"]}]})
+    store = RunStore(tmp_path / "s")
+    run_jobs(expand(spec).jobs, store, SerialRunner(in_process=True, sealed="off"))
+    df = runs_frame(store)
+    assert df["unsealed"].all()
+    assert dict(zip(df["method"], df["transductive"], strict=True)) == {
+        "test-mean": False, "test-transductive": True}
+    shown = display_table(aggregate(df))["method"].tolist()
+    assert any("test-transductive" in m and "[transductive]" in m and "[unsealed]" in m
+               for m in shown)
+    assert any(m.startswith("test-mean") and "[transductive]" not in m for m in shown)
+
+
+def test_refresh_require_sealed_refuses_to_publish_unsealed_runs(tmp_path: Path) -> None:
+    from occbench.harness.cli import app
+    from typer.testing import CliRunner
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text('name = "r"\nseeds = [0]\n[[methods]]\nname = "test-mean"\n'
+                    '[[datasets]]\nname = "digits"\nclasses = ["0"]\n')
+    store = RunStore(tmp_path / "s")
+    from occbench.harness.spec import load_spec
+
+    run_jobs(expand(load_spec(str(spec))).jobs, store, SerialRunner(in_process=True,
+                                                                    sealed="off"))
+    r = CliRunner().invoke(app, ["refresh", str(spec), "--store", str(tmp_path / "s"),
+                                 "--board-out", str(tmp_path / "board"), "--require-sealed"])
+    assert r.exit_code == 2, r.output
+    assert "not sealed" in r.output and not (tmp_path / "board").exists()
