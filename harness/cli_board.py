@@ -30,6 +30,9 @@ def board(
         "--protocol", help="Show runs under this protocol instead of their own (one per "
                            "modality, repeatable; metrics not stored are computed from the "
                            "stored raw scores).")] = None,
+    readme: Annotated[Path | None, typer.Option(
+        "--readme", help="Rewrite the headline table between the occbench:headline markers "
+                         "of this file (README.md) from the store.")] = None,
     bootstrap: Annotated[int, typer.Option(
         help="Bootstrap replicates (video-run intervals, rank uncertainty); 0 = no video "
              "bootstrap.")] = 1000,
@@ -68,6 +71,15 @@ def board(
     except (SiteError, PublishedFormatError) as exc:
         raise _fail(str(exc)) from exc
     _print_board(st)
+    if readme is not None:
+        from occbench.leaderboard.readme import update_readme
+
+        try:
+            changed = update_readme(readme, st, published)
+        except (OSError, ValueError) as exc:
+            raise _fail(str(exc)) from None
+        console.print(f"{'updated' if changed else 'unchanged'}: the headline table in "
+                      f"{escape(str(readme))}")
     for f in files:
         console.print(f"wrote {escape(str(f))}")
     if serve:
