@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,6 +23,24 @@ from occbench.harness.api import (
 def _param_fingerprint(name: str, version: str, params: dict[str, Any]) -> str:
     blob = json.dumps({"name": name, "version": version, "params": params}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _digits_content() -> str:
+    """SHA-256 of the bundled ``sklearn/datasets/data/digits.csv.gz`` that ``load_digits`` reads.
+
+    Found without importing scikit-learn (seconds on a busy machine), hashed through the digest
+    cache; ``"unknown"`` if the file is not where it is expected.
+    """
+    import importlib.util
+
+    from occbench.datasets.digest import DigestCache
+
+    spec = importlib.util.find_spec("sklearn")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        f = Path(loc) / "datasets" / "data" / "digits.csv.gz"
+        if f.is_file():
+            return DigestCache().digests([f])[0]
+    return "unknown"
 
 
 @lru_cache(maxsize=1)
@@ -59,7 +78,10 @@ class Digits(Dataset):
         return [str(i) for i in range(10)]
 
     def fingerprint(self) -> str:
-        return _param_fingerprint(self.name, self.version, self.params)
+        """Parameters plus a hash of the bundled data file (a scikit-learn that ships other
+        digits gives other job ids)."""
+        return _param_fingerprint(self.name, self.version,
+                                  {**self.params, "_content": _digits_content()})
 
     def _check_class(self, normal_class: str | None) -> int:
         if normal_class not in self.classes():

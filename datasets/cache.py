@@ -8,8 +8,10 @@ Layout under the cache directory (``$OCCBENCH_CACHE``, default ``~/.cache/occben
 Derived label files (Avenue's mask labels) are memoised elsewhere (:func:`label_cache_root`), and
 the sidecars name no source folder: a method's memmaps lead here, and nothing here leads to labels.
 
-An entry is valid while the ``.json`` records the same source fingerprint (names, sizes and
-mtimes of the source files) and cache format version; otherwise it is rebuilt. Entries are
+An entry is valid while the ``.json`` records the same source fingerprint (names, sizes,
+mtimes, ctimes and inodes of the source files: a stat-based key, cheap enough to check on every
+load) and cache format version; otherwise it is rebuilt. This key is only the cache's own; job
+identity uses the content fingerprint of :mod:`occbench.datasets.digest`. Entries are
 written to a temporary file and renamed into place under a file lock, so concurrent jobs build
 each entry once and a crashed build never leaves a half-written array behind.
 
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from filelock import FileLock
+from occbench.datasets.digest import default_cache_dir
 from occbench.harness.api import DatasetFormatError
 
 #: Bump when decoding/resizing changes so old entries are rebuilt.
@@ -35,9 +38,9 @@ CACHE_FORMAT_VERSION = 1
 
 
 def cache_root() -> Path:
-    """The cache directory: ``$OCCBENCH_CACHE`` or ``~/.cache/occbench``."""
-    env = os.environ.get("OCCBENCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "occbench"
+    """The cache directory: ``$OCCBENCH_CACHE``, else ``$XDG_CACHE_HOME/occbench``, else
+    ``~/.cache/occbench`` (shared with the digest cache of :mod:`occbench.datasets.digest`)."""
+    return default_cache_dir()
 
 
 def label_cache_root(cache_dir: str | Path | None = None) -> Path:

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from occbench.datasets import formats as fmt
+from occbench.datasets.digest import DigestCache, content_fingerprint, relative_names
 from occbench.harness.api import (
     CheckReport,
     Dataset,
@@ -37,6 +38,12 @@ from occbench.harness.api import (
 )
 
 DATA_ROOT_ENV = "OCCBENCH_DATA_ROOT"
+
+
+def _content(ds: Dataset, files: Sequence[Path], folder: Path) -> str:
+    """Content fingerprint of ``files`` (named relative to ``folder``) plus name/version/params."""
+    extra = {"dataset": ds.name, "version": ds.version, "params": ds.params}
+    return content_fingerprint(relative_names(files, folder), extra, DigestCache())
 
 
 def _resolve_class(name: str, normal_class: str | None, classes: Sequence[str]) -> int:
@@ -137,9 +144,9 @@ class IDXDataset(ImageDataset):
         return ImageData(self._images("test_images"))
 
     def fingerprint(self) -> str:
+        """Hash of the bytes of the four IDX files as stored (gzipped or not) and the params."""
         paths = [p for p in self.files().values() if p is not None]
-        return fmt.stat_fingerprint(paths, (self.name, self.version, sorted(self.params.items())),
-                                    mtime=False)
+        return _content(self, paths, self.folder())
 
     def load(self, normal_class: str | None = None) -> DatasetSplit:
         """Training images of the normal class ``(n, 28, 28, 1)``; all test images."""
@@ -309,9 +316,8 @@ class CIFAR10(ImageDataset):
                 if c.is_dir() for p in fmt.list_images(c)]
 
     def fingerprint(self) -> str:
-        return fmt.stat_fingerprint(self._source_files(), (self.name, self.version,
-                                                           sorted(self.params.items())),
-                                    mtime=False)
+        """Hash of the bytes of every batch file (or every image of the folders) and params."""
+        return _content(self, self._source_files(), self._layout()[1])
 
     def _split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         kind, d = self._layout()
@@ -465,10 +471,9 @@ class CIFAR100(ImageDataset):
         return coarse
 
     def fingerprint(self) -> str:
+        """Hash of the bytes of ``train``, ``test`` and ``meta`` and the parameters."""
         d = self.folder()
-        return fmt.stat_fingerprint([d / n for n in CIFAR100_MD5 if (d / n).is_file()],
-                                    (self.name, self.version, sorted(self.params.items())),
-                                    mtime=False)
+        return _content(self, [d / n for n in CIFAR100_MD5 if (d / n).is_file()], d)
 
     def load(self, normal_class: str | None = None) -> DatasetSplit:
         """Training images of the normal superclass ``(n, 32, 32, 3)``; all test images.
@@ -677,11 +682,20 @@ class GTSRBStop(ImageDataset):
         return fmt.read_gtsrb_csv(d / f"GT-{cls:05d}.csv")
 
     def fingerprint(self) -> str:
+        """Hash of the bytes of every file a job may read and the parameters.
+
+        That is every file of every training class folder (the surrogate classifier reads
+        ``surrogate_per_class`` images of each class, the stop class all of them), the test
+        annotation CSV and every image of ``Final_Test/Images``.
+        """
         d = self.folder()
-        files = [*sorted(self._train_dir(GTSRB_STOP).glob("*")), self._test_csv(),
-                 d / "Final_Test" / "Images"]
-        return fmt.stat_fingerprint(files, (self.name, self.version, sorted(self.params.items())),
-                                    mtime=False)
+        train = [p for c in sorted((d / "Final_Training" / "Images").iterdir()) if c.is_dir()
+                 for p in sorted(c.iterdir()) if p.is_file()]
+        test_dir = d / "Final_Test" / "Images"
+        test = fmt.list_images(test_dir) if test_dir.is_dir() else []
+        csv = self._test_csv()
+        files = [*train, *test, *([] if csv in test else [csv])]
+        return _content(self, files, d)
 
     def _train_images(self, cls: int, limit: int | None = None) -> np.ndarray:
         rows = self._class_rows(cls)

@@ -20,7 +20,6 @@ ShanghaiTech ``"01_0014"`` etc., whatever the layout on disk.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from occbench.datasets import formats as fmt
 from occbench.datasets.cache import FrameCache, cache_root, label_cache_root
+from occbench.datasets.digest import DigestCache, content_fingerprint, relative_names
 from occbench.harness.api import (
     CheckReport,
     Dataset,
@@ -283,17 +283,23 @@ class VideoDataset(Dataset):
 
     # -- contract ------------------------------------------------------------------------------
     def fingerprint(self) -> str:
-        """Hash of the selected source files' names/sizes/mtimes, label files and parameters."""
+        """Hash of the bytes of every file a job reads (32 hex chars; see :mod:`..digest`).
+
+        Covers the selected training and test videos' files (frames or AVIs) and the label
+        files of the chosen ``labels`` option, by their path relative to the dataset folder,
+        plus the layout kind, the video ids and the parameters (cache options left out: where
+        frames are cached does not change the data). Any changed byte gives a new fingerprint;
+        the same bytes in another folder or on another machine give the same one.
+        """
         lay = self.layout()
-        h = hashlib.sha256()
-        h.update(f"{self.name}:{self.version}:{lay.kind}:".encode())
-        # where frames are cached does not change the data: leave cache options out
+        train, test = self.train_sources(), self.test_sources()
         params = {k: v for k, v in self.params.items() if k not in ("cache", "cache_dir")}
-        h.update(json.dumps(params, sort_keys=True, default=str).encode())
-        for s in [*self.train_sources(), *self.test_sources()]:
-            h.update(f"{s.video_id}={s.fingerprint(mtime=False)};".encode())
-        h.update(fmt.stat_fingerprint(self._label_files(), mtime=False).encode())
-        return h.hexdigest()[:16]
+        files = [f for s in [*train, *test] for f in s.stat_paths()] + self._label_files()
+        extra = {"dataset": self.name, "version": self.version, "layout": lay.kind,
+                 "params": params, "train": [s.video_id for s in train],
+                 "test": [s.video_id for s in test]}
+        return content_fingerprint(relative_names(files, lay.folder), extra,
+                                   DigestCache(self.params.get("cache_dir")))
 
     def _label_files(self) -> list[Path]:
         """Label files that the chosen ``labels`` option reads (for fingerprints and checks)."""
@@ -593,8 +599,9 @@ class Avenue(VideoDataset):
     def _label_files(self) -> list[Path]:
         if self._labels_choice() == "official":
             return list(self._mask_files().values())
+        # the masks too: they give the video lengths when the .npy is not the official copy's
         p = self._lntra_file()
-        return [p] if p else []
+        return ([p] if p else []) + list(self._mask_files().values())
 
     def _all_labels(self, restrict: bool = True) -> tuple[dict[str, np.ndarray], str]:
         if self._labels_choice() == "lntra":
