@@ -40,9 +40,9 @@ class _Counter:
         self.calls: list[Path] = []
         real = digest.hash_file
 
-        def counted(path: Path) -> str:
+        def counted(path: str | Path, *args: object) -> str:
             self.calls.append(Path(path))
-            return real(path)
+            return real(path, *args)  # type: ignore[arg-type]
 
         monkeypatch.setattr(digest, "hash_file", counted)
 
