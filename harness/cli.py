@@ -226,11 +226,12 @@ def _precheck(sp: Any, root: str | None) -> None:
             raise _fail(f"dataset {d['name']!r} failed its check:\n  " + "\n  ".join(rep.errors))
 
 
-def _print_board(st: Any) -> None:
+def _print_board(st: Any, runs: Any = None, agg: Any = None) -> None:
     from occbench.leaderboard.table import aggregate, display_table, runs_frame
 
-    runs = runs_frame(st)
-    agg = aggregate(runs)
+    # the board passes the tables it has: the store is read once per command
+    runs = runs_frame(st) if runs is None else runs
+    agg = aggregate(runs) if agg is None else agg
     df = display_table(agg)
     if df.empty:
         console.print("no runs in the store yet")

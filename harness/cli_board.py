@@ -43,7 +43,7 @@ def board(
     from occbench.harness.store import RunStore
     from occbench.leaderboard.analysis import analyze, write_tables
     from occbench.leaderboard.published import PublishedFormatError
-    from occbench.leaderboard.site import SiteError, SiteOptions, build_site
+    from occbench.leaderboard.site import SiteError, SiteOptions, build
     from occbench.leaderboard.table import write_board
 
     try:
@@ -58,19 +58,21 @@ def board(
     if bootstrap < 0:
         raise _fail("--bootstrap must be >= 0")
     try:
+        # one analysis (one read of the store) feeds the site, the tables and the terminal
+        a = analyze(st, published, n_boot=bootstrap or 200)
         if site:
-            pages = build_site(st, out, published, SiteOptions(n_boot=bootstrap))
-            _, files = write_board(st, out)
+            res = build(st, out, published, SiteOptions(n_boot=bootstrap), analysis=a)
+            _, files = write_board(st, out, agg=a.agg)
             files.append(out / "index.html")
-            console.print(f"built {len(pages)} pages into {escape(str(out))}/ "
-                          f"(tables in {escape(str(out / 'data'))}/)")
+            console.print(f"built {len(res.pages)} pages into {escape(str(out))}/ "
+                          f"(run pages: {res.runs_built} built, {res.runs_kept} unchanged; "
+                          f"tables in {escape(str(out / 'data'))}/)")
         else:
-            _, files = write_board(st, out)
-            a = analyze(st, published, n_boot=bootstrap or 200)
+            _, files = write_board(st, out, agg=a.agg)
             files += write_tables(a, out)
     except (SiteError, PublishedFormatError) as exc:
         raise _fail(str(exc)) from exc
-    _print_board(st)
+    _print_board(st, runs=a.runs, agg=a.agg)
     if readme is not None:
         from occbench.leaderboard.readme import update_readme
 

@@ -17,13 +17,15 @@ iteration and fixed plot ids make the output a pure function of the store.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,15 @@ from occbench.leaderboard.stats import ALL_PAIRS_MAX, video_bootstrap
 from occbench.leaderboard.table import display_table, markdown
 
 MARKER = ".occbench-site"
+#: Input key of every run page of the last build (``runs/<job_id>.html`` -> sha256).
+MANIFEST = ".occbench-pages.json"
+MANIFEST_SCHEMA = "occbench.site-pages/1"
+_RUN_PAGE_RE = re.compile(r"runs/[0-9a-f]{20}\.html")
+#: A dataset page lists this many runs; the rest go to numbered run-list pages.
+RUNS_PER_PAGE = 500
 OWNED_DIRS = ("datasets", "methods", "runs", "static", "data")
-OWNED_FILES = ("index.html", "sweeps.html", "leaderboard.csv", "leaderboard.md", MARKER)
+OWNED_FILES = ("index.html", "sweeps.html", "leaderboard.csv", "leaderboard.md", MARKER,
+               MANIFEST)
 
 
 class SiteError(RuntimeError):
@@ -131,11 +140,12 @@ def slug(name: str) -> str:
 
 @dataclass(frozen=True)
 class SiteOptions:
-    """Knobs of the build: bootstrap replicates per video run, points per run page."""
+    """Knobs of the build: bootstrap replicates per video run, points per run page, processes."""
 
     n_boot: int = 1000
     timeline_points: int = 6000
     log_chars: int = 4000
+    jobs: int = 0  # processes building run pages; 0 = every core this process may use
 
 
 def _env() -> Environment:
@@ -154,8 +164,13 @@ def _static_dir() -> Path:
     return Path(occbench.site.__file__).resolve().parent / "static"
 
 
-def _prepare_out(out: Path) -> None:
-    """Make ``out`` ready: remove a previous build (only our own files), refuse foreign folders."""
+def _prepare_out(out: Path) -> dict[str, str]:
+    """Make ``out`` ready: remove a previous build (only our own files), refuse foreign folders.
+
+    Run pages are kept when the previous build left its manifest (:data:`MANIFEST`: each
+    page's input key): they are pure functions of their inputs, so unchanged ones are not
+    built again. Returns that manifest (empty when there is none)."""
+    manifest: dict[str, str] = {}
     if out.exists():
         if not out.is_dir():
             raise SiteError(f"{out} is a file; choose a folder for the site")
@@ -166,11 +181,49 @@ def _prepare_out(out: Path) -> None:
         if foreign and not marker:
             raise SiteError(f"{out} holds files that are not an occbench site ({foreign[:3]}); "
                             "choose an empty or new folder for --out")
+        manifest = _read_manifest(out) if marker else {}
         for d in OWNED_DIRS:
+            if d == "runs" and manifest:
+                continue
             if (out / d).is_dir():
                 shutil.rmtree(out / d)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("occbench leaderboard site; rebuilt by `occbench board`\n")
+    return manifest
+
+
+def _read_manifest(out: Path) -> dict[str, str]:
+    try:
+        doc = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    pages = doc.get("pages") if isinstance(doc, dict) else None
+    if not isinstance(pages, dict) or doc.get("schema") != MANIFEST_SCHEMA:
+        return {}
+    return {str(k): str(v) for k, v in pages.items()
+            if isinstance(k, str) and _RUN_PAGE_RE.fullmatch(k)}
+
+
+def _write_manifest(out: Path, pages: dict[str, str]) -> None:
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"schema": MANIFEST_SCHEMA, "pages": dict(sorted(pages.items()))},
+                              indent=0) + "\n")
+    os.replace(tmp, out / MANIFEST)
+
+
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    """Digest of the code and templates a run page is made by: a new occbench rebuilds them."""
+    import occbench.site
+    import plotly
+
+    h = hashlib.sha256(plotly.__version__.encode())
+    here = Path(__file__).resolve().parent
+    tpl = Path(occbench.site.__file__).resolve().parent / "templates"
+    for f in (here / "site.py", here / "plots.py", here / "stats.py", here / "analysis.py",
+              *sorted(tpl.glob("*.html"))):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def _copy_static(out: Path) -> None:
@@ -234,15 +287,8 @@ class _Builder:
                                                  sort=True)}
 
     def render(self, rel: str, template: str, **ctx: Any) -> None:
-        depth = rel.count("/")
-        root = "../" * depth
-        html = self.env.get_template(template).render(
-            root=root, mslug=self.mslug, dslug=self.dslug, has_sweeps=bool(self.a.sweeps),
-            **ctx)
-        p = self.out / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(html, encoding="utf-8")
-        self.written.append(p)
+        self.written.append(_render(self.env, self.out, rel, template, self.mslug, self.dslug,
+                                    bool(self.a.sweeps), **ctx))
 
     # -- overview ------------------------------------------------------------------------------
     def overview(self) -> None:
@@ -345,10 +391,26 @@ class _Builder:
                   if "dataset" in df.columns and ds in set(df["dataset"].astype(str))]
         runrows = _records(runs.sort_values(["label", "protocol", "seed", "normal_class",
                                              "job_id"], key=_class_sort_key))
+        # a sweep of thousands of runs would make a page of megabytes: list the first
+        # RUNS_PER_PAGE here, the rest on numbered pages of the same size
+        base = f"datasets/{self.dslug[ds]}"
+        run_pages: list[dict[str, Any]] = [{"n": k + 1, "first": k * RUNS_PER_PAGE + 1,
+                      "last": min((k + 1) * RUNS_PER_PAGE, len(runrows)),
+                      "href": f"{self.dslug[ds]}.html" if k == 0
+                      else f"{self.dslug[ds]}-runs-{k + 1}.html"}
+                     for k in range(max(1, math.ceil(len(runrows) / RUNS_PER_PAGE)))]
+        for pg in run_pages[1:]:
+            self.render(f"{base}-runs-{pg['n']}.html", "dataset_runs.html", dataset=ds,
+                        modality=str(runs["modality"].iloc[0]), n_runs=len(runrows),
+                        runs=runrows[int(pg["first"]) - 1:int(pg["last"])],
+                        run_pages=run_pages,
+                        page=pg["n"])
+        runrows_shown = runrows[:RUNS_PER_PAGE]
         self.render(f"datasets/{self.dslug[ds]}.html", "dataset.html", dataset=ds,
                     info=_dataset_info(ds), modality=modality, tables=tables, spread=spread,
                     class_tables=class_tables, comparisons=comp, published=_records(pubrows),
-                    n_unreproduced=n_unrep, sweeps=sweeps, runs=runrows,
+                    n_unreproduced=n_unrep, sweeps=sweeps, runs=runrows_shown,
+                    n_runs=len(runrows), run_pages=run_pages, page=1,
                     ranking_protocol=a.ranking_blocks.get(ds), all_pairs_max=ALL_PAIRS_MAX,
                     n_entries=int(runs.loc[~runs["selected_on_test"], "label"].nunique()))
 
@@ -359,13 +421,10 @@ class _Builder:
         plugin = str(runs["method"].iloc[0])
         versions = sorted(runs["method_version"].astype(str).unique())
         params = []
-        seen = set()
-        for jid in runs["job_id"]:
-            p = (self.store.record(jid).get("job") or {}).get("method_params") or {}
-            key = json.dumps(p, sort_keys=True, default=str)
-            if key not in seen:
-                seen.add(key)
-                params.append({k: json.dumps(v, default=str) for k, v in sorted(p.items())})
+        # the runs table holds each run's parameters: the records are not read again
+        for text in sorted(set(runs["method_params"].astype(str))):
+            p = json.loads(text)
+            params.append({k: json.dumps(v, default=str) for k, v in sorted(p.items())})
         params.sort(key=lambda d: json.dumps(d, sort_keys=True))
         agg = _records(a.agg[a.agg["method"] == label])
         mine = a.published[a.published["method"] == label]
@@ -376,10 +435,75 @@ class _Builder:
                     published=_records(mine[rep]), unreproduced=_records(mine[~rep]))
 
     # -- run pages -----------------------------------------------------------------------------
-    def run(self, row: dict[str, Any]) -> None:
+    def run_items(self) -> list[tuple[dict[str, Any], tuple[list[str], list[float]] | None]]:
+        """Each run row with what its page shows of its siblings (image runs: the AUC of every
+        class of the same entry and seed)."""
+        items: list[tuple[dict[str, Any], tuple[list[str], list[float]] | None]] = []
+        for row in _records(self.a.runs):
+            sib = None
+            if row["modality"] != "video":
+                same = self.siblings[(row["label"], row["dataset"], row["protocol"], row["seed"])]
+                sib = (same["normal_class"].astype(str).tolist(),
+                       [float(v) for v in same["auc"]])
+            items.append((row, sib))
+        return items
+
+    def run_context(self) -> _RunContext:
+        return _RunContext(str(self.store.path), self.store.protocol, str(self.out), self.opts,
+                           self.mslug, self.dslug, bool(self.a.sweeps))
+
+    # -- sweeps --------------------------------------------------------------------------------
+    def sweeps(self) -> None:
+        items = []
+        for i, (name, df) in enumerate(sorted(self.a.sweeps.items())):
+            items.append(_sweep_item(i, name, df))
+        self.render("sweeps.html", "sweeps.html", sweeps=items)
+
+
+def _render(env: Environment, out: Path, rel: str, template: str, mslug: dict[str, str],
+            dslug: dict[str, str], has_sweeps: bool, **ctx: Any) -> Path:
+    root = "../" * rel.count("/")
+    html = env.get_template(template).render(root=root, mslug=mslug, dslug=dslug,
+                                             has_sweeps=has_sweeps, **ctx)
+    p = out / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(html, encoding="utf-8")
+    return p
+
+
+@dataclass(frozen=True)
+class _RunContext:
+    """What every run page needs besides its own run (sent once to each build process)."""
+
+    store: str
+    protocol: str | Sequence[str] | None
+    out: str
+    opts: SiteOptions
+    mslug: dict[str, str]
+    dslug: dict[str, str]
+    has_sweeps: bool
+
+    def common_key(self) -> str:
+        # the number of processes does not change a page
+        return json.dumps([_code_fingerprint(), repr(replace(self.opts, jobs=0)), self.has_sweeps,
+                           self.protocol], default=str)
+
+
+_RunItem = tuple[dict[str, Any], tuple[list[str], list[float]] | None]
+
+
+class _RunPages:
+    """Renders run pages (in the building process or in a worker process)."""
+
+    def __init__(self, ctx: _RunContext) -> None:
+        self.ctx, self.env = ctx, _env()
+        self.store = RunStore(ctx.store, protocol=ctx.protocol)
+        self.out, self.opts = Path(ctx.out), ctx.opts
+
+    def run(self, row: dict[str, Any], sib: tuple[list[str], list[float]] | None) -> Path:
         jid = str(row["job_id"])
-        rec = self.store.record(jid)
-        sc = self.store.scores(jid)
+        rec = self.store.record(jid, row["protocol"])
+        sc = self.store.scores(jid, row["protocol"])
         figs = [plots.roc_figure(sc, "roc")]
         boot = None
         if row["modality"] == "video":
@@ -392,28 +516,95 @@ class _Builder:
                 boot = video_bootstrap(sc, self.opts.n_boot, stable_seed(jid, "videos"),
                                        auc=row["auc"], eer=row["eer"])
         else:
-            same = self.siblings[(row["label"], row["dataset"], row["protocol"], row["seed"])]
+            classes, aucs = sib or ([], [])
             figs.append(plots.class_bars_figure(
-                same["normal_class"].astype(str).tolist(), same["auc"].tolist(),
-                str(row["normal_class"]), "class-bars",
+                classes, aucs, str(row["normal_class"]), "class-bars",
                 f"AUROC per normal class — {row['label']}, seed {row['seed']}"))
             figs.append(plots.histogram_figure(sc, "hist"))
         per_video = (rec.get("metrics") or {}).get("per_video_auc") or {}
         log = self.store.log(jid)
         if len(log) > self.opts.log_chars:
             log = "… (truncated)\n" + log[-self.opts.log_chars:]
-        self.render(f"runs/{jid}.html", "run.html", run=row, record=json.dumps(
-            rec, indent=1, sort_keys=True, default=str), figs=[Markup(f) for f in figs],
-            boot=boot.as_dict() if boot else None, per_video=sorted(per_video.items()),
-            excluded=(rec.get("metrics") or {}).get("excluded_videos") or [], log=log,
-            protocol=rec.get("protocol") or {})
+        return _render(self.env, self.out, f"runs/{jid}.html", "run.html", self.ctx.mslug,
+                       self.ctx.dslug, self.ctx.has_sweeps, run=row, record=json.dumps(
+                           rec, indent=1, sort_keys=True, default=str),
+                       figs=[Markup(f) for f in figs],
+                       boot=boot.as_dict() if boot else None, per_video=sorted(per_video.items()),
+                       excluded=(rec.get("metrics") or {}).get("excluded_videos") or [],
+                       log=log, protocol=rec.get("protocol") or {})
 
-    # -- sweeps --------------------------------------------------------------------------------
-    def sweeps(self) -> None:
-        items = []
-        for i, (name, df) in enumerate(sorted(self.a.sweeps.items())):
-            items.append(_sweep_item(i, name, df))
-        self.render("sweeps.html", "sweeps.html", sweeps=items)
+
+def _run_key(store: RunStore, ctx: _RunContext, common: str, item: _RunItem) -> str:
+    """What a run page is a function of: the run's files (immutable once written: their size
+    and modification time stand for their content), its metrics file under the page's
+    protocol, that protocol's code, its row and siblings in the tables, the links it makes,
+    the site code and options. Equal keys mean byte-identical pages."""
+    from occbench.harness.protocols import get_protocol
+
+    row, sib = item
+    jid = str(row["job_id"])
+    files = []
+    d = store.runs_dir / jid
+    for name in sorted(os.listdir(d)):
+        st = os.stat(d / name)
+        files.append((name, st.st_size, st.st_mtime_ns))
+    try:
+        st = os.stat(store.metrics_path(jid, str(row["protocol"])))
+        files.append(("metrics", st.st_size, st.st_mtime_ns))
+    except (OSError, ValueError):
+        files.append(("metrics", -1, -1))
+    try:
+        pdig = get_protocol(str(row["protocol"])).digest
+    except Exception:  # an unknown protocol: the page says so, keyed by its id
+        pdig = str(row["protocol"])
+    text = json.dumps([common, pdig, files, row, sib, ctx.mslug.get(str(row["label"])),
+                       ctx.dslug.get(str(row["dataset"]))], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_WORKER: _RunPages | None = None
+
+
+def _init_worker(ctx: _RunContext) -> None:
+    global _WORKER
+    _WORKER = _RunPages(ctx)
+
+
+def _build_batch(items: list[_RunItem]) -> list[str]:
+    assert _WORKER is not None, "run-page worker not initialised"
+    return [str(_WORKER.run(row, sib)) for row, sib in items]
+
+
+#: Run pages per task sent to a build process (fewer round trips, still balanced).
+_BATCH = 32
+
+
+def _build_run_pages(ctx: _RunContext, todo: list[_RunItem], jobs: int) -> list[Path]:
+    """Build the ``todo`` run pages, in ``jobs`` processes when there are enough of them."""
+    n = jobs or len(os.sched_getaffinity(0))
+    n = min(n, math.ceil(len(todo) / _BATCH))
+    if n <= 1:
+        pages = _RunPages(ctx)
+        return [pages.run(row, sib) for row, sib in todo]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    batches = [todo[i:i + _BATCH] for i in range(0, len(todo), _BATCH)]
+    # spawn, not fork: the parent holds pyarrow and BLAS thread pools a fork would copy mid-use
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(ctx,)) as ex:
+        return [Path(p) for batch in ex.map(_build_batch, batches) for p in batch]
+
+
+@dataclass
+class SiteBuild:
+    """What a build did: every page of the site, and how many run pages were built again or
+    kept because their inputs had not changed."""
+
+    pages: list[Path]
+    runs_built: int
+    runs_kept: int
+    analysis: Analysis | None = None
 
 
 def _unique_slugs(names: Iterable[str]) -> dict[str, str]:
@@ -493,15 +684,24 @@ def _sweep_item(i: int, name: str, df: pd.DataFrame) -> dict[str, Any]:
 def build_site(store: RunStore | str | Path, out: str | Path,
                published_path: str | Path | None = None,
                options: SiteOptions | None = None) -> list[Path]:
-    """Build the whole site from ``store`` into ``out``; returns the HTML pages written."""
+    """Build the whole site from ``store`` into ``out``; returns its HTML pages."""
+    return build(store, out, published_path, options).pages
+
+
+def build(store: RunStore | str | Path, out: str | Path,
+          published_path: str | Path | None = None, options: SiteOptions | None = None,
+          analysis: Analysis | None = None) -> SiteBuild:
+    """Build the site (see :func:`build_site`); run pages whose inputs did not change since the
+    last build into ``out`` are kept, the others built in parallel processes. ``analysis``:
+    the store's analysis when the caller has it already (the store is then not read again)."""
     st = store if isinstance(store, RunStore) else RunStore(store)
     if not st.runs_dir.exists():
         raise SiteError(f"{st.path} is not a run store (no runs/ folder); run `occbench run` "
                         "first or point --store at one")
     opts = options or SiteOptions()
     outp = Path(out)
-    _prepare_out(outp)
-    a = analyze(st, published_path, n_boot=opts.n_boot if opts.n_boot > 0 else 200)
+    previous = _prepare_out(outp)
+    a = analysis or analyze(st, published_path, n_boot=opts.n_boot if opts.n_boot > 0 else 200)
     _copy_static(outp)
     data = outp / "data"
     write_tables(a, data)
@@ -514,8 +714,20 @@ def build_site(store: RunStore | str | Path, out: str | Path,
         b.dataset(ds)
     for m in sorted(b.mslug):
         b.method(m)
-    for row in _records(a.runs):
-        b.run(row)
+    ctx = b.run_context()
+    common = ctx.common_key()
+    keys: dict[str, str] = {}
+    todo: list[_RunItem] = []
+    for item in b.run_items():
+        rel = f"runs/{item[0]['job_id']}.html"
+        keys[rel] = _run_key(st, ctx, common, item)
+        if previous.get(rel) != keys[rel] or not (outp / rel).exists():
+            todo.append(item)
+    built = _build_run_pages(ctx, todo, opts.jobs)
+    for rel in sorted(set(previous) - set(keys)):  # runs gone from the store (pruned)
+        (outp / rel).unlink(missing_ok=True)
+    _write_manifest(outp, keys)
     if a.sweeps:
         b.sweeps()
-    return b.written
+    pages = sorted({*b.written, *built, *(outp / rel for rel in keys)})
+    return SiteBuild(pages, len(built), len(keys) - len(built), a)

@@ -302,15 +302,18 @@ def _ci(lo: float, hi: float, scale: float = 100.0) -> str:
     return f"[{lo * scale:.2f}, {hi * scale:.2f}]"
 
 
-def write_board(store: RunStore | str | Path, out: str | Path) -> tuple[pd.DataFrame, list[Path]]:
+def write_board(store: RunStore | str | Path, out: str | Path,
+                agg: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[Path]]:
     """Write ``leaderboard.csv`` (numbers) and ``leaderboard.md`` (mean ± std, CI) into ``out``.
+
+    ``agg``: the store's :func:`aggregate` when the caller has it (the store is not read again).
 
     The other tables (per class, comparisons, ranks, published vs reproduced) are written by
     :func:`occbench.leaderboard.analysis.write_tables`.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    agg = aggregate(runs_frame(store))
+    agg = aggregate(runs_frame(store)) if agg is None else agg
     csv, md = out / "leaderboard.csv", out / "leaderboard.md"
     agg.to_csv(csv, index=False)
     md.write_text(

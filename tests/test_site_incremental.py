@@ -1,0 +1,120 @@
+"""The board at scale: run pages keyed by their inputs and kept when unchanged, built in
+parallel processes with the same bytes, dataset run lists paginated, the store read once."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+from pathlib import Path
+
+import pytest
+from occbench.harness.store import RunStore
+from occbench.leaderboard import site as site_mod
+from occbench.leaderboard.site import MANIFEST, SiteOptions, build
+from occbench.leaderboard.synthetic import SynthMethod, derive_run, make_store
+
+OPTS = SiteOptions(n_boot=30, timeline_points=300, jobs=1)
+
+
+def _store(path: Path) -> RunStore:
+    return make_store(path, (SynthMethod("alpha", 2.0), SynthMethod("beta", 1.0)),
+                      image_datasets=("img",), video_datasets=("vid",), seeds=(0, 1),
+                      classes=2, n_images=40, n_videos=2, frames=120)
+
+
+def _tree(p: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(p)): f.read_bytes() for f in sorted(p.rglob("*")) if f.is_file()}
+
+
+def test_rebuild_after_one_new_run_builds_only_its_page(tmp_path: Path) -> None:
+    st = _store(tmp_path / "store")
+    out = tmp_path / "site"
+    first = build(st, out, options=OPTS)
+    n = len(st.job_ids())
+    assert (first.runs_built, first.runs_kept) == (n, 0)
+    manifest = json.loads((out / MANIFEST).read_text())["pages"]
+    assert sorted(manifest) == sorted(f"runs/{j}.html" for j in st.job_ids())
+    before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.html")}
+
+    again = build(RunStore(st.path), out, options=OPTS)  # nothing changed: nothing rebuilt
+    assert (again.runs_built, again.runs_kept) == (0, n)
+
+    new = derive_run(st, st.job_ids()[0], {"seed": 7})
+    third = build(RunStore(st.path), out, options=OPTS)
+    assert (third.runs_built, third.runs_kept) == (1, n)
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # untouched
+    assert (out / "runs" / f"{new}.html").exists()
+    # the kept pages are exactly what a build from scratch writes
+    fresh = tmp_path / "fresh"
+    build(RunStore(st.path), fresh, options=OPTS)
+    assert _tree(out) == _tree(fresh)
+
+
+def test_changed_inputs_rebuild_and_gone_runs_lose_their_page(tmp_path: Path) -> None:
+    st = _store(tmp_path / "store")
+    out = tmp_path / "site"
+    build(st, out, options=OPTS)
+    (out / "runs" / "notes.txt").write_text("mine")  # not ours: never deleted
+    gone = st.job_ids()[0]
+    assert st.set_aside(gone)
+    # other options change every page (here: fewer bootstrap replicates)
+    r = build(RunStore(st.path), out, options=SiteOptions(n_boot=20, timeline_points=300,
+                                                          jobs=1))
+    assert r.runs_kept == 0 and r.runs_built == len(st.job_ids())
+    assert not (out / "runs" / f"{gone}.html").exists()
+    assert (out / "runs" / "notes.txt").read_text() == "mine"
+    # a damaged manifest is not trusted: everything is built again
+    (out / MANIFEST).write_text("{not json")
+    r = build(RunStore(st.path), out, options=SiteOptions(n_boot=20, timeline_points=300,
+                                                          jobs=1))
+    assert r.runs_kept == 0
+
+
+def test_parallel_build_writes_the_same_bytes(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    st = _store(tmp_path / "store")
+    monkeypatch.setattr(site_mod, "_BATCH", 2)  # several tasks even for a small store
+    par = build(st, tmp_path / "par", options=SiteOptions(n_boot=30, timeline_points=300,
+                                                          jobs=2))
+    assert par.runs_built == len(st.job_ids())
+    build(RunStore(st.path), tmp_path / "ser", options=OPTS)
+    cmp = filecmp.dircmp(tmp_path / "par", tmp_path / "ser")
+    assert _tree(tmp_path / "par") == _tree(tmp_path / "ser"), cmp.diff_files
+
+
+def test_dataset_pages_paginate_their_runs(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    st = make_store(tmp_path / "store", (SynthMethod("alpha", 2.0), SynthMethod("beta", 1.0)),
+                    image_datasets=("img",), video_datasets=(), seeds=(0, 1, 2), classes=3,
+                    n_images=30)
+    monkeypatch.setattr(site_mod, "RUNS_PER_PAGE", 7)
+    build(st, tmp_path / "site", options=OPTS)
+    d = tmp_path / "site" / "datasets"
+    main = (d / "img.html").read_text()
+    # 18 runs: 7 here, then pages 2 and 3
+    assert main.count('href="../runs/') == 7
+    assert 'href="img-runs-2.html">8–14</a>' in main and 'href="img-runs-3.html">15–18' in main
+    p3 = (d / "img-runs-3.html").read_text()
+    assert p3.count('href="../runs/') == 4 and 'href="img.html">1–7</a>' in p3
+    listed = set()
+    for f in (d / "img.html", d / "img-runs-2.html", d / "img-runs-3.html"):
+        listed |= set(__import__("re").findall(r'runs/([0-9a-f]{20})\.html', f.read_text()))
+    assert listed == set(st.job_ids())
+
+
+def test_a_rebuild_with_nothing_changed_reads_each_record_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    st = _store(tmp_path / "store")
+    out = tmp_path / "site"
+    build(st, out, options=OPTS)
+    calls: list[str] = []
+    real = RunStore.record
+
+    def counting(self: RunStore, job_id: str, protocol: str | None = None) -> dict:
+        calls.append(job_id)
+        return real(self, job_id, protocol)
+
+    monkeypatch.setattr(RunStore, "record", counting)
+    r = build(RunStore(st.path), out, options=OPTS)
+    assert r.runs_built == 0
+    assert sorted(calls) == sorted(st.job_ids())  # the tables' one pass, no page re-reads
