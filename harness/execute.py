@@ -310,6 +310,15 @@ def _load_auxiliary(dataset: str, root_key: str | None) -> ImageData:
     return ImageData(np.ascontiguousarray(ds.auxiliary_images()))
 
 
+def load_split(dataset: str, params: dict[str, Any], root: str | None,
+               normal_class: str | None) -> DatasetSplit:
+    """One dataset split, through this process's split cache (keyed by a digest of ``root``)."""
+    import json
+
+    with _root_for_load(root) as key:
+        return _load_split(dataset, json.dumps(params, sort_keys=True), key, normal_class)
+
+
 def load_inputs(job: Job, root: str | None) -> tuple[DatasetSplit, dict[str, ImageData]]:
     """The job's unlabelled split and auxiliary images (cached per worker process)."""
     import json

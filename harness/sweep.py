@@ -342,7 +342,7 @@ def _validation_objective(sw: SweepSpec, data_root: str | None, device: str,
     import tempfile
 
     from occbench.harness.api import Context
-    from occbench.harness.execute import _load_split
+    from occbench.harness.execute import load_split
 
 
     cls = registry.methods.get(sw.method)
@@ -358,8 +358,7 @@ def _validation_objective(sw: SweepSpec, data_root: str | None, device: str,
     aucs: list[float] = []
     t0 = time.perf_counter()
     for c in classes:
-        split = _load_split(sw.dataset, json.dumps(sw.dataset_params, sort_keys=True),
-                            data_root, c)
+        split = load_split(sw.dataset, sw.dataset_params, data_root, c)
         for seed in sw.seeds:
             method = cls(**params)
             rng = np.random.default_rng([seed, 7919])  # not the method's own stream
