@@ -256,16 +256,81 @@ def read_cifar100_meta(path: Path) -> tuple[list[str], list[str]]:
 # --------------------------------------------------------------------------------------------
 
 
+JPEG_EXTS: tuple[str, ...] = (".jpg", ".jpeg")
+_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
+_PAD = b"\x00\r\n\t "  # some writers pad after the end-of-image marker
+_TRUNCATED = ("is a truncated JPEG: no end-of-image marker FFD9 (libjpeg only prints "
+              "'Premature end of JPEG file' and fills the missing part grey)")
+
+
+def _pil_decodes_strictly(data: bytes) -> bool:
+    """Whether Pillow decodes ``data`` completely with truncated images refused."""
+    import io
+    import warnings
+
+    from PIL import Image, ImageFile
+
+    if getattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False):  # someone relaxed it globally
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+        except Exception:  # OSError "image file is truncated", a decoder warning as error ...
+            return False
+    return True
+
+
+def jpeg_problem(data: bytes) -> str | None:
+    """Why the bytes of a ``.jpg`` are not a complete JPEG, or ``None``.
+
+    A complete JPEG starts with the start-of-image marker FFD8 and ends with the end-of-image
+    marker FFD9 (padding bytes after it allowed). A file without FFD9 at its end is checked with
+    Pillow's strict decoder, which accepts files with extra data after the image (camera
+    trailers) and refuses a truncated one.
+    """
+    if data[:2] != _SOI:
+        return "is not a JPEG (no start-of-image marker FFD8)"
+    if data[-256:].rstrip(_PAD).endswith(_EOI) or _pil_decodes_strictly(data):
+        return None
+    return _TRUNCATED
+
+
+def jpeg_file_problem(path: Path) -> str | None:
+    """:func:`jpeg_problem` of a file, reading only its first and last bytes when it is fine."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(max(0, size - 64))
+        tail = fh.read()
+    if head == _SOI and tail.rstrip(_PAD).endswith(_EOI):
+        return None
+    return jpeg_problem(Path(path).read_bytes())
+
+
 def read_image(path: Path, size: tuple[int, int] | None = None, channels: int = 3) -> np.ndarray:
     """Read one image as ``(H, W, channels)`` uint8 (RGB), resized to ``size=(H, W)`` if given.
 
-    Resizing uses area interpolation when shrinking and bilinear when enlarging.
+    Resizing uses area interpolation when shrinking and bilinear when enlarging. Strict: a
+    truncated JPEG (which libjpeg decodes with only a printed warning) is a
+    :class:`DatasetFormatError` naming the file, as is any file OpenCV cannot decode.
     """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise DatasetNotFoundError(f"image {path} does not exist") from exc
+    except OSError as exc:
+        raise DatasetFormatError(f"{path}: cannot read ({exc})") from exc
+    if path.suffix.lower() in JPEG_EXTS or data[:2] == _SOI:
+        why = jpeg_problem(data)
+        if why is not None:
+            raise DatasetFormatError(f"{path} {why}; replace it with an intact copy from the "
+                                     "original archive")
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    img = cv2.imread(str(path), flag)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag) if data else None
     if img is None:
-        if not Path(path).exists():
-            raise DatasetNotFoundError(f"image {path} does not exist")
         raise DatasetFormatError(f"{path}: cannot decode image; the file is corrupt, replace it")
     return convert_frame(img, size, channels, bgr=True)
 
@@ -330,20 +395,33 @@ def avi_frame_count(path: Path) -> int:
 def iter_avi(
     path: Path, size: tuple[int, int] | None = None, channels: int = 3
 ) -> Iterator[np.ndarray]:
-    """Decode an AVI frame by frame, each ``(H, W, C)`` uint8 RGB/grey."""
+    """Decode an AVI frame by frame, each ``(H, W, C)`` uint8 RGB/grey.
+
+    Strict: fewer decodable frames than the header announces (a truncated or damaged file,
+    which FFmpeg only logs) raises :class:`DatasetFormatError` naming the file, after the
+    frames decoded so far were yielded.
+    """
     if not Path(path).exists():
         raise DatasetNotFoundError(f"video {path} does not exist")
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise DatasetFormatError(f"{path}: OpenCV cannot open this video; it is corrupt")
+    n = 0
     try:
+        expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         while True:
             ok, frame = cap.read()
             if not ok:
                 break
+            n += 1
             yield convert_frame(frame, size, channels, bgr=True)
     finally:
         cap.release()
+    if n < expected:
+        raise DatasetFormatError(
+            f"{path}: the AVI header announces {expected} frames but only {n} could be "
+            "decoded; the video is truncated or damaged, replace it with an intact copy"
+        )
 
 
 def read_avi(path: Path, size: tuple[int, int] | None = None, channels: int = 3) -> np.ndarray:

@@ -99,6 +99,20 @@ class VideoSource:
     def stat_paths(self) -> list[Path]:
         return self.files if self.kind == "frames" else [self.path]
 
+    def missing_frames(self) -> list[str]:
+        """Frame file names absent from a numbered sequence (``000.jpg`` ... ``179.jpg`` with
+        ``051.jpg`` gone → ``["051.jpg"]``); empty for AVIs and non-numeric names."""
+        if self.kind != "frames" or not self.files:
+            return []
+        stems = [f.stem for f in self.files]
+        if not all(st.isdigit() for st in stems):
+            return []
+        nums = sorted({int(st) for st in stems})
+        if nums[-1] - nums[0] + 1 == len(nums):
+            return []
+        width, ext, have = len(stems[0]), self.files[0].suffix, set(nums)
+        return [f"{n:0{width}d}{ext}" for n in range(nums[0], nums[-1] + 1) if n not in have]
+
     def fingerprint(self, mtime: bool = True) -> str:
         """Cache key (with mtimes) or, with ``mtime=False``, the portable part of a job id."""
         return fmt.stat_fingerprint(self.stat_paths(), (self.video_id, self.kind), mtime=mtime)
@@ -181,6 +195,10 @@ class VideoDataset(Dataset):
     help_text: ClassVar[str] = ""
     #: official test video ids in order (to report missing ones); empty if unknown
     official_test_ids: ClassVar[tuple[str, ...]] = ()
+    #: whether the official test ids are one numbering 01..NN, so that a gap in the present
+    #: ones means a deleted video even without reading labels (Ped2, Avenue; not ShanghaiTech,
+    #: whose ids are sparse)
+    numbered_test_ids: ClassVar[bool] = False
     label_choices: ClassVar[tuple[str, ...]] = ("auto",)
     known_params: ClassVar[frozenset[str]] = frozenset(
         {"size", "channels", "train_videos", "test_videos", "cache", "cache_dir", "labels"}
@@ -337,8 +355,61 @@ class VideoDataset(Dataset):
         cache = self._cache()
         return VideoData(tuple(Video(s.video_id, self._frames(s, cache)) for s in sources))
 
+    # -- strictness ----------------------------------------------------------------------------
+    def _subset_hint(self) -> str:
+        present = [s.video_id for s in self.layout().test]
+        return (f"restore them from the original archive, or run on the present videos only "
+                f"with the parameter test_videos={json.dumps(present)} (a run on a subset is a "
+                "separate entry and never replaces one on the whole set)")
+
+    def _official_gaps(self) -> list[str]:
+        """Official test ids absent although a later one is present (label-free, for
+        :meth:`load`); empty when ``test_videos`` names the videos explicitly."""
+        if (self.params.get("test_videos") is not None or not self.official_test_ids
+                or not self.numbered_test_ids):
+            return []
+        present = {s.video_id for s in self.layout().test}
+        idx = [i for i, v in enumerate(self.official_test_ids) if v in present]
+        if not idx:
+            return []
+        return [v for v in self.official_test_ids[: max(idx)] if v not in present]
+
+    def _source_problems(self, sources: Sequence[VideoSource]) -> list[str]:
+        """Frames missing inside numbered sequences, one message per video."""
+        out = []
+        for s in sources:
+            gone = s.missing_frames()
+            if gone:
+                more = f" and {len(gone) - 5} more" if len(gone) > 5 else ""
+                out.append(f"{self.name}: video {s.video_id!r} in {s.path}: frame file(s) "
+                           f"{', '.join(gone[:5])}{more} missing from its numbered sequence; "
+                           "restore them from the original archive")
+        return out
+
+    def _label_video_ids(self) -> list[str]:
+        """Test video ids that the chosen label source covers (reads label files: never call
+        it from :meth:`load`). Subclasses override it where that is cheaper than all labels."""
+        return list(self._all_labels(restrict=False)[0])
+
+    def _missing_vs_labels(self) -> list[str]:
+        """Test videos the labels cover but the disk lacks (``test_videos`` not given)."""
+        if self.params.get("test_videos") is not None:
+            return []
+        present = {s.video_id for s in self.layout().test}
+        return [v for v in self._label_video_ids() if v not in present]
+
+    def _missing_message(self, missing: Sequence[str], source: str) -> str:
+        return (f"{self.name}: test video(s) {list(missing)} have labels in {source} but are not "
+                f"on disk under {self.layout().folder}; {self._subset_hint()}")
+
+    # -- contract ------------------------------------------------------------------------------
     def load(self, normal_class: str | None = None) -> DatasetSplit:
-        """Training videos (all normal) and unlabelled test videos; reads no label file."""
+        """Training videos (all normal) and unlabelled test videos; reads no label file.
+
+        Strict: a gap in the official test numbering (e.g. Ped2 ``02`` gone while ``03`` is
+        there), a frame missing inside a numbered sequence, a truncated JPEG or AVI raise an
+        error naming the video or file (without ``test_videos`` a run must see the whole set).
+        """
         if normal_class is not None:
             raise ValueError(f"{self.name} is a video dataset: normal_class must be None")
         train = self.train_sources()
@@ -347,6 +418,15 @@ class VideoDataset(Dataset):
         test = self.test_sources()
         if not test:
             raise self._not_found("no test videos found")
+        gaps = self._official_gaps()
+        if gaps:
+            raise DatasetNotFoundError(
+                f"{self.name}: test video(s) {gaps} are missing under {self.layout().folder} "
+                f"while later ones are present; {self._subset_hint()}"
+            )
+        problems = self._source_problems([*train, *test])
+        if problems:
+            raise DatasetFormatError("\n".join(problems))
         return DatasetSplit(train=self.load_videos(train), test=self.load_videos(test))
 
     def _all_labels(self, restrict: bool = True) -> tuple[dict[str, np.ndarray], str]:
@@ -358,8 +438,17 @@ class VideoDataset(Dataset):
         raise NotImplementedError
 
     def test_labels(self, normal_class: str | None = None) -> Labels:
-        """``(T,)`` 0/1 labels (1 = anomalous) per selected test video, aligned with ``load``."""
+        """``(T,)`` 0/1 labels (1 = anomalous) per selected test video, aligned with ``load``.
+
+        Strict: a test video the label source covers but the disk lacks is an error (unless
+        ``test_videos`` selects a subset explicitly), so a run on a subset never passes for one
+        on the whole set.
+        """
         table, source = self._all_labels()
+        if self.layout().test:
+            absent = self._missing_vs_labels()
+            if absent:
+                raise DatasetFormatError(self._missing_message(absent, source))
         ids = [s.video_id for s in self.test_sources()] if self.layout().test else list(table)
         missing = [v for v in ids if v not in table]
         if missing:
@@ -369,7 +458,9 @@ class VideoDataset(Dataset):
         return Labels(per_video={v: table[v] for v in ids}, source=source)
 
     def check(self) -> CheckReport:
-        """Layout, video counts, label length vs frame count per test video (no decoding)."""
+        """Layout, video counts, label length vs frame count per test video, test videos and
+        frames missing relative to the labels, truncated JPEG frames (their first and last
+        bytes are read; nothing is decoded)."""
         rep = CheckReport(self.name)
         try:
             lay = self.layout()
@@ -382,19 +473,27 @@ class VideoDataset(Dataset):
             rep.errors.append(f"no training videos under {lay.folder}")
         if not lay.test:
             rep.errors.append(f"no test videos under {lay.folder}")
-        if self.official_test_ids and lay.test:
-            present = {s.video_id for s in lay.test}
-            absent = [v for v in self.official_test_ids if v not in present]
-            if absent:
-                rep.warnings.append(
-                    f"only {len(present)} of {len(self.official_test_ids)} official test videos "
-                    f"present (missing {absent}); results are on a subset and not comparable"
-                )
         try:
             train_sel, test_sel = self.train_sources(), self.test_sources()
+            rep.errors += self._source_problems([*train_sel, *test_sel])
+            rep.errors += self._jpeg_problems([*train_sel, *test_sel])
             counts = {s.video_id: s.n_frames() for s in test_sel}
             rep.facts["train_frames"] = sum(s.n_frames() for s in train_sel)
             rep.facts["test_frames"] = sum(counts.values())
+            absent = self._missing_vs_labels() if lay.test else []
+            if absent:
+                rep.errors.append(self._missing_message(absent, self._all_labels()[1]))
+            if self.official_test_ids and lay.test:
+                present = {s.video_id for s in lay.test}
+                off = [v for v in self.official_test_ids if v not in present]
+                if off and not absent:
+                    rep.warnings.append(
+                        f"only {len(present)} of {len(self.official_test_ids)} official test "
+                        f"videos present (missing {off}); results are on a subset and not "
+                        "comparable"
+                    )
+            if absent:
+                return rep
             labels = self.test_labels()
             rep.facts["label_source"] = labels.source
             rep.facts["anomalous_frames"] = int(
@@ -409,6 +508,19 @@ class VideoDataset(Dataset):
         except (DatasetNotFoundError, DatasetFormatError, ValueError) as exc:
             rep.errors.append(str(exc))
         return rep
+
+    def _jpeg_problems(self, sources: Sequence[VideoSource], limit: int = 5) -> list[str]:
+        bad = []
+        for s in sources:
+            for f in s.files:
+                if f.suffix.lower() in fmt.JPEG_EXTS:
+                    why = fmt.jpeg_file_problem(f)
+                    if why is not None:
+                        bad.append(f"{f} {why}; replace it with an intact copy from the "
+                                   "original archive")
+        if len(bad) > limit:
+            bad = [*bad[:limit], f"... and {len(bad) - limit} more truncated JPEG frames"]
+        return bad
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -459,6 +571,7 @@ class Ped2(VideoDataset):
     description = "UCSD Ped2 (frame-level labels; 16 train / 12 test videos)"
     folder_names = ("ped2", "UCSDped2", "UCSD_Anomaly_Dataset.v1p2/UCSDped2", "ped2/UCSDped2")
     official_test_ids = tuple(f"{i:02d}" for i in range(1, 13))
+    numbered_test_ids = True
     label_choices = ("auto", "ucsd-m", "mat", "npy")
     help_text = (
         "Ped2 layouts accepted under <data root>/ped2 (or UCSDped2, "
@@ -504,6 +617,13 @@ class Ped2(VideoDataset):
             return [self._label_file()[1]]
         except DatasetNotFoundError:
             return []
+
+    def _label_video_ids(self) -> list[str]:
+        kind, path = self._label_file()
+        if kind == "npy":  # cut by the official lengths or the frames on disk
+            return super()._label_video_ids()
+        ranges = fmt.parse_ucsd_m(path) if kind == "ucsd-m" else fmt.read_ped2_mat(path)
+        return [f"{i + 1:02d}" for i in range(len(ranges))]
 
     def _all_labels(self, restrict: bool = True) -> tuple[dict[str, np.ndarray], str]:
         kind, path = self._label_file()
@@ -553,6 +673,7 @@ class Avenue(VideoDataset):
     description = "CUHK Avenue (frame-level labels; 16 train / 21 test videos)"
     folder_names = ("avenue", "Avenue", "Avenue Dataset", "avenue-partial", "CUHK_Avenue")
     official_test_ids = tuple(f"{i:02d}" for i in range(1, 22))
+    numbered_test_ids = True
     label_choices = ("official", "lntra")
     lntra_names = ("frame_labels_avenue.npy", "frame_labels_avenue_lntra.npy")
     help_text = (
@@ -602,6 +723,14 @@ class Avenue(VideoDataset):
         # the masks too: they give the video lengths when the .npy is not the official copy's
         p = self._lntra_file()
         return ([p] if p else []) + list(self._mask_files().values())
+
+    def _label_video_ids(self) -> list[str]:
+        if self._labels_choice() == "official":  # one mask file per video: no need to read them
+            masks = self._mask_files()
+            if not masks:
+                self._all_labels()  # raises the "need testing_label_mask" error
+            return list(masks)
+        return super()._label_video_ids()
 
     def _all_labels(self, restrict: bool = True) -> tuple[dict[str, np.ndarray], str]:
         if self._labels_choice() == "lntra":
@@ -714,6 +843,12 @@ class ShanghaiTech(VideoDataset):
         except DatasetNotFoundError:
             return []
         return sorted(p.glob("*.npy")) if kind == "masks" else [p]
+
+    def _label_video_ids(self) -> list[str]:
+        kind, p = self._which()
+        if kind == "masks":
+            return [f.stem for f in sorted(p.glob("*.npy"))]
+        return super()._label_video_ids()
 
     def _all_labels(self, restrict: bool = True) -> tuple[dict[str, np.ndarray], str]:
         kind, p = self._which()

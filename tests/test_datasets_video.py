@@ -100,8 +100,16 @@ def test_load_reads_no_label_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_avenue_official_partial_and_lntra(tmp_path: Path) -> None:
     info = fakes.write_avenue(tmp_path / "avenue", test_lengths=(10, 8, 6), present_test=[0, 2])
-    off = Avenue(tmp_path, size=[12, 16])
-    lntra = Avenue(tmp_path, size=[12, 16], labels="lntra")
+    # video 02 is missing: strict everywhere unless the subset is named explicitly
+    whole = Avenue(tmp_path, size=[12, 16])
+    with pytest.raises(DatasetNotFoundError, match=r"\['02'\] are missing(.|\n)*test_videos"):
+        whole.load()
+    with pytest.raises(DatasetFormatError, match=r"\['02'\] have labels in avenue:official"):
+        whole.test_labels()
+    rep = whole.check()
+    assert not rep.ok and any("['02'] have labels" in e for e in rep.errors), rep.errors
+    off = Avenue(tmp_path, size=[12, 16], test_videos=["01", "03"])
+    lntra = Avenue(tmp_path, size=[12, 16], labels="lntra", test_videos=["01", "03"])
     split = off.load()
     assert split.test.video_ids == ["01", "03"]
     assert split.test.videos[0].frames.shape == (10, 12, 16, 3)
