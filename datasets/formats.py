@@ -575,6 +575,16 @@ def split_concatenated(
     return out
 
 
+#: The environment variable naming the data root, and the older name still accepted.
+DATA_ROOT_ENV = "OCCBENCH_DATA_ROOT"
+DATA_ROOT_ENV_ALIAS = "OCCBENCH_DATA"
+
+
+def env_data_root() -> Path | None:
+    """``$OCCBENCH_DATA_ROOT``, else ``$OCCBENCH_DATA`` (the name the tests used first)."""
+    return env_path(DATA_ROOT_ENV) or env_path(DATA_ROOT_ENV_ALIAS)
+
+
 def env_path(name: str) -> Path | None:
     """``Path`` from environment variable ``name`` if set and non-empty."""
     v = os.environ.get(name)

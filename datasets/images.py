@@ -78,16 +78,25 @@ class ImageDataset(Dataset):
     help_text: ClassVar[str] = ""
 
     def _roots(self) -> list[Path]:
-        root = self.root if self.root is not None else fmt.env_path(DATA_ROOT_ENV)
-        out: list[Path] = []
+        """Where to look: the data root (given, or from the environment) and its usual
+        sub-folders; system folders (Debian's ``/usr/share/datasets``) only when there is no
+        data root at all, so an explicit root is never silently replaced by another copy."""
+        root = self.root if self.root is not None else fmt.env_data_root()
         if root is not None:
-            out += [root, *(root / n for n in self.folder_names)]
-        out += [Path(p) for p in self.system_dirs]
-        return out
+            return [root, *(root / n for n in self.folder_names)]
+        return [Path(p) for p in self.system_dirs]
 
     def _not_found(self, what: str) -> DatasetNotFoundError:
         tried = ", ".join(str(c) for c in self._roots()) or "(no data root given)"
-        return DatasetNotFoundError(f"{self.name}: {what} (looked in: {tried}).\n{self.help_text}")
+        root = self.root if self.root is not None else fmt.env_data_root()
+        hint = ""
+        if root is not None and any(Path(p).is_dir() for p in self.system_dirs):
+            hint = (f"\nA system copy exists in {', '.join(self.system_dirs)} but is used only "
+                    f"without a data root: link it into the root (ln -s {self.system_dirs[0]} "
+                    f"{root}/{self.folder_names[0] if self.folder_names else self.name}) or drop "
+                    "--data-root.")
+        return DatasetNotFoundError(f"{self.name}: {what} (looked in: {tried}).\n"
+                                    f"{self.help_text}{hint}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -241,7 +241,7 @@ class VideoDataset(Dataset):
     def _root(self) -> Path:
         if self.root is not None:
             return self.root
-        env = fmt.env_path(DATA_ROOT_ENV)
+        env = fmt.env_data_root()
         if env is None:
             raise DatasetNotFoundError(
                 f"{self.name}: no data root given (use --data-root, ${DATA_ROOT_ENV} or "

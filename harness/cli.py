@@ -1,59 +1,161 @@
-"""The ``occbench`` command line (typer)."""
+"""The ``occbench`` command line (typer).
+
+Start-up is kept cheap (``occbench --help``, completion): this module imports only typer and
+rich at load time; numpy, pandas, scikit-learn, torch and Ray are imported inside the commands
+that need them.
+"""
 
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 import time
-from collections import Counter
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
+from occbench.harness.ui import OFF_TERMINAL_WIDTH, console, err, escape, make_console, table
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(
     help="occbench: benchmark one-class anomaly detectors (images and video) and build a "
          "leaderboard.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
+    # plain (click) help: typer's rich help imports rich.markdown & co. and alone makes
+    # `occbench --help` ~2.5x slower than importing typer (bench/bench_cli_startup.py)
+    rich_markup_mode=None,
 )
-store_app = typer.Typer(help="Manage run stores.", no_args_is_help=True)
+store_app = typer.Typer(help="Manage run stores.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(store_app, name="store")
-console = Console()
-err = Console(stderr=True)
+
+__all__ = ["OFF_TERMINAL_WIDTH", "app", "console", "err", "escape", "main", "make_console",
+           "table"]
+
+
+class OutFormat(str, Enum):
+    """Output format of listing commands."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+    md = "md"
+
 
 StoreOpt = Annotated[Path, typer.Option("--store", "-s", help="Run store folder.")]
 DataRootOpt = Annotated[
     str | None,
-    typer.Option("--data-root", help="Folder holding the datasets (else $OCCBENCH_DATA_ROOT)."),
+    typer.Option("--data-root", help="Folder holding the datasets (else $OCCBENCH_DATA_ROOT, "
+                                     "or data_root in ~/.config/occbench/config.toml)."),
 ]
+FormatOpt = Annotated[OutFormat, typer.Option(
+    "--format", "-f", help="table (for people), json, csv or md (for scripts and docs).")]
 
 
 def _data_root(value: str | None) -> str | None:
-    try:
-        mod = importlib.import_module("occbench.harness.dataroot")
-    except ImportError:
-        import os
+    from occbench.harness.dataroot import resolve_data_root
 
-        return value or os.environ.get("OCCBENCH_DATA_ROOT")
-    root = mod.resolve_data_root(value)
+    try:
+        root = resolve_data_root(value)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     return None if root is None else str(root)
 
 
 def _fail(msg: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(msg)}")
+    """Print one ``error:`` line (a multi-line message is joined with "; ") and return the exit
+    to raise (status 2: bad input)."""
+    one = "; ".join(s.strip() for s in str(msg).splitlines() if s.strip())
+    err.print(f"[red]error:[/red] {escape(one)}")
     return typer.Exit(code)
+
+
+def store_for_reading(path: Path, protocol: list[str] | None = None) -> Any:
+    """The run store at ``path`` (viewed under ``protocol``: ids, one per modality), or a clean
+    exit naming the fix when there is none."""
+    from occbench.harness.store import RunStore
+
+    if path.exists() and not path.is_dir():
+        raise _fail(f"--store {path} is a file, not a run store folder; give the folder that "
+                    "`occbench run --store` wrote")
+    st = RunStore(path, protocol=protocol) if protocol else RunStore(path)
+    if not st.runs_dir.is_dir():
+        raise _fail(f"{path} is not a run store (no runs/ folder); run `occbench run SPEC "
+                    f"--store {path}` first, or fix --store")
+    return st
+
+
+def store_for_writing(path: Path) -> Any:
+    """The run store at ``path``, created if new; a clean exit when it cannot be one."""
+    from occbench.harness.store import RunStore, StoreError
+
+    if path.exists() and not path.is_dir():
+        raise _fail(f"--store {path} is a file, not a folder; give a new folder or an occbench "
+                    "store")
+    st = RunStore(path)
+    try:
+        st.init()
+    except (StoreError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    return st
+
+
+def emit(rows: list[dict[str, Any]], fmt: OutFormat, title: str | None = None,
+         columns: list[str] | None = None) -> None:
+    """Print ``rows`` as a rich table, or as JSON / CSV / Markdown on stdout (no markup)."""
+    import csv
+    import io
+    import json
+
+    cols = columns or (list(rows[0]) if rows else [])
+    if fmt == OutFormat.json:
+        sys.stdout.write(json.dumps(rows, indent=1, default=str) + "\n")
+    elif fmt == OutFormat.csv:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows({c: ("" if r.get(c) is None else r.get(c)) for c in cols} for r in rows)
+        sys.stdout.write(buf.getvalue())
+    elif fmt == OutFormat.md:
+        def cell(v: Any) -> str:
+            return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
+
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+        sys.stdout.write("\n".join(lines) + "\n")
+    else:
+        t = table(title=title)
+        for c in cols:
+            t.add_column(escape(str(c)), overflow="fold")
+        for r in rows:
+            t.add_row(*(escape("" if r.get(c) is None else str(r.get(c))) for c in cols))
+        console.print(t)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("occbench")
+        except PackageNotFoundError:  # a raw checkout that was never pip-installed
+            v = "0+unknown"
+        typer.echo(f"occbench {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """occbench: benchmark one-class anomaly detectors (images and video), build a leaderboard.
+
+    Start with `occbench run quick --store runs/quick`.
+    """
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,52 +172,224 @@ def make_runner(name: str, device: str, address: str | None, max_concurrent: int
         return SerialRunner(device="cpu" if device == "auto" else device, sealed=sealed)
     if name == "ray":
         mod = importlib.import_module("occbench.harness.ray_runner")
-        return mod.RayRunner(address=address, max_concurrent=max_concurrent, device=device,
-                             sealed=sealed)
-    raise _fail(f"unknown runner {name!r} (serial, ray)")
+        try:
+            return mod.RayRunner(address=address, max_concurrent=max_concurrent, device=device,
+                                 sealed=sealed)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+    raise _fail(f"unknown runner {name!r}: use --runner serial or --runner ray")
 
 
 def default_runner() -> str:
+    """``ray`` when Ray is installed, else ``serial`` (found without importing Ray: slow)."""
+    import importlib.util
+
+    return "ray" if importlib.util.find_spec("ray") is not None else "serial"
+
+
+def _csv_list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def adhoc_spec(methods: str | None, datasets: str | None, classes: str | None,
+               seeds: str | None, fast: bool = False) -> dict[str, Any]:
+    """The spec dict of ``run --methods a,b --datasets x,y [--classes c] [--seeds 0,1]``.
+
+    ``--classes`` applies to image datasets (video datasets have none).
+    """
+    from occbench.harness import registry
+
+    ms, ds = _csv_list(methods), _csv_list(datasets)
+    if not ms or not ds:
+        raise _fail("an ad-hoc run needs both --methods and --datasets (or give a SPEC file)")
     try:
-        importlib.import_module("occbench.harness.ray_runner")
-        return "ray"
-    except ImportError:
-        return "serial"
+        seed_list = [int(s) for s in _csv_list(seeds)] or [0]
+    except ValueError:
+        raise _fail(f"--seeds {seeds!r}: give integers separated by commas, e.g. --seeds 0,1,2"
+                    ) from None
+    cl = _csv_list(classes)
+    dsets: list[dict[str, Any]] = []
+    for d in ds:
+        entry: dict[str, Any] = {"name": d}
+        if cl:
+            try:
+                modality = registry.datasets.get(d).modality
+            except registry.RegistryError as exc:
+                raise _fail(str(exc)) from None
+            if modality == "image":
+                entry["classes"] = cl
+        dsets.append(entry)
+    return {"name": "adhoc", "seeds": seed_list, "methods": [{"name": m} for m in ms],
+            "datasets": dsets, "fast": fast}
+
+
+def _load_plan(spec: str | None, methods: str | None, datasets: str | None,
+               classes: str | None, seeds: str | None, root: str | None) -> tuple[Any, Any]:
+    """(spec, plan) from a spec file/name or the ad-hoc options; user errors exit 2."""
+    from occbench.harness import registry
+    from occbench.harness.spec import SpecError, expand, load_spec, spec_from_dict
+
+    if spec is not None and (methods or datasets):
+        raise _fail("give either a SPEC or --methods/--datasets, not both")
+    if spec is None and not (methods or datasets):
+        raise _fail("what to run? give a SPEC (a TOML file, or `quick`), or --methods and "
+                    "--datasets for an ad-hoc run")
+    try:
+        sp = load_spec(spec) if spec is not None else spec_from_dict(
+            adhoc_spec(methods, datasets, classes, seeds), "<command line>")
+        if spec is not None and (classes or seeds):
+            raise SpecError("--classes and --seeds go with --methods/--datasets; a SPEC sets "
+                            "its own classes and seeds")
+        plan = expand(sp, root)
+    except (SpecError, registry.RegistryError, ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    return sp, plan
+
+
+def check_methods(jobs: list[Any]) -> None:
+    """Run the fast conformance checks once per method that has jobs to run; a failing method
+    stops the run before any job (exit 2), naming the check."""
+    from occbench.harness.conformance import check_method
+
+    seen: dict[str, dict[str, Any]] = {}
+    for j in jobs:
+        seen.setdefault(j.method, j.method_params)
+    for name, params in seen.items():
+        t0 = time.perf_counter()
+        key = _conformance_key(name, params)
+        if key is not None and (conformance_cache() / f"{key}.ok").exists():
+            continue  # passed before, same code and parameters
+        try:
+            report = check_method(name, params, fast=True)
+        except Exception as exc:  # a plugin that cannot even be loaded
+            raise _fail(f"method {name!r} cannot be checked: {type(exc).__name__}: {exc}; "
+                        f"see `occbench validate {name}`") from None
+        fails = report.failures()
+        if fails:
+            f = fails[0]
+            msg = _one_line(f.message)
+            raise _fail(f"method {name!r} fails the conformance check {f.check!r} "
+                        f"({f.modality}){': ' + msg if msg else ''}; fix it (details: "
+                        f"`occbench validate {name}`) or pass --no-check-methods")
+        console.print(f"[dim]conformance of {escape(name)}: ok "
+                      f"({time.perf_counter() - t0:.1f} s)[/dim]")
+        if key is not None:
+            try:
+                conformance_cache().mkdir(parents=True, exist_ok=True)
+                (conformance_cache() / f"{key}.ok").write_text(f"{name}\n")
+            except OSError:  # a read-only home: check again next time
+                pass
+
+
+def conformance_cache() -> Path:
+    """Where passed conformance checks are remembered: ``$XDG_CACHE_HOME/occbench/conformance``
+    (default ``~/.cache/...``)."""
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "occbench" / "conformance"
+
+
+def _conformance_key(name: str, params: dict[str, Any]) -> str | None:
+    """A hash of what the checks' outcome depends on: the method's name, version and
+    parameters, its source file (path, size, modification time: an edited plugin is checked
+    again even without a version bump) and occbench's version; ``None`` if unknown."""
+    import hashlib
+    import inspect
+    import json
+    from importlib.metadata import PackageNotFoundError, version
+
+    from occbench.harness import registry
+
+    try:
+        cls = registry.methods.get(name)
+        src = Path(inspect.getfile(cls))
+        st = src.stat()
+        occ = version("occbench")
+    except (registry.RegistryError, TypeError, OSError, PackageNotFoundError):
+        return None
+    blob = json.dumps([name, str(cls.version), params, str(src), st.st_size, st.st_mtime_ns, occ],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class LineProgress:
+    """Progress as plain lines for logs and pipes: one line every ``every_s`` seconds or every
+    ``step`` of the jobs, whichever comes first (a live bar would only show at the end)."""
+
+    def __init__(self, out: Console, total: int, every_s: float = 5.0, step: float = 0.1) -> None:
+        self.out = out
+        self.total = total
+        self.every_s = every_s
+        self.step = max(1, int(total * step))
+        self.t0 = time.perf_counter()
+        self.last_t = self.t0
+        self.last_n = 0
+
+    def update(self, done: int, status: str, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and done - self.last_n < self.step and now - self.last_t < self.every_s:
+            return
+        self.last_t, self.last_n = now, done
+        el = now - self.t0
+        eta = f"{el / done * (self.total - done):.0f} s" if done else "?"
+        pct = 100 * done / self.total if self.total else 100.0
+        self.out.print(f"progress {done}/{self.total} jobs ({pct:.0f} %) · {status} · "
+                       f"elapsed {el:.0f} s · ETA {eta}", highlight=False)
 
 
 @app.command()
 def run(
-    spec: Annotated[str, typer.Argument(help="Spec TOML file, or a built-in spec name (quick).")],
+    spec: Annotated[str | None, typer.Argument(
+        help="Spec TOML file, or a built-in spec name (quick). Or leave it out and use "
+             "--methods/--datasets.")] = None,
     store: StoreOpt = Path("runs"),
+    methods: Annotated[str | None, typer.Option(
+        "--methods", "-m", help="Ad-hoc run without a spec: methods, comma-separated "
+                                "(default parameters; `occbench list methods`).")] = None,
+    datasets: Annotated[str | None, typer.Option(
+        "--datasets", "-d", help="Ad-hoc run: datasets, comma-separated.")] = None,
+    classes: Annotated[str | None, typer.Option(
+        help="Ad-hoc run: normal classes of the image datasets, comma-separated (names or "
+             "indices; default all).")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="Ad-hoc run: seeds, comma-separated (default 0).")] = None,
+    limit: Annotated[int | None, typer.Option(
+        help="Run at most the first N jobs still to run (a quick look at a big grid).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Only list the jobs and whether each is in the store; run nothing."
+    )] = False,
     data_root: DataRootOpt = None,
     runner: Annotated[str | None, typer.Option(help="serial or ray (default: ray if available)."
                                                )] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (auto, ray://...); "
-                                                "default: start an embedded local Ray.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (auto, HOST:PORT, "
+                                                "ray://HOST:10001); default: start an embedded "
+                                                "local Ray.")] = None,
     max_concurrent: Annotated[int | None, typer.Option(help="Most jobs in flight at once.")] = None,
     device: Annotated[str, typer.Option(help="auto (Ray: GPU jobs get the GPUs their method "
                                         "declares when there are any), cpu or cuda.")] = "auto",
     board: Annotated[bool, typer.Option(help="Print the aggregated table at the end.")] = True,
     check_data: Annotated[bool, typer.Option(help="Check each dataset before any job starts."
                                              )] = True,
+    check_methods_: Annotated[bool, typer.Option(
+        "--check-methods/--no-check-methods",
+        help="Run the fast conformance checks of each method before its jobs.")] = True,
     sealed: Annotated[bool | None, typer.Option(
         "--sealed/--unsealed", help="Run methods in the bubblewrap sandbox (--sealed: fail if "
         "it is unavailable) or in the worker (--unsealed). Default: sealed where available, "
         "else unsealed with a warning.")] = None,
 ) -> None:
-    """Run every job of SPEC that is not already in the store, then print the table."""
-    from occbench.harness.driver import run_jobs
-    from occbench.harness.spec import SpecError, expand, load_spec
-    from occbench.harness.store import RunStore, StoreError
+    """Run the jobs of SPEC (or --methods × --datasets) not yet in the store; print the table.
 
+    Exit status: 0 all ok; 1 a job failed; 2 bad input.
+    """
+    if limit is not None and limit < 1:
+        raise _fail("--limit must be at least 1")
+    if store.exists() and not store.is_dir():
+        raise _fail(f"--store {store} is a file, not a folder; give a new folder or an "
+                    "occbench store")
     root = _data_root(data_root)
-    try:
-        sp = load_spec(spec)
-        plan = expand(sp, root)
-    except (SpecError, ValueError, OSError) as exc:
-        raise _fail(str(exc)) from None
-    if check_data:
-        _precheck(sp, root)
+    sp, plan = _load_plan(spec, methods, datasets, classes, seeds, root)
     for s in plan.skipped:
         console.print(f"[dim]skipped: {escape(s)}[/dim]")
     if address is None:  # an existing cluster may have GPUs this machine lacks
@@ -126,53 +400,35 @@ def run(
             console.print(f"{len(need_gpu)} jobs need a GPU and this machine has none: not "
                           "attempted (run them on a GPU node, or a cluster with --address)")
             plan.jobs = here
-    st = RunStore(store)
-    try:
-        st.init()
-    except StoreError as exc:
-        raise _fail(str(exc)) from None
-    todo = sum(1 for j in plan.jobs if not st.has(j.job_id))
+    if dry_run:
+        _print_dry_run(sp, plan.jobs, store, limit)
+        return
+    st = store_for_writing(store)
+    pending = [j for j in plan.jobs if not st.has(j.job_id)]
+    jobs = pending[:limit] if limit is not None else pending
+    todo = len(jobs)
     console.print(f"spec [bold]{escape(sp.name)}[/bold]: {len(plan.jobs)} jobs, "
-                  f"{len(plan.jobs) - todo} already in {escape(str(store))}, {todo} to run")
-    seal_mode = seal_mode_checked(sealed)
-    rname = runner or default_runner()
-    r = make_runner(rname, device, address, max_concurrent, seal_mode)
+                  f"{len(plan.jobs) - len(pending)} already in {escape(str(store))}, "
+                  f"{todo} to run" + (f" (--limit {limit} of {len(pending)})"
+                                      if limit is not None and limit < len(pending) else ""))
+    if check_data and jobs:  # only when something will run: a no-op rerun stays instant
+        _precheck(sp, root, {j.dataset for j in jobs})
+    if check_methods_ and jobs:
+        check_methods(jobs)
     t0 = time.perf_counter()
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-                  TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                  console=console, transient=False, disable=not todo) as prog:
-        task = prog.add_task("jobs", total=todo, status="")
-        counts = {"ok": 0, "failed": 0, "running": 0, "gone": 0}  # gone: held by another driver
-
-        def progress(event: str, job: Any, out: Any) -> None:
-            if event == "start":
-                counts["running"] += 1
-            elif event == "locked":
-                counts["gone"] += 1
-                prog.update(task, total=max(todo - counts["gone"], 0))
-            elif event in ("ok", "failed"):
-                counts[event] += 1
-                counts["running"] = max(counts["running"] - 1, 0)
-                prog.advance(task)
-                if event == "failed":
-                    e = (out.error or {}) if out is not None else {}
-                    prog.console.print(f"[red]failed[/red] {escape(job.display)}: "
-                                       f"{escape(str(e.get('type')))}: "
-                                       f"{escape(_one_line(e.get('message')))}")
-            queued = todo - counts["gone"] - counts["ok"] - counts["failed"] - counts["running"]
-            prog.update(task, status=f"ok {counts['ok']} · running {counts['running']} · failed "
-                                     f"{counts['failed']} · queued {max(queued, 0)}")
-
-        try:
-            summary = run_jobs(plan.jobs, st, r, root, progress)
-        finally:
-            r.close()
+    if not jobs:  # nothing to run: no runner (starting Ray alone takes seconds), no driver
+        summary: Any = SimpleNamespace(ran=0, ok=0, failed=0, already_done=0, skipped_locked=0,
+                                       failures=[], stop_reason=None)
+    else:
+        seal_mode = seal_mode_checked(sealed)
+        summary = _execute(jobs, st, root, runner, device, address, max_concurrent, seal_mode)
     wall = time.perf_counter() - t0
+
     console.print(f"ran {summary.ran} jobs in {wall:.1f} s: {summary.ok} ok, {summary.failed} "
-                  f"failed, {summary.already_done} already done"
+                  f"failed, {summary.already_done + len(plan.jobs) - len(pending)} already done"
                   + (f", {summary.skipped_locked} held by another driver"
-                     if summary.skipped_locked else ""))
+                     if summary.skipped_locked else "")
+                  + (f", {len(pending) - todo} left by --limit" if len(pending) > todo else ""))
     for disp, why in summary.failures:
         err.print(f"  [red]failed[/red] {escape(disp)}: {escape(_one_line(why))}")
     if summary.stop_reason:
@@ -201,13 +457,118 @@ def seal_mode_checked(sealed: bool | None) -> str:
     return mode
 
 
+
+
+def _execute(jobs: list[Any], st: Any, root: str | None, runner: str | None, device: str,
+             address: str | None, max_concurrent: int | None, seal_mode: str = "auto") -> Any:
+    """Run ``jobs`` with progress: a live bar on a terminal, plain lines otherwise."""
+    from occbench.harness.driver import run_jobs
+    from occbench.harness.runner import RunnerError
+
+    r = make_runner(runner or default_runner(), device, address, max_concurrent, seal_mode)
+    todo = len(jobs)
+    counts = {"ok": 0, "failed": 0, "running": 0, "gone": 0}  # gone: held by another driver
+
+    def status() -> str:
+        queued = todo - counts["gone"] - counts["ok"] - counts["failed"] - counts["running"]
+        return (f"ok {counts['ok']} · running {counts['running']} · failed {counts['failed']} "
+                f"· queued {max(queued, 0)}")
+
+    def count(event: str, job: Any, out: Any, emit_line: Any) -> bool:
+        """Update the counts; True when a job finished."""
+        if event == "start":
+            counts["running"] += 1
+        elif event == "locked":
+            counts["gone"] += 1
+        elif event in ("ok", "failed"):
+            counts[event] += 1
+            counts["running"] = max(counts["running"] - 1, 0)
+            if event == "failed":
+                e = (out.error or {}) if out is not None else {}
+                emit_line(f"[red]failed[/red] {escape(job.display)}: "
+                          f"{escape(str(e.get('type')))}: {escape(_one_line(e.get('message')))}")
+            return True
+        return False
+
+    try:
+        if hasattr(r, "connect"):
+            r.connect()  # a cluster that cannot be reached fails here, before any progress
+        if console.is_terminal:
+            summary = _run_live(jobs, st, r, root, todo, counts, status, count)
+        else:
+            lines = LineProgress(console, todo)
+
+            def progress(event: str, job: Any, out: Any) -> None:
+                finished = count(event, job, out, console.print)
+                lines.update(counts["ok"] + counts["failed"], status(),
+                             force=finished and counts["ok"] + counts["failed"] == todo)
+
+            if todo:
+                lines.update(0, status(), force=True)
+            summary = run_jobs(jobs, st, r, root, progress)
+    except RunnerError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        r.close()
+    return summary
+
+
+def _run_live(jobs: list[Any], st: Any, r: Any, root: str | None, todo: int,
+              counts: dict[str, int], status: Any, count: Any) -> Any:
+    """Run with rich's live progress bar (a terminal)."""
+    from occbench.harness.driver import run_jobs
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                  TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                  console=console, transient=False, disable=not todo) as prog:
+        task = prog.add_task("jobs", total=todo, status="")
+
+        def progress(event: str, job: Any, out: Any) -> None:
+            if count(event, job, out, prog.console.print):
+                prog.advance(task)
+            if event == "locked":
+                prog.update(task, total=max(todo - counts["gone"], 0))
+            prog.update(task, status=status())
+
+        return run_jobs(jobs, st, r, root, progress)
+
+
+def _print_dry_run(sp: Any, jobs: list[Any], store: Path, limit: int | None) -> None:
+    from occbench.harness.store import RunStore
+
+    st = RunStore(store)
+    have = {j.job_id for j in jobs if st.has(j.job_id)}
+    pending = [j for j in jobs if j.job_id not in have]
+    chosen = {j.job_id for j in (pending[:limit] if limit is not None else pending)}
+    t = table("job", "job id", "protocol", "status", title=f"dry run of {sp.name}")
+    for j in jobs:
+        state = ("in store" if j.job_id in have else "would run" if j.job_id in chosen
+                 else "left by --limit")
+        t.add_row(escape(j.display), j.job_id, escape(j.protocol), state)
+    console.print(t)
+    console.print(f"spec {escape(sp.name)}: {len(jobs)} jobs, {len(have)} in "
+                  f"{escape(str(store))}, {len(chosen)} would run (dry run: nothing ran)")
+
+
 def _one_line(msg: object, limit: int = 300) -> str:
     """First line of a failure message, shortened for the live display."""
     lines = str(msg or "").strip().splitlines()
     return lines[0][:limit] if lines else ""
 
 
-def _precheck(sp: Any, root: str | None) -> None:
+def _precheck(sp: Any, root: str | None, names: set[str] | None = None) -> None:
+    """Check each dataset of ``sp`` (those in ``names`` when given); a failure exits 2."""
+    import json
+
     try:
         mod = importlib.import_module("occbench.harness.cli_data")
     except ImportError:
@@ -217,6 +578,8 @@ def _precheck(sp: Any, root: str | None) -> None:
         return
     seen = set()
     for d in sp.all_datasets():
+        if names is not None and d["name"] not in names:
+            continue
         key = json.dumps([d["name"], d.get("params") or {}], sort_keys=True)
         if key in seen:
             continue
@@ -226,13 +589,23 @@ def _precheck(sp: Any, root: str | None) -> None:
             raise _fail(f"dataset {d['name']!r} failed its check:\n  " + "\n  ".join(rep.errors))
 
 
-def _print_board(st: Any, runs: Any = None, agg: Any = None) -> None:
+def _print_board(st: Any, fmt: OutFormat = OutFormat.table, runs: Any = None,
+                 agg: Any = None) -> None:
+    """The aggregated table of ``st``: a rich table (notes on the console), or with ``fmt``
+    json/csv (the numbers of leaderboard.csv) or md (the table as shown) on stdout alone."""
     from occbench.leaderboard.table import aggregate, display_table, runs_frame
 
     # the board passes the tables it has: the store is read once per command
     runs = runs_frame(st) if runs is None else runs
     agg = aggregate(runs) if agg is None else agg
     df = display_table(agg)
+    if fmt in (OutFormat.json, OutFormat.csv):
+        num = agg.astype(object).where(agg.notna(), None)
+        emit(num.to_dict(orient="records"), fmt, columns=[str(c) for c in agg.columns])
+        return
+    if fmt == OutFormat.md:
+        emit(df.astype(object).to_dict(orient="records"), fmt, columns=[str(c) for c in df.columns])
+        return
     if df.empty:
         console.print("no runs in the store yet")
         return
@@ -244,7 +617,7 @@ def _print_board(st: Any, runs: Any = None, agg: Any = None) -> None:
     if incomplete:
         console.print(f"{incomplete} seed(s) left out of the means: they lack some of their "
                       "entry's normal classes (still to run, or failed)")
-    t = Table(title="occbench — mean ± std over seeds (AUC: micro frame AUC for video, "
+    t = table(title="occbench — mean ± std over seeds (AUC: micro frame AUC for video, "
                     "class-mean AUROC for images)")
     for c in df.columns:
         t.add_column(str(c), justify="right" if c not in ("dataset", "method", "protocol")
@@ -270,64 +643,119 @@ def export(
 
     if fmt not in ("csv", "parquet"):
         raise _fail("--format must be csv or parquet")
+    store_for_reading(store)
     files = export_store(store, out, fmt)
     for f in files:
         console.print(f"wrote {escape(str(f))}")
 
 
+class ListWhat(str, Enum):
+    methods = "methods"
+    datasets = "datasets"
+    protocols = "protocols"
+
+
 @app.command("list")
 def list_(
-    what: Annotated[str, typer.Argument(help="methods, datasets or protocols")],
+    what: Annotated[ListWhat, typer.Argument(help="methods, datasets or protocols")],
+    fmt: FormatOpt = OutFormat.table,
 ) -> None:
     """List registered methods, datasets or scoring protocols."""
     from occbench.harness import registry
-    from occbench.harness.protocols import protocols
 
-    t = Table()
-    if what == "protocols":
-        for c in ("id", "modality", "normalize", "border", "smooth", "description"):
-            t.add_column(c)
-        for p in protocols():
-            t.add_row(p.id, p.modality, p.normalize, p.border, str(p.smooth_sigma),
-                      escape(p.description))
-        console.print(t)
+    if what == ListWhat.protocols:
+        from occbench.harness.protocols import protocols
+
+        emit([{"id": p.id, "modality": p.modality, "normalize": p.normalize, "border": p.border,
+               "smooth": p.smooth_sigma, "description": p.description} for p in protocols()],
+             fmt, title="scoring protocols")
         return
-    if what not in ("methods", "datasets"):
-        raise _fail("list what? methods, datasets or protocols")
-    reg: Any = registry.methods if what == "methods" else registry.datasets
-    for c in ("name", "modality", "version", "package", "description"):
-        t.add_column(c)
-    for e in reg.entries():
-        mods = sorted(e.obj.modalities) if what == "methods" else [e.obj.modality]
-        t.add_row(escape(e.name), ",".join(mods), escape(str(e.obj.version)), escape(e.source),
-                  escape(str(getattr(e.obj, "description", ""))))
-    console.print(t)
-    for name, why in reg.broken().items():
+    reg: Any = registry.methods if what == ListWhat.methods else registry.datasets
+    try:
+        entries = reg.entries()
+        broken = reg.broken()
+    except registry.RegistryError as exc:
+        raise _fail(str(exc)) from None
+    rows = []
+    for e in entries:
+        mods = sorted(e.obj.modalities) if what == ListWhat.methods else [e.obj.modality]
+        rows.append({"name": e.name, "modality": ",".join(mods), "version": str(e.obj.version),
+                     "package": e.source, "package_version": registry.dist_version(e.source),
+                     "description": str(getattr(e.obj, "description", "") or "")})
+    emit(rows, fmt, title=what.value,
+         columns=["name", "modality", "version", "package", "package_version", "description"])
+    for name, why in broken.items():
         err.print(f"[red]broken plugin[/red] {escape(name)}: {escape(why)}")
 
 
 @app.command()
 def validate(
-    plugin: Annotated[str, typer.Argument(help="Registered method name, or module:Class.")],
+    plugin: Annotated[str, typer.Argument(help="Registered method or dataset name, or "
+                                          "module:Class of a method.")],
     param: Annotated[list[str] | None, typer.Option("--param", "-p",
                                                     help="Parameter as key=JSON value.")] = None,
     full: Annotated[bool, typer.Option(help="Use the method's full settings, not fast ones."
                                        )] = False,
+    data_root: DataRootOpt = None,
 ) -> None:
-    """Run the conformance kit on a method plugin; exit 1 if any check fails."""
-    from occbench.harness.conformance import check_method
+    """Run the conformance kit on a method or dataset plugin; exit 1 if any check fails."""
+    from occbench.harness import registry
+    from occbench.harness.conformance import check_dataset_plugin, check_method
 
     params = parse_params(param or [])
     try:
-        report = check_method(plugin, params, fast=not full)
+        is_dataset = ":" not in plugin and plugin not in registry.methods \
+            and plugin in registry.datasets
+        if is_dataset:
+            report = check_dataset_plugin(plugin, params, _data_root(data_root))
+        else:
+            report = check_method(plugin, params, fast=not full)
     except (LookupError, ImportError, AttributeError, TypeError) as exc:
         raise _fail(str(exc)) from None
-    console.print(escape(report.format()))
+    console.print(escape(report.format()), highlight=False)
     if not report.ok:
         raise typer.Exit(1)
 
 
+class PluginKind(str, Enum):
+    method = "method"
+    dataset = "dataset"
+
+
+@app.command()
+def new(
+    kind: Annotated[PluginKind, typer.Argument(help="method or dataset")],
+    name: Annotated[str, typer.Argument(help="Plugin name, e.g. my-method (lowercase, hyphens).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to create (default: "
+                                             "./occbench-NAME).")] = None,
+) -> None:
+    """Create a plugin package: pyproject with the entry point, the class, a test, a spec.
+
+    As generated it passes `pip install -e . && pytest && occbench validate NAME`; see
+    docs/plugins.md.
+    """
+    from occbench.harness import registry
+    from occbench.harness.scaffold import ScaffoldError, names, write
+
+    try:
+        n = names(name)
+        reg: Any = registry.methods if kind == PluginKind.method else registry.datasets
+        if name in reg:
+            raise ScaffoldError(f"{kind.value} {name!r} already exists (from "
+                                f"{reg.entry(name).source}); choose another name")
+        target = out if out is not None else Path(n["dist"])
+        files = write(kind.value, name, target)
+    except (ScaffoldError, registry.RegistryError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    for f in files:
+        console.print(f"wrote {escape(str(f))}", highlight=False)
+    console.print(f"next: cd {escape(str(target))} && pip install -e . && pytest && "
+                  f"occbench validate {escape(name)}", highlight=False)
+
+
 def parse_params(items: list[str]) -> dict[str, Any]:
+    import json
+
     out: dict[str, Any] = {}
     for it in items:
         if "=" not in it:
@@ -377,9 +805,13 @@ def store_prune(
     apply: Annotated[bool, typer.Option(
         "--apply", help="Move the runs to STORE/pruned/ (default: only list them).")] = False,
 ) -> None:
-    """List, or with --apply set aside, runs that no table counts: runs superseded by a newer
+    """List, or with --apply set aside, runs that no table counts.
+
+    Runs superseded by a newer
     run of the same entry, class and seed (newer method version or changed data), and with
     --spec the runs none of the specs expands to any more. Nothing is deleted."""
+    from collections import Counter
+
     from occbench.harness.spec import SpecError, spec_job_ids
     from occbench.harness.store import RunStore
     from occbench.leaderboard.table import runs_frame
@@ -410,12 +842,21 @@ def store_prune(
 
 
 @store_app.command("status")
-def store_status(store: StoreOpt = Path("runs")) -> None:
-    """Count finished and failed runs; list failures with their reason."""
-    from occbench.harness.store import RunStore
+def store_status(store: StoreOpt = Path("runs"), fmt: FormatOpt = OutFormat.table) -> None:
+    """Count finished and failed runs; list failures with their reason.
 
-    st = RunStore(store)
+    With --format json, csv or md: one row per run, finished or failed.
+    """
+    st = store_for_reading(store)
     fails = st.failures()
+    if fmt != OutFormat.table:
+        rows = []
+        for rec in st.records():
+            rows.append(_status_row(rec, "ok"))
+        rows += [_status_row(f, str(f.get("status") or "failed")) for f in fails]
+        emit(rows, fmt, columns=["job_id", "status", "method", "dataset", "normal_class", "seed",
+                                 "error"])
+        return
     console.print(f"{len(st.job_ids())} finished runs, {len(fails)} failed jobs")
     for f in fails:
         e = f.get("error") or {}
@@ -424,13 +865,25 @@ def store_status(store: StoreOpt = Path("runs")) -> None:
                       f"{escape(str(e.get('type')))}: {escape(str(e.get('message'))[:200])}")
 
 
+def _status_row(rec: dict[str, Any], status: str) -> dict[str, Any]:
+    job = rec.get("job") or {}
+    e = rec.get("error") or {}
+    return {"job_id": rec.get("job_id"), "status": status, "method": job.get("label")
+            or job.get("method"), "dataset": job.get("dataset"),
+            "normal_class": job.get("normal_class"), "seed": job.get("seed"),
+            "error": f"{e.get('type')}: {_one_line(e.get('message'))}" if e else None}
+
+
 # Sub-commands contributed by other modules of the harness (data, refresh, sweep, site...).
 for _mod in ("cli_data", "cli_ray", "cli_board", "cli_store"):
     try:
-        importlib.import_module(f"occbench.harness.{_mod}").register(app)
+        _m = importlib.import_module(f"occbench.harness.{_mod}")
     except ImportError as _exc:
         if getattr(_exc, "name", "") != f"occbench.harness.{_mod}":
             raise
+        continue
+    if hasattr(_m, "register"):  # absent while that module is the one importing this one
+        _m.register(app)
 
 
 def main() -> None:

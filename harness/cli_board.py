@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from occbench.harness.cli import StoreOpt, _fail, _print_board, console
-from rich.markup import escape
+from occbench.harness.cli import (
+    FormatOpt,
+    OutFormat,
+    StoreOpt,
+    _fail,
+    _print_board,
+    console,
+    err,
+    escape,
+    store_for_reading,
+)
+
+if TYPE_CHECKING:
+    import http.server
 
 
 def register(app: typer.Typer) -> None:
@@ -33,14 +43,18 @@ def board(
     readme: Annotated[Path | None, typer.Option(
         "--readme", help="Rewrite the headline table between the occbench:headline markers "
                          "of this file (README.md) from the store.")] = None,
+    fmt: FormatOpt = OutFormat.table,
     bootstrap: Annotated[int, typer.Option(
         help="Bootstrap replicates (video-run intervals, rank uncertainty); 0 = no video "
              "bootstrap.")] = 1000,
 ) -> None:
-    """Aggregate the store: leaderboard.csv/.md (mean, std, 95 % CI over seeds), statistics
-    tables, and the static site (overview, dataset, method and run pages)."""
+    """Aggregate the store into the leaderboard tables and the static site.
+
+    Writes leaderboard.csv/.md (mean, std, 95 % CI over seeds), the statistics tables and the
+    site (overview, dataset, method and run pages). --format json|csv|md prints only the
+    table, on stdout.
+    """
     from occbench.harness.protocols import ProtocolError, get_protocol
-    from occbench.harness.store import RunStore
     from occbench.leaderboard.analysis import analyze, write_tables
     from occbench.leaderboard.published import PublishedFormatError
     from occbench.leaderboard.site import SiteError, SiteOptions, build
@@ -50,9 +64,9 @@ def board(
         view = [get_protocol(p).id for p in (protocol or [])]
     except ProtocolError as exc:
         raise _fail(str(exc)) from None
-    st = RunStore(store, protocol=view or None)
-    if not st.runs_dir.exists():
-        raise _fail(f"{store} is not a run store (no runs/ folder); run `occbench run` first")
+    st = store_for_reading(store, protocol=view or None)
+    # --format json|csv|md: stdout carries only the table; the notes go to stderr
+    say = console if fmt == OutFormat.table else err
     if published is not None and not published.exists():
         raise _fail(f"--published {published}: no such file")
     if bootstrap < 0:
@@ -64,15 +78,15 @@ def board(
             res = build(st, out, published, SiteOptions(n_boot=bootstrap), analysis=a)
             _, files = write_board(st, out, agg=a.agg)
             files.append(out / "index.html")
-            console.print(f"built {len(res.pages)} pages into {escape(str(out))}/ "
-                          f"(run pages: {res.runs_built} built, {res.runs_kept} unchanged; "
-                          f"tables in {escape(str(out / 'data'))}/)")
+            say.print(f"built {len(res.pages)} pages into {escape(str(out))}/ "
+                      f"(run pages: {res.runs_built} built, {res.runs_kept} unchanged; "
+                      f"tables in {escape(str(out / 'data'))}/)")
         else:
             _, files = write_board(st, out, agg=a.agg)
             files += write_tables(a, out)
     except (SiteError, PublishedFormatError) as exc:
         raise _fail(str(exc)) from exc
-    _print_board(st, runs=a.runs, agg=a.agg)
+    _print_board(st, fmt, runs=a.runs, agg=a.agg)
     if readme is not None:
         from occbench.leaderboard.readme import update_readme
 
@@ -80,10 +94,10 @@ def board(
             changed = update_readme(readme, st, published)
         except (OSError, ValueError) as exc:
             raise _fail(str(exc)) from None
-        console.print(f"{'updated' if changed else 'unchanged'}: the headline table in "
-                      f"{escape(str(readme))}")
+        say.print(f"{'updated' if changed else 'unchanged'}: the headline table in "
+                  f"{escape(str(readme))}")
     for f in files:
-        console.print(f"wrote {escape(str(f))}")
+        say.print(f"wrote {escape(str(f))}")
     if serve:
         if not site:
             raise _fail("--serve needs the site: drop --no-site")
@@ -92,6 +106,13 @@ def board(
 
 def make_server(folder: Path, port: int) -> http.server.ThreadingHTTPServer:
     """An HTTP server for ``folder`` bound to 127.0.0.1 (port 0 = any free port)."""
+    import functools
+    import http.server  # here, not at module level: `occbench --help` stays fast
+
+    class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
     handler = functools.partial(_QuietHandler, directory=str(folder))
     return http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
 
@@ -111,7 +132,3 @@ def serve_dir(folder: Path, port: int) -> None:
     finally:
         httpd.server_close()
 
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass

@@ -5,20 +5,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from occbench.harness import registry
-from occbench.harness.api import CheckReport, DatasetFormatError, DatasetNotFoundError
-from occbench.harness.dataroot import resolve_data_root
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from occbench.harness.ui import console, err, escape, table
 
-console = Console()
-err = Console(stderr=True)
+if TYPE_CHECKING:
+    from occbench.harness.api import CheckReport
+    from rich.table import Table
 
 DataRootOpt = Annotated[
     str | None,
@@ -34,6 +29,8 @@ ParamOpt = Annotated[
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
     """``["size=[64,64]", "labels=lntra"]`` → ``{"size": [64, 64], "labels": "lntra"}``."""
+    import json
+
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
@@ -49,6 +46,9 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
 def check_dataset(name: str, root: str | Path | None, params: dict[str, Any] | None = None
                   ) -> CheckReport:
     """Run dataset ``name``'s own check; any failure becomes an error in the report."""
+    from occbench.harness import registry
+    from occbench.harness.api import CheckReport, DatasetFormatError, DatasetNotFoundError
+
     try:
         cls = registry.datasets.get(name)
     except registry.RegistryError as exc:
@@ -61,7 +61,7 @@ def check_dataset(name: str, root: str | Path | None, params: dict[str, Any] | N
 
 
 def _report_table(rep: CheckReport) -> Table:
-    t = Table(title=f"occbench data check {rep.dataset}: "
+    t = table(title=f"occbench data check {rep.dataset}: "
                     + ("[green]OK[/green]" if rep.ok else "[red]FAILED[/red]"))
     t.add_column("kind")
     t.add_column("detail", overflow="fold")
@@ -76,7 +76,8 @@ def _report_table(rep: CheckReport) -> Table:
 
 def register(app: typer.Typer) -> None:
     """Add the ``data`` sub-command group to ``app``."""
-    data_app = typer.Typer(help="Check and download datasets.", no_args_is_help=True)
+    data_app = typer.Typer(help="Check and download datasets.", no_args_is_help=True,
+                           rich_markup_mode=None)
     app.add_typer(data_app, name="data")
 
     @data_app.command("check")
@@ -86,6 +87,8 @@ def register(app: typer.Typer) -> None:
         param: ParamOpt = None,
     ) -> None:
         """Verify layout, counts, labels vs frames and checksums; exit 1 on errors."""
+        from occbench.harness.dataroot import resolve_data_root
+
         try:
             params = parse_params(param)
             root = resolve_data_root(data_root)
@@ -104,6 +107,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Download a dataset from its official source (MNIST, Fashion-MNIST, CIFAR, GTSRB)."""
         from occbench.datasets.fetch import MANUAL, FetchError, fetch
+        from occbench.harness.dataroot import resolve_data_root
 
         if name in MANUAL:
             console.print(f"{name} is not downloadable automatically.\n{MANUAL[name]}")
@@ -123,7 +127,9 @@ def register(app: typer.Typer) -> None:
     @data_app.command("list")
     def list_cmd() -> None:
         """Registered datasets with their modality and description."""
-        t = Table(title="datasets")
+        from occbench.harness import registry
+
+        t = table(title="datasets")
         for c in ("name", "modality", "description", "from"):
             t.add_column(c)
         for e in registry.datasets.entries():

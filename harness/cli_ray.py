@@ -7,9 +7,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from occbench.harness.cli import DataRootOpt, StoreOpt, _data_root, _fail, console, err
-from rich.markup import escape
-from rich.table import Table
+from occbench.harness.cli import (
+    DataRootOpt,
+    StoreOpt,
+    _data_root,
+    _fail,
+    console,
+    err,
+    escape,
+    table,
+)
 
 RunnerOpt = Annotated[str | None, typer.Option(help="serial or ray (default: ray if available).")]
 AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster address (auto, ray://...); "
@@ -37,6 +44,8 @@ def refresh(
     store: StoreOpt = Path("runs"),
     check: Annotated[bool, typer.Option("--check", help="Only report what would run: exit 0 "
                                         "if nothing, 1 if some job would run.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would run and "
+                                          "why; run and rebuild nothing (exit 0).")] = False,
     board_out: Annotated[Path, typer.Option(help="Where the board tables go.")] = Path("board"),
     site_out: Annotated[Path | None, typer.Option(help="Where the static site goes (default: "
                                                   "BOARD_OUT/site).")] = None,
@@ -49,24 +58,24 @@ def refresh(
         "--require-sealed", help="Run jobs sealed (fail if the sandbox is unavailable) and "
         "refuse to publish a board with unsealed runs (the leaderboard CI entry).")] = False,
 ) -> None:
-    """Run exactly the jobs of SPEC whose content hash is not in the store, then rebuild the board.
+    """Run the jobs of SPEC whose content hash is not in the store; rebuild the board.
 
     A job is new when its method version or parameters, dataset content fingerprint or seed
     changed; a run whose metrics are stale (protocol or metric code changed) is rescored.
     Exit status: 0 all good; 1 a job failed (or, with --check, something would run or be
     rescored); 2 bad input.
     """
+    from occbench.harness.cli import _load_plan
     from occbench.harness.cli import run as run_cmd
     from occbench.harness.protocols import get_protocol
     from occbench.harness.refresh import plan_refresh
-    from occbench.harness.spec import SpecError, expand, load_spec
     from occbench.harness.store import RunStore, StoreError
 
+    if store.exists() and not store.is_dir():
+        raise _fail(f"--store {store} is a file, not a folder; give a new folder or an "
+                    "occbench store")
     root = _data_root(data_root)
-    try:
-        plan = expand(load_spec(spec), root)
-    except (SpecError, ValueError, OSError) as exc:
-        raise _fail(str(exc)) from None
+    _, plan = _load_plan(spec, None, None, None, None, root)
     st = RunStore(store)
     try:
         rp = plan_refresh(plan.jobs, st)
@@ -77,7 +86,7 @@ def refresh(
                   + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(rp.reasons().items()))})"
                      if rp.to_run else ""))
     if rp.to_run:
-        t = Table("job", "job id", "why it runs")
+        t = table("job", "job id", "why it runs")
         for j, why in rp.to_run[:200]:
             t.add_row(escape(j.display), j.job_id, escape(why))
         console.print(t)
@@ -87,7 +96,7 @@ def refresh(
         console.print(f"{len(rp.need_gpu)} jobs need a GPU and this machine has none: listed, "
                       "never attempted here (a maintainer runs them on a GPU node or with "
                       "--address, then `occbench store merge`)")
-        t = Table("job needing a GPU", "job id", "why it runs")
+        t = table("job needing a GPU", "job id", "why it runs")
         for j, why in rp.need_gpu[:200]:
             t.add_row(escape(j.display), j.job_id, escape(why))
         console.print(t)
@@ -97,6 +106,9 @@ def refresh(
     stale_gpu = [j for j, w in rp.stale() if j.requires_gpu]
     if stale_gpu:
         console.print(f"{len(stale_gpu)} GPU jobs replace older runs the board still shows")
+    if dry_run:
+        console.print("dry run: nothing ran, the board was not rebuilt")
+        raise typer.Exit(0)
     if check:
         raise typer.Exit(1 if rp.to_run or rp.to_rescore or stale_gpu else 0)
     if rp.to_rescore:
@@ -181,8 +193,7 @@ def sweep(
     Trials are selected on a validation split of normal training data (with pseudo anomalies);
     each config's full jobs go to the store and the table to STORE/sweeps/NAME.parquet.
     """
-    from occbench.harness.cli import make_runner
-    from occbench.harness.store import RunStore, StoreError
+    from occbench.harness.cli import make_runner, store_for_writing
     from occbench.harness.sweep import SweepError, load_sweep, run_sweep, search_values
 
     root = _data_root(data_root)
@@ -190,27 +201,27 @@ def sweep(
         sw = load_sweep(_find_sweep(sweep_file))
     except SweepError as exc:
         raise _fail(str(exc)) from None
-    st = RunStore(store)
-    try:
-        st.init()
-    except StoreError as exc:
-        raise _fail(str(exc)) from None
+    st = store_for_writing(store)
     console.print(f"sweep [bold]{escape(sw.name)}[/bold]: {escape(sw.method)} on "
                   f"{escape(sw.dataset)}, {'; '.join(escape(s) for s in search_values(sw.search))}"
                   f", selected on {sw.select_on}")
     if sw.selected_on_test:
         err.print("[yellow]select_on = \"test\": configs are chosen on test labels; every record "
                   "is marked selected_on_test=true[/yellow]")
+    from occbench.harness.runner import RunnerError
+
     r = make_runner(runner, device, address, max_concurrent)
     try:
         if hasattr(r, "connect"):
             r.connect()  # one Ray for Tune and the jobs
         result = run_sweep(sw, st, r, root, progress=_report_failures)
+    except RunnerError as exc:
+        raise _fail(str(exc)) from None
     finally:
         r.close()
     tab = result.table
     pcols = [c for c in tab.columns if c.startswith("param_")]
-    t = Table(*[c.removeprefix("param_") for c in pcols], "val AUC %", "test AUC %", "best")
+    t = table(*[c.removeprefix("param_") for c in pcols], "val AUC %", "test AUC %", "best")
     for row in tab.sort_values(pcols).itertuples(index=False):
         d = row._asdict()
         t.add_row(*[escape(_fmt(d[c])) for c in pcols], _pct(d["val_auc"]), _pct(d["test_auc"]),

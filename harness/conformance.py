@@ -64,8 +64,9 @@ class CheckResult:
 
 @dataclass
 class ValidationReport:
-    method: str
+    method: str  # the plugin's name (a method, or a dataset when kind == "dataset")
     results: list[CheckResult] = field(default_factory=list)
+    kind: str = "method"
 
     @property
     def ok(self) -> bool:
@@ -75,7 +76,7 @@ class ValidationReport:
         return [r for r in self.results if not r.passed and not r.warning_only]
 
     def format(self) -> str:
-        lines = [f"conformance of method {self.method!r}: {'PASS' if self.ok else 'FAIL'}"]
+        lines = [f"conformance of {self.kind} {self.method!r}: {'PASS' if self.ok else 'FAIL'}"]
         for r in self.results:
             mark = "ok  " if r.passed else ("warn" if r.warning_only else "FAIL")
             lines.append(f"  [{mark}] {r.modality:5s} {r.check}" + (f": {r.message}"
@@ -324,3 +325,113 @@ def _check_modality(cls: type[Method], params: dict[str, Any], mod: Modality, fa
 
 def _short_tb() -> str:
     return "".join(traceback.format_exc().splitlines(True)[-4:]).rstrip()
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset plugins
+# --------------------------------------------------------------------------------------------
+
+
+def check_dataset_plugin(name: str, params: dict[str, Any] | None = None,
+                         root: str | Path | None = None, max_classes: int = 3
+                         ) -> ValidationReport:
+    """Checks of a dataset plugin (``occbench validate NAME`` for a dataset); never raises for
+    the plugin's fault.
+
+    ``construct`` (``__init__`` with ``root`` and ``params``), ``classes`` (image: unique
+    strings; video: ``None``), per class (the first ``max_classes``): ``load`` (non-empty
+    normal-only training split of the declared modality, read without test labels: ``load`` runs
+    under the same label guard as a method), ``labels`` (aligned with the test split, 0/1, both
+    present), ``deterministic`` (a second load gives identical arrays); then ``fingerprint``
+    (a non-empty string, the same for a second instance) and the dataset's own ``check()``.
+    """
+    from occbench.harness.api import Dataset, verify_labels_match
+
+    report = ValidationReport(name, kind="dataset")
+    add = report.results.append
+    try:
+        cls = registry.datasets.get(name)
+        ds: Dataset = cls(root=root, **dict(params or {}))
+        add(CheckResult("construct", "-", True))
+    except Exception as exc:
+        add(CheckResult("construct", "-", False, f"{type(exc).__name__}: {exc}"))
+        return report
+    mod = getattr(cls, "modality", None)
+    try:
+        classes = ds.classes()
+        if mod == "image":
+            ok = bool(classes) and all(isinstance(c, str) for c in classes or []) and \
+                len(set(classes or [])) == len(classes or [])
+            add(CheckResult("classes", str(mod), ok, "" if ok else
+                            f"an image dataset lists its classes as unique strings, got "
+                            f"{classes!r}"))
+            if not ok:
+                return report
+        else:
+            add(CheckResult("classes", str(mod), classes is None, "" if classes is None else
+                            "a video dataset has no classes: classes() must return None"))
+    except Exception as exc:
+        add(CheckResult("classes", str(mod), False, f"{type(exc).__name__}: {exc}"))
+        return report
+    for c in (classes or [None])[:max_classes]:
+        where = f"{mod}[{c}]" if c is not None else str(mod)
+        try:
+            with label_guard():
+                split = ds.load(c)
+            again = ds.load(c)
+        except LabelAccessError as exc:
+            add(CheckResult("load", where, False, f"load() reads test labels: {exc}"))
+            continue
+        except Exception as exc:
+            add(CheckResult("load", where, False, f"{type(exc).__name__}: {exc}"))
+            continue
+        kinds = {"image": ImageData, "video": VideoData}
+        want = kinds.get(str(mod))
+        if want is None or not isinstance(split.train, want) or not isinstance(split.test, want):
+            add(CheckResult("load", where, False, f"load() must return {mod} data for train "
+                            f"and test, got {type(split.train).__name__}/"
+                            f"{type(split.test).__name__}"))
+            continue
+        if split.train.n_items == 0 or split.test.n_items == 0:
+            add(CheckResult("load", where, False, "empty training or test split"))
+            continue
+        add(CheckResult("load", where, True, f"{split.train.n_items} training, "
+                        f"{split.test.n_items} test items"))
+        try:
+            labels = ds.test_labels(c)
+            verify_labels_match(split.test, labels)
+            lab = np.concatenate([np.asarray(v).ravel() for v in labels.per_video.values()])
+            bad = set(np.unique(lab).tolist()) - {0, 1}
+            msg = (f"labels must be 0/1, found {sorted(bad)[:5]}" if bad else
+                   "" if 0 < lab.sum() < len(lab) else
+                   "the test set needs normal (0) and anomalous (1) items")
+            add(CheckResult("labels", where, not msg, msg))
+        except Exception as exc:
+            add(CheckResult("labels", where, False, f"{type(exc).__name__}: {exc}"))
+        same = _same_data(split.train, again.train) and _same_data(split.test, again.test)
+        add(CheckResult("deterministic", where, same, "" if same else
+                        "a second load() gave different data"))
+    try:
+        fp = ds.fingerprint()
+        fp2 = cls(root=root, **dict(params or {})).fingerprint()
+        ok = isinstance(fp, str) and bool(fp) and fp == fp2
+        add(CheckResult("fingerprint", "-", ok, "" if ok else
+                        f"fingerprint() must be a non-empty string, stable across instances "
+                        f"(got {fp!r} and {fp2!r})"))
+    except Exception as exc:
+        add(CheckResult("fingerprint", "-", False, f"{type(exc).__name__}: {exc}"))
+    try:
+        rep = ds.check()
+        add(CheckResult("check", "-", rep.ok, "; ".join(rep.errors)))
+    except Exception as exc:
+        add(CheckResult("check", "-", False, f"{type(exc).__name__}: {exc}"))
+    return report
+
+
+def _same_data(a: Data, b: Data) -> bool:
+    if isinstance(a, ImageData) and isinstance(b, ImageData):
+        return bool(np.array_equal(a.images, b.images))
+    if isinstance(a, VideoData) and isinstance(b, VideoData):
+        return a.video_ids == b.video_ids and all(
+            np.array_equal(x.frames, y.frames) for x, y in zip(a.videos, b.videos, strict=True))
+    return False

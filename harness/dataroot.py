@@ -1,6 +1,7 @@
 """Where the datasets live: ``resolve_data_root``.
 
-Order: an explicit value (``--data-root``), the environment variable ``OCCBENCH_DATA_ROOT``, the
+Order: an explicit value (``--data-root``), the environment variable ``OCCBENCH_DATA_ROOT`` (the
+older name ``OCCBENCH_DATA`` is accepted too), the
 key ``data_root`` in ``~/.config/occbench/config.toml`` (``$XDG_CONFIG_HOME`` respected), else
 ``None`` (datasets that need files then raise ``DatasetNotFoundError`` with the expected layout).
 """
@@ -17,6 +18,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_VAR = "OCCBENCH_DATA_ROOT"
+ENV_VAR_ALIAS = "OCCBENCH_DATA"  # what the tests used first; documented name: ENV_VAR
 
 
 def config_path() -> Path:
@@ -32,7 +34,7 @@ def resolve_data_root(cli_value: str | None) -> Path | None:
     """
     if cli_value:
         return Path(cli_value).expanduser()
-    env = os.environ.get(ENV_VAR)
+    env = os.environ.get(ENV_VAR) or os.environ.get(ENV_VAR_ALIAS)
     if env:
         return Path(env).expanduser()
     cfg = config_path()

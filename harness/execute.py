@@ -88,6 +88,20 @@ def static_provenance() -> dict[str, Any]:
     }
 
 
+def plugin_provenance(job: Job) -> dict[str, dict[str, str | None]]:
+    """The distribution (pip package) and version that provide the job's method and dataset,
+    e.g. ``{"method": {"name": "ocsvm", "package": "occbench", "version": "0.1.0"}, ...}``
+    (``static_provenance`` knows only occbench's own dependencies)."""
+    out: dict[str, dict[str, str | None]] = {}
+    for role, reg, name in (("method", registry.methods, job.method),
+                            ("dataset", registry.datasets, job.dataset)):
+        source = reg.source_of(name)  # from the entry point: the plugin is not imported here
+        if source is None:
+            continue
+        out[role] = {"name": name, "package": source, "version": registry.dist_version(source)}
+    return out
+
+
 def git_sha() -> str | None:
     """The commit of the occbench source tree, with ``-dirty`` if it has local changes."""
     here = Path(__file__).resolve().parent
@@ -492,6 +506,7 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
             t_load = time.perf_counter()
             split, auxiliary = load_inputs(job, root)
             prov["load_time_s"] = round(time.perf_counter() - t_load, 3)
+            prov["plugins"] = plugin_provenance(job)
             if seal:
                 try:
                     raw, sprov, mlog = sandbox.run_sealed(job, split, auxiliary, device, root,

@@ -45,7 +45,14 @@ import ray
 from occbench.harness import registry
 from occbench.harness.api import Resources
 from occbench.harness.execute import JobOutput, RootHandle, _load_split, enter_worker, execute_job
-from occbench.harness.runner import ClaimFn, DoneFn, Runner, StopFn, failed_output
+from occbench.harness.runner import (
+    ClaimFn,
+    DoneFn,
+    Runner,
+    RunnerError,
+    StopFn,
+    failed_output,
+)
 from occbench.harness.spec import Job
 from ray import cloudpickle
 
@@ -175,6 +182,64 @@ def init_local_ray(num_cpus: int | None = None, num_gpus: int | None = None,
              _system_config={"task_oom_retries": OOM_RETRIES, **(system_config or {})})
 
 
+#: Seconds to wait for a TCP connection to a cluster address before giving up: Ray itself
+#: retries "Failed to connect to GCS" for a long time.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """``None`` when ``host:port`` accepts a TCP connection, else why not."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
+def join_cluster(address: str) -> None:
+    """``ray.init(address)`` that fails fast with a :class:`RunnerError` naming the fix: an
+    address nothing listens on, ``auto`` with no cluster, ``ray://`` without ``ray[client]``."""
+    import importlib.util
+
+    client = address.startswith("ray://")
+    hostport = address.removeprefix("ray://")
+    if client and importlib.util.find_spec("grpc") is None:
+        raise RunnerError(f"--address {address} uses Ray Client, which needs ray[client]: "
+                          "pip install 'occbench[cluster]'")
+    if address == "auto":
+        # "auto" reads RAY_ADDRESS or the address a `ray start` recorded in /tmp/ray: a cluster
+        # that has gone since would make ray.init retry for minutes, so check it first
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            hostport = str(canonicalize_bootstrap_address("auto") or "")
+        except ConnectionError as exc:
+            raise RunnerError(f"--address auto: no running Ray cluster found ({exc}); start one "
+                              "(`ray start --head`) or leave --address out to run on this "
+                              "machine") from exc
+        except Exception:  # a private Ray helper: if it moved, let ray.init decide
+            hostport = ""
+    if hostport and hostport != "auto":
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise RunnerError(f"--address {address!r}: expected auto, HOST:PORT (the GCS "
+                              "port, 6379 by default) or ray://HOST:PORT (10001)")
+        why = _reachable(host.strip("[]"), int(port))
+        if why is not None:
+            raise RunnerError(f"--address {address}: cannot reach a Ray cluster at {hostport} "
+                              f"({why}); start one "
+                              f"there (`ray start --head`), fix --address, or leave --address "
+                              "out to run on this machine")
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunnerError(f"--address {address}: {first}; start a cluster (`ray start --head`) "
+                          "or leave --address out to run on this machine") from exc
+
+
 class RayRunner(Runner):
     """Runs each job as a Ray task; see the module docstring for placement and faults.
 
@@ -217,7 +282,7 @@ class RayRunner(Runner):
         if self.address is None:
             init_local_ray(self.num_cpus, self.num_gpus)
         else:
-            ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
+            join_cluster(self.address)
         self._owns_ray = True
 
     @staticmethod

@@ -106,7 +106,11 @@ class Registry(Generic[T]):
         except Exception as exc:  # a broken third-party plugin must not hide the others
             self._broken[name] = f"{source}: {ep.value}: {type(exc).__name__}: {exc}"
             return None
-        self._check(name, obj, source)
+        try:
+            self._check(name, obj, source)
+        except BrokenPluginError as exc:  # misnamed or not a subclass: reported, not raised
+            self._broken[name] = str(exc)
+            return None
         entry = Entry(name, obj, source)
         self._loaded[name] = entry
         return entry
@@ -168,6 +172,17 @@ class Registry(Generic[T]):
         known = ", ".join(sorted(names)) or "none"
         raise UnknownPluginError(f"unknown {self.kind} {name!r}{hint} (known: {known})")
 
+    def source_of(self, name: str) -> str | None:
+        """The distribution that provides ``name`` (``"<runtime>"``... for ``register()``),
+        read from the entry point without importing the plugin; ``None`` if unknown."""
+        if name in self._loaded:
+            return self._loaded[name].source
+        try:
+            found = self._scan().get(name)
+        except RegistryError:
+            return None
+        return None if found is None else found[1]
+
     def names(self) -> list[str]:
         """Names of plugins that load (imports every plugin)."""
         return [e.name for e in self.entries()]
@@ -192,6 +207,18 @@ class Registry(Generic[T]):
         self._eps = None
         self._loaded = {}
         self._broken = {}
+
+
+def dist_version(dist: str) -> str | None:
+    """Installed version of distribution ``dist`` (``None`` for runtime registrations)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if dist.startswith("<") or dist == "?":
+        return None
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def _dist_name(ep: EntryPoint) -> str:

@@ -36,6 +36,11 @@ DoneFn = Callable[[Job, JobOutput], None]
 StopFn = Callable[[], bool]
 
 
+class RunnerError(RuntimeError):
+    """A runner cannot start (e.g. a Ray address that cannot be reached); the message names
+    the fix. The CLI prints it as one ``error:`` line."""
+
+
 class Runner(ABC):
     """Executes ``execute_job`` for each job somewhere; see module docstring for the callbacks."""
 

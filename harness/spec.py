@@ -248,6 +248,10 @@ def resolve_method(name: str, params: Mapping[str, Any], where: str = "") -> tup
         cls(**resolved)  # __init__ only stores: cheap, and catches type errors up front
     except TypeError as exc:
         raise SpecError(f"{where}method {name!r}: {exc}") from exc
+    except Exception as exc:  # a plugin's own bug: one line naming it, not a traceback
+        raise SpecError(f"{where}method {name!r}: __init__ raised {type(exc).__name__}: {exc}; "
+                        "fix the plugin (__init__ must only store its parameters) or drop it "
+                        "from the spec") from exc
     return cls, resolved
 
 
@@ -261,6 +265,9 @@ def make_dataset(name: str, params: Mapping[str, Any], data_root: str | Path | N
         return cls(root=data_root, **dict(params))
     except TypeError as exc:
         raise SpecError(f"{where}dataset {name!r}: {exc}") from exc
+    except Exception as exc:  # a plugin's own bug: one line naming it, not a traceback
+        raise SpecError(f"{where}dataset {name!r}: __init__ raised {type(exc).__name__}: "
+                        f"{exc}; fix the plugin or its params") from exc
 
 
 def spec_job_ids(specs: Sequence[str | Path], data_root: str | Path | None = None) -> set[str]:
@@ -336,6 +343,9 @@ def _expand_own(spec: Spec, data_root: str | Path | None) -> Plan:
                 classes = list(known)
             else:
                 want_list = [str(c) for c in (want if isinstance(want, list) else [want])]
+                # an index names a class too (fashion-mnist 8 = "bag"), as digits takes 8
+                want_list = [known[int(c)] if c not in known and c.isdigit()
+                             and int(c) < len(known) else c for c in want_list]
                 bad = [c for c in want_list if c not in known]
                 if bad:
                     raise SpecError(f"{where}unknown classes {bad} (classes are {known})")

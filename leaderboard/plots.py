@@ -101,12 +101,13 @@ def roc_figure(scores: pd.DataFrame, div_id: str, max_points: int = 400) -> str:
         if len(fpr) > max_points:  # keep the curve's shape: sample evenly along its points
             idx = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
             fpr, tpr = fpr[idx], tpr[idx]
-        data.append({"type": "scatter", "x": _r(fpr), "y": _r(tpr), "mode": "lines",
-                     "name": "ROC", "line": {"color": COLORS[0], "width": 2}})
-    data.append({"type": "scatter", "x": [0, 1], "y": [0, 1], "mode": "lines", "name": "chance",
-                 "line": {"color": "#999", "dash": "dot", "width": 1}})
-    layout = _layout(xaxis={"title": {"text": "false positive rate"}, "range": [0, 1]},
-                     yaxis={"title": {"text": "true positive rate"}, "range": [0, 1.02]},
+        # in % like every table of the site
+        data.append({"type": "scatter", "x": _r(100 * fpr, 2), "y": _r(100 * tpr, 2),
+                     "mode": "lines", "name": "ROC", "line": {"color": COLORS[0], "width": 2}})
+    data.append({"type": "scatter", "x": [0, 100], "y": [0, 100], "mode": "lines",
+                 "name": "chance", "line": {"color": "#999", "dash": "dot", "width": 1}})
+    layout = _layout(xaxis={"title": {"text": "false positive rate %"}, "range": [0, 100]},
+                     yaxis={"title": {"text": "true positive rate %"}, "range": [0, 102]},
                      showlegend=False, title={"text": "ROC (pooled over all test items)"})
     return to_div(data, layout, div_id, 380)
 
@@ -185,14 +186,15 @@ def class_bars_figure(classes: Sequence[str], aucs: Sequence[float], highlight: 
                       div_id: str, title: str) -> str:
     """AUROC per normal class (the highlighted class drawn in red)."""
     cols = [COLORS[1] if c == highlight else COLORS[0] for c in classes]
-    data = [{"type": "bar", "x": [txt(c) for c in classes], "y": _r(aucs),
-             "marker": {"color": cols}, "hovertemplate": "class %{x}: %{y}<extra></extra>"}]
-    finite = [a for a in aucs if a is not None and not math.isnan(a)]
-    # chance level (0.5) is the honest floor; below it the axis starts at 0
-    lo = 0.5 if finite and min(finite) >= 0.5 else 0.0
+    pct = [math.nan if a is None else 100 * float(a) for a in aucs]  # % like the tables
+    data = [{"type": "bar", "x": [txt(c) for c in classes], "y": _r(pct, 2),
+             "marker": {"color": cols}, "hovertemplate": "class %{x}: %{y} %<extra></extra>"}]
+    finite = [a for a in pct if not math.isnan(a)]
+    # chance level (50 %) is the honest floor; below it the axis starts at 0
+    lo = 50 if finite and min(finite) >= 50 else 0
     layout = _layout(title={"text": txt(title)},
                      xaxis={"title": {"text": "normal class"}, "type": "category"},
-                     yaxis={"title": {"text": "AUROC"}, "range": [lo, 1]})
+                     yaxis={"title": {"text": "AUROC %"}, "range": [lo, 100]})
     return to_div(data, layout, div_id, 320)
 
 
@@ -201,12 +203,13 @@ def seed_spread_figure(seeds: pd.DataFrame, div_id: str, title: str) -> str:
     data: list[Fig] = []
     for i, (m, g) in enumerate(seeds.groupby("label", sort=True)):
         g = g.sort_values("seed")
-        data.append({"type": "box", "y": _r(g["auc"].to_numpy()), "name": txt(m),
+        data.append({"type": "box", "y": _r(100 * g["auc"].to_numpy(np.float64), 2),
+                     "name": txt(m),
                      "boxpoints": "all", "jitter": 0.3, "pointpos": 0,
                      "marker": {"color": COLORS[i % len(COLORS)]},
                      "text": [f"seed {s}" for s in g["seed"]], "hoverinfo": "y+text"})
     layout = _layout(title={"text": txt(title)}, showlegend=False,
-                     yaxis={"title": {"text": "AUC (per seed)"}}, xaxis={"type": "category"})
+                     yaxis={"title": {"text": "AUC % (per seed)"}}, xaxis={"type": "category"})
     return to_div(data, layout, div_id, 340)
 
 
@@ -254,9 +257,13 @@ def sweep_figure(df: pd.DataFrame, param: str, objectives: Sequence[str], div_id
     xv = d[param]
     numeric = pd.api.types.is_numeric_dtype(xv) and not pd.api.types.is_bool_dtype(xv)
     xs = _r(xv.to_numpy(np.float64), 6) if numeric else [txt(v) for v in xv]
-    data = [{"type": "scatter", "x": xs,
-             "y": _r(pd.to_numeric(d[o], errors="coerce").to_numpy(np.float64)),
-             "mode": "markers", "name": txt(o),
+
+    def ys(o: str) -> list[float | None]:
+        y = pd.to_numeric(d[o], errors="coerce").to_numpy(np.float64)
+        return _r(100 * y, 2) if "auc" in o.lower() else _r(y)  # AUCs in % like the tables
+
+    data = [{"type": "scatter", "x": xs, "y": ys(o), "mode": "markers",
+             "name": txt(o) + (" %" if "auc" in o.lower() else ""),
              "marker": {"color": COLORS[i % len(COLORS)], "size": 7}}
             for i, o in enumerate(objectives)]
     xaxis: dict[str, Any] = {"title": {"text": txt(param)}}

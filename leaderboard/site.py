@@ -252,7 +252,9 @@ def _method_info(name: str) -> dict[str, Any]:
         cls: Any = e.obj
         return {"description": str(getattr(cls, "description", "") or (cls.__doc__ or "")),
                 "version": str(getattr(cls, "version", "")), "source": e.source,
-                "defaults": {k: repr(v) for k, v in sorted(cls.default_params().items())},
+                # JSON, as run parameters are shown: "scale", not 'scale'
+                "defaults": {k: json.dumps(v, default=str)
+                             for k, v in sorted(cls.default_params().items())},
                 "modalities": sorted(getattr(cls, "modalities", []))}
     except Exception:  # method not installed here (store from elsewhere): show what runs say
         return {"description": "", "version": "", "source": "not installed", "defaults": {},
@@ -426,12 +428,15 @@ class _Builder:
             p = json.loads(text)
             params.append({k: json.dumps(v, default=str) for k, v in sorted(p.items())})
         params.sort(key=lambda d: json.dumps(d, sort_keys=True))
-        agg = _records(a.agg[a.agg["method"] == label])
+        mg = a.agg[a.agg["method"] == label]
+        agg = _records(mg)
+        # the GPU column only for a method that used a GPU (a CPU method's 0.0000 is noise)
+        gpu = bool((mg["gpu_hours"].fillna(0) > 0).any() or mg["peak_gpu_mb"].notna().any())
         mine = a.published[a.published["method"] == label]
         rep = mine["status"] != "not reproduced"
         self.render(f"methods/{self.mslug[label]}.html", "method.html", label=label,
                     plugin=plugin, info=_method_info(plugin), versions=versions,
-                    params=params[:20], n_param_sets=len(params), results=agg,
+                    params=params[:20], n_param_sets=len(params), results=agg, gpu=gpu,
                     published=_records(mine[rep]), unreproduced=_records(mine[~rep]))
 
     # -- run pages -----------------------------------------------------------------------------

@@ -31,11 +31,6 @@ from occbench.harness.api import (
     frames_of,
     split_frames,
 )
-from sklearn.decomposition import PCA
-from sklearn.ensemble import IsolationForest
-from sklearn.model_selection import GridSearchCV
-from sklearn.neighbors import KernelDensity
-from sklearn.svm import OneClassSVM
 
 Preprocess = Literal["minmax", "gcn"]
 
@@ -113,6 +108,8 @@ class OCSVM(FlatPixelMethod):
 
     def fit(self, train: Data, context: Context) -> OCSVM:
         x = self._train_features(train, context)
+        from sklearn.svm import OneClassSVM  # here: listing/expanding specs needs no sklearn
+
         self.model_ = OneClassSVM(kernel="rbf", nu=self.nu, gamma=self.gamma).fit(x)
         context.logger.info("ocsvm: %d support vectors of %d", len(self.model_.support_), len(x))
         return self
@@ -143,6 +140,8 @@ class IsolationForestMethod(FlatPixelMethod):
 
     def fit(self, train: Data, context: Context) -> IsolationForestMethod:
         x = self._train_features(train, context)
+        from sklearn.ensemble import IsolationForest
+
         self.model_ = IsolationForest(
             n_estimators=self.n_estimators,
             # cap at the training size: sklearn would warn and do the same
@@ -180,6 +179,10 @@ class KDE(FlatPixelMethod):
     def fit(self, train: Data, context: Context) -> KDE:
         x = self._train_features(train, context)
         n_comp = int(min(self.pca, x.shape[1], max(1, len(x) - 1)))
+        from sklearn.decomposition import PCA
+        from sklearn.model_selection import GridSearchCV
+        from sklearn.neighbors import KernelDensity
+
         self.pca_ = PCA(n_components=n_comp, random_state=context.seed).fit(x)
         z = self.pca_.transform(x)
         grid = self.bandwidths

@@ -1,4 +1,5 @@
-"""Shared fixtures. Real-data tests find the data via $OCCBENCH_DATA or ../shared/data."""
+"""Shared fixtures. Real-data tests find the data via $OCCBENCH_DATA_ROOT (or the older
+$OCCBENCH_DATA) or ../shared/data."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def real_data_root() -> Path | None:
-    env = os.environ.get("OCCBENCH_DATA")
-    # an explicit setting wins, even a missing folder (OCCBENCH_DATA=/none: run as a user would)
+    env = os.environ.get("OCCBENCH_DATA_ROOT") or os.environ.get("OCCBENCH_DATA")
+    # an explicit setting wins, even a missing folder (OCCBENCH_DATA_ROOT=/none: run as a user
+    # would)
     for cand in [Path(env)] if env is not None else [REPO.parent / "shared" / "data"]:
         if cand.is_dir():
             return cand
@@ -23,7 +25,7 @@ def real_data_root() -> Path | None:
 def realdata() -> Path:
     root = real_data_root()
     if root is None:
-        pytest.skip("real benchmark data not found (set OCCBENCH_DATA)")
+        pytest.skip("real benchmark data not found (set OCCBENCH_DATA_ROOT)")
     return root
 
 

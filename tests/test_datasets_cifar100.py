@@ -29,6 +29,7 @@ from occbench.harness.cli_data import check_dataset
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("OCCBENCH_DATA_ROOT", raising=False)
+    monkeypatch.delenv("OCCBENCH_DATA", raising=False)
     monkeypatch.setenv("OCCBENCH_CACHE", str(tmp_path / "cache"))
 
 

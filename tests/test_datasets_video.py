@@ -15,6 +15,7 @@ from occbench.harness.api import DatasetFormatError, DatasetNotFoundError, verif
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("OCCBENCH_DATA_ROOT", raising=False)
+    monkeypatch.delenv("OCCBENCH_DATA", raising=False)
     monkeypatch.setenv("OCCBENCH_CACHE", str(tmp_path / "cache"))
 
 
