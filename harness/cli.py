@@ -434,7 +434,7 @@ def run(
     if summary.stop_reason:
         err.print(f"[yellow]stopped:[/yellow] {escape(summary.stop_reason)}")
     if board:
-        _print_board(st)
+        _print_board(st, cached=True)
     if summary.failed or summary.stop_reason:
         raise typer.Exit(1)
 
@@ -589,42 +589,128 @@ def _precheck(sp: Any, root: str | None, names: set[str] | None = None) -> None:
             raise _fail(f"dataset {d['name']!r} failed its check:\n  " + "\n  ".join(rep.errors))
 
 
-def _print_board(st: Any, fmt: OutFormat = OutFormat.table, runs: Any = None,
-                 agg: Any = None) -> None:
+def _print_board(st: Any, fmt: OutFormat = OutFormat.table, cached: bool = False,
+                 runs: Any = None, agg: Any = None) -> None:
     """The aggregated table of ``st``: a rich table (notes on the console), or with ``fmt``
-    json/csv (the numbers of leaderboard.csv) or md (the table as shown) on stdout alone."""
+    json/csv (the numbers of leaderboard.csv) or md (the table as shown) on stdout alone.
+
+    ``cached``: reuse the table computed for the same store content (see :func:`board_key`):
+    a rerun that ran nothing then prints it without importing scipy (the t intervals).
+    ``runs``/``agg``: the tables a caller has already (the store is read once per command).
+    """
+    if fmt == OutFormat.table:
+        shown = _board_display(st, cached, runs, agg)
+        _show_board(shown)
+        return
+    from occbench.leaderboard.table import aggregate, display_table, runs_frame
+
+    runs = runs_frame(st) if runs is None else runs
+    agg = aggregate(runs) if agg is None else agg
+    if fmt in (OutFormat.json, OutFormat.csv):
+        num = agg.astype(object).where(agg.notna(), None)
+        emit(num.to_dict(orient="records"), fmt, columns=[str(c) for c in agg.columns])
+    else:
+        df = display_table(agg)
+        emit(df.astype(object).to_dict(orient="records"), fmt, columns=[str(c) for c in df.columns])
+
+
+def _board_display(st: Any, cached: bool, runs: Any = None, agg: Any = None) -> dict[str, Any]:
+    """``{"columns", "rows" (strings), "superseded", "incomplete"}`` of the terminal table."""
+    import json
+
+    cache = None
+    if cached:
+        key = board_key(st)
+        cache = None if key is None else board_cache() / f"{key}.json"
+        if cache is not None and cache.exists():
+            try:
+                return dict(json.loads(cache.read_text()))
+            except (OSError, ValueError):
+                pass
     from occbench.leaderboard.table import aggregate, display_table, runs_frame
 
     # the board passes the tables it has: the store is read once per command
     runs = runs_frame(st) if runs is None else runs
     agg = aggregate(runs) if agg is None else agg
     df = display_table(agg)
-    if fmt in (OutFormat.json, OutFormat.csv):
-        num = agg.astype(object).where(agg.notna(), None)
-        emit(num.to_dict(orient="records"), fmt, columns=[str(c) for c in agg.columns])
-        return
-    if fmt == OutFormat.md:
-        emit(df.astype(object).to_dict(orient="records"), fmt, columns=[str(c) for c in df.columns])
-        return
-    if df.empty:
+    shown = {"columns": [str(c) for c in df.columns],
+             "rows": [[str(v) for v in row] for row in df.itertuples(index=False)],
+             "superseded": int(runs.attrs.get("superseded", 0) or 0),
+             "incomplete": int(agg.attrs.get("incomplete_seeds", 0) or 0)}
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{time.time_ns()}.tmp")
+            tmp.write_text(json.dumps(shown))
+            tmp.replace(cache)
+        except OSError:  # a read-only home: compute it next time
+            pass
+    return shown
+
+
+def _show_board(shown: dict[str, Any]) -> None:
+    if not shown["rows"]:
         console.print("no runs in the store yet")
         return
-    if runs.attrs.get("superseded"):
-        console.print(f"{runs.attrs['superseded']} superseded run(s) left out: the same entry, "
+    if shown["superseded"]:
+        console.print(f"{shown['superseded']} superseded run(s) left out: the same entry, "
                       "class and seed run again with a newer method version or changed data "
                       "(the newest run counts; `occbench export` lists them all)")
-    incomplete = agg.attrs.get("incomplete_seeds", 0)
-    if incomplete:
-        console.print(f"{incomplete} seed(s) left out of the means: they lack some of their "
-                      "entry's normal classes (still to run, or failed)")
+    if shown["incomplete"]:
+        console.print(f"{shown['incomplete']} seed(s) left out of the means: they lack some of "
+                      "their entry's normal classes (still to run, or failed)")
     t = table(title="occbench — mean ± std over seeds (AUC: micro frame AUC for video, "
                     "class-mean AUROC for images)")
-    for c in df.columns:
-        t.add_column(str(c), justify="right" if c not in ("dataset", "method", "protocol")
+    for c in shown["columns"]:
+        t.add_column(c, justify="right" if c not in ("dataset", "method", "protocol")
                      else "left")
-    for row in df.itertuples(index=False):
-        t.add_row(*(escape(str(v)) for v in row))
+    for row in shown["rows"]:
+        t.add_row(*(escape(v) for v in row))
     console.print(t)
+
+
+def board_cache() -> Path:
+    """``$XDG_CACHE_HOME/occbench/boards`` (default ``~/.cache/...``)."""
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "occbench" / "boards"
+
+
+#: Code whose change changes the table of the same store content.
+_BOARD_CODE = ("leaderboard/table.py", "leaderboard/stats.py", "harness/store.py",
+               "harness/protocols.py")
+
+
+def board_key(st: Any) -> str | None:
+    """A hash of everything the terminal table is computed from: the store's path and the
+    name, size and modification time of every file under its runs/, metrics/ and labels/
+    (a run added, rescored or pruned changes it), occbench's version and the aggregation code.
+    ``None`` when the store cannot be read."""
+    import hashlib
+    import os
+    from importlib.metadata import PackageNotFoundError, version
+
+    h = hashlib.sha256()
+    try:
+        root = Path(st.path).resolve()
+        h.update(f"{root}|{version('occbench')}\n".encode())
+        here = Path(__file__).resolve().parents[1]
+        for rel in _BOARD_CODE:
+            p = here / rel
+            if p.exists():
+                s = p.stat()
+                h.update(f"{rel}|{s.st_size}|{s.st_mtime_ns}\n".encode())
+        for sub in ("runs", "metrics", "labels"):
+            for dirpath, dirnames, filenames in os.walk(root / sub):
+                dirnames.sort()
+                for f in sorted(filenames):
+                    s = os.stat(os.path.join(dirpath, f))
+                    rel = os.path.relpath(os.path.join(dirpath, f), root)
+                    h.update(f"{rel}|{s.st_size}|{s.st_mtime_ns}\n".encode())
+    except (OSError, PackageNotFoundError):
+        return None
+    return h.hexdigest()[:32]
 
 
 # --------------------------------------------------------------------------------------------

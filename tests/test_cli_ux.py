@@ -352,3 +352,36 @@ def test_shell_completion_of_verbs_arguments_and_options() -> None:
     assert complete("occbench list ", 2) == ["methods", "datasets", "protocols"]
     assert "--dry-run" in complete("occbench run --dr", 2)
     assert complete("occbench store st", 2) == ["status"]
+
+
+# -- the no-op rerun's table ------------------------------------------------------------------
+
+
+def test_rerun_table_is_cached_by_store_content(adhoc_store: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from occbench.harness.cli import board_cache, board_key
+    from occbench.harness.store import RunStore
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    st = RunStore(adhoc_store)
+    key = board_key(st)
+    assert key is not None and key == board_key(st)
+    r = runner.invoke(app, [*ADHOC, "--store", str(adhoc_store)])
+    assert r.exit_code == 0 and "ran 0 jobs" in r.output, r.output
+    cached = board_cache() / f"{key}.json"
+    rows = json.loads(cached.read_text())["rows"]
+    assert len(rows) == 4 and all(row[0] in r.output for row in rows)
+    # the cache is what a rerun prints ...
+    cached.write_text(json.dumps({"columns": ["dataset"], "rows": [["SENTINEL"]],
+                                  "superseded": 0, "incomplete": 0}))
+    r = runner.invoke(app, [*ADHOC, "--store", str(adhoc_store)])
+    assert "SENTINEL" in r.output
+    # ... until any file of the store changes (a run added, rescored, pruned)
+    rec = adhoc_store / "runs" / st.job_ids()[0] / "record.json"
+    s = rec.stat()
+    os.utime(rec, ns=(s.st_atime_ns, s.st_mtime_ns + 1_000_000))
+    assert board_key(st) != key
+    r = runner.invoke(app, [*ADHOC, "--store", str(adhoc_store)])
+    assert "SENTINEL" not in r.output and "AUC (micro) %" in r.output
