@@ -246,10 +246,16 @@ def _load_plan(spec: str | None, methods: str | None, datasets: str | None,
     return sp, plan
 
 
-def check_methods(jobs: list[Any]) -> None:
+def check_methods(jobs: list[Any], root: str | None = None, seal_mode: str = "auto") -> None:
     """Run the fast conformance checks once per method that has jobs to run; a failing method
-    stops the run before any job (exit 2), naming the check."""
-    from occbench.harness.conformance import check_method
+    stops the run before any job (exit 2), naming the check.
+
+    Where the jobs run sealed, so do the checks (the same sandbox); otherwise they run here.
+    """
+    from occbench.harness import sandbox
+    from occbench.harness.conformance import check_method, check_method_sealed
+
+    sealed, probe = sandbox.resolve(seal_mode, warn=False)
 
     seen: dict[str, dict[str, Any]] = {}
     for j in jobs:
@@ -260,7 +266,10 @@ def check_methods(jobs: list[Any]) -> None:
         if key is not None and (conformance_cache() / f"{key}.ok").exists():
             continue  # passed before, same code and parameters
         try:
-            report = check_method(name, params, fast=True)
+            if sealed and probe.bwrap:
+                report = check_method_sealed(name, params, root, probe.bwrap)
+            else:
+                report = check_method(name, params, fast=True, data_root=root)
         except Exception as exc:  # a plugin that cannot even be loaded
             raise _fail(f"method {name!r} cannot be checked: {type(exc).__name__}: {exc}; "
                         f"see `occbench validate {name}`") from None
@@ -271,8 +280,8 @@ def check_methods(jobs: list[Any]) -> None:
             raise _fail(f"method {name!r} fails the conformance check {f.check!r} "
                         f"({f.modality}){': ' + msg if msg else ''}; fix it (details: "
                         f"`occbench validate {name}`) or pass --no-check-methods")
-        console.print(f"[dim]conformance of {escape(name)}: ok "
-                      f"({time.perf_counter() - t0:.1f} s)[/dim]")
+        console.print(f"[dim]conformance of {escape(name)}: ok ("
+                      f"{'sealed, ' if sealed else ''}{time.perf_counter() - t0:.1f} s)[/dim]")
         if key is not None:
             try:
                 conformance_cache().mkdir(parents=True, exist_ok=True)
@@ -413,14 +422,14 @@ def run(
                                       if limit is not None and limit < len(pending) else ""))
     if check_data and jobs:  # only when something will run: a no-op rerun stays instant
         _precheck(sp, root, {j.dataset for j in jobs})
+    seal_mode = seal_mode_checked(sealed) if jobs else "auto"
     if check_methods_ and jobs:
-        check_methods(jobs)
+        check_methods(jobs, root, seal_mode)
     t0 = time.perf_counter()
     if not jobs:  # nothing to run: no runner (starting Ray alone takes seconds), no driver
         summary: Any = SimpleNamespace(ran=0, ok=0, failed=0, already_done=0, skipped_locked=0,
                                        failures=[], stop_reason=None)
     else:
-        seal_mode = seal_mode_checked(sealed)
         summary = _execute(jobs, st, root, runner, device, address, max_concurrent, seal_mode)
     wall = time.perf_counter() - t0
 
@@ -783,8 +792,16 @@ def validate(
     full: Annotated[bool, typer.Option(help="Use the method's full settings, not fast ones."
                                        )] = False,
     data_root: DataRootOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="text, or json (one line: ok and the "
+                                     "results, for scripts).")] = "text",
+    aux: Annotated[list[str] | None, typer.Option(
+        "--aux", hidden=True, help="ROLE=FILE.npy: an auxiliary image pool handed over already "
+                                   "loaded (what `occbench run` does for a sealed check).")] = None,
 ) -> None:
     """Run the conformance kit on a method or dataset plugin; exit 1 if any check fails."""
+    import dataclasses
+    import json
+
     from occbench.harness import registry
     from occbench.harness.conformance import check_dataset_plugin, check_method
 
@@ -795,9 +812,20 @@ def validate(
         if is_dataset:
             report = check_dataset_plugin(plugin, params, _data_root(data_root))
         else:
-            report = check_method(plugin, params, fast=not full)
-    except (LookupError, ImportError, AttributeError, TypeError) as exc:
+            handed = None
+            if aux:
+                import numpy as np
+                from occbench.harness.api import ImageData
+
+                handed = {k: ImageData(np.load(v)) for k, _, v in (a.partition("=") for a in aux)}
+            report = check_method(plugin, params, fast=not full, data_root=_data_root(data_root),
+                                  auxiliary=handed)
+    except (LookupError, ImportError, AttributeError, TypeError, OSError) as exc:
         raise _fail(str(exc)) from None
+    if fmt == "json":
+        sys.stdout.write(json.dumps({"ok": report.ok, "results": [
+            dataclasses.asdict(r) for r in report.results]}, default=str) + "\n")
+        raise typer.Exit(0 if report.ok else 1)
     console.print(escape(report.format()), highlight=False)
     if not report.ok:
         raise typer.Exit(1)

@@ -186,8 +186,14 @@ def _run(cls: type[Method], params: dict[str, Any], train: Data, test: Data, see
 
 
 def check_method(plugin: str | type[Method], params: dict[str, Any] | None = None,
-                 fast: bool = True, modalities: list[Modality] | None = None) -> ValidationReport:
-    """Run every conformance check; never raises for a method's fault."""
+                 fast: bool = True, modalities: list[Modality] | None = None,
+                 data_root: str | Path | None = None,
+                 auxiliary: dict[str, ImageData] | None = None) -> ValidationReport:
+    """Run every conformance check; never raises for a method's fault.
+
+    The auxiliary image datasets the method asks for are loaded from ``data_root``, unless
+    ``auxiliary`` hands them over already loaded (a sealed check, which sees no data root).
+    """
     cls = load_method_class(plugin) if isinstance(plugin, str) else plugin
     report = ValidationReport(getattr(cls, "name", cls.__name__))
     add = report.results.append
@@ -214,8 +220,10 @@ def check_method(plugin: str | type[Method], params: dict[str, Any] | None = Non
 
     # -- auxiliary datasets it asks for (e.g. an intruder pool): resolved as a run would
     try:
-        aux = {role: _load_auxiliary(a["dataset"], None)
-               for role, a in auxiliary_of(m, None).items()}
+        root = None if data_root is None else str(data_root)
+        aux = dict(auxiliary) if auxiliary is not None else {
+            role: _load_auxiliary(a["dataset"], root)
+            for role, a in auxiliary_of(m, root).items()}
     except Exception as exc:
         add(CheckResult("auxiliary", "-", False, f"{type(exc).__name__}: {exc}"))
         return report
@@ -435,3 +443,54 @@ def _same_data(a: Data, b: Data) -> bool:
         return a.video_ids == b.video_ids and all(
             np.array_equal(x.frames, y.frames) for x, y in zip(a.videos, b.videos, strict=True))
     return False
+
+
+# --------------------------------------------------------------------------------------------
+# Sealed: the checks in the bubblewrap sandbox that runs the method's jobs
+# --------------------------------------------------------------------------------------------
+
+
+def check_method_sealed(name: str, params: dict[str, Any], data_root: str | None,
+                        bwrap: str, timeout_s: float = 1800) -> ValidationReport:
+    """:func:`check_method` (fast) run by ``occbench validate --format json`` inside the same
+    sandbox as the method's jobs (``sandbox.layout``: no data root, store, labels or network).
+
+    The auxiliary image datasets it asks for are loaded here, by the harness, and handed over as
+    ``.npy`` files, as a sealed job's are. A sandbox that cannot report is a failed
+    ``sealed_check``.
+    """
+    import json
+    import subprocess
+
+    from occbench.harness import sandbox
+
+    cls = registry.methods.get(name)
+    runtime = registry.methods.registered_at_runtime(name) is not None
+    # a class registered at run time is not an entry point inside: name its module instead
+    ref = f"{cls.__module__}:{cls.__qualname__}" if runtime else name
+    report = ValidationReport(name)
+    lay = sandbox.layout(name, data_root, runtime=runtime)
+    with tempfile.TemporaryDirectory(prefix="occbench-check-") as hd:
+        extra: list[str] = []
+        for role, a in auxiliary_of(cls(**params), data_root).items():
+            np.save(Path(hd) / f"aux-{role}.npy", _load_auxiliary(a["dataset"], data_root).images)
+            extra += ["--aux", f"{role}=/job/aux-{role}.npy"]
+        for k, v in params.items():
+            extra += ["-p", f"{k}={json.dumps(v)}"]
+        prog = [sys.executable, "-s", "-B", "-m", "occbench.harness", "validate", ref,
+                "--format", "json", *extra]
+        try:
+            proc = subprocess.run([bwrap, *sandbox.bwrap_args(lay, hd, "cpu"), *prog],
+                                  capture_output=True, text=True, timeout=timeout_s,
+                                  env=sandbox._host_env())
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            report.results.append(CheckResult("sealed_check", "-", False, str(exc)))
+            return report
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        report.results = [CheckResult(**r) for r in out["results"]]
+    except (ValueError, IndexError, KeyError, TypeError):
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        report.results.append(CheckResult("sealed_check", "-", False,
+                                          f"exit status {proc.returncode}: {tail[0]}"))
+    return report
