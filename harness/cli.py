@@ -16,7 +16,15 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from occbench.harness.ui import OFF_TERMINAL_WIDTH, console, err, escape, make_console, table
+from occbench.harness.ui import (
+    OFF_TERMINAL_WIDTH,
+    console,
+    err,
+    escape,
+    make_console,
+    real_console,
+    table,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -538,7 +546,7 @@ def _run_live(jobs: list[Any], st: Any, r: Any, root: str | None, todo: int,
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
                   TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                  console=console, transient=False, disable=not todo) as prog:
+                  console=real_console(console), transient=False, disable=not todo) as prog:
         task = prog.add_task("jobs", total=todo, status="")
 
         def progress(event: str, job: Any, out: Any) -> None:

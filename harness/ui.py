@@ -42,6 +42,18 @@ class _LazyConsole:
         return getattr(self._console, name)
 
 
+    def real(self) -> Console:
+        """The rich console itself (rich's live display needs it: a proxy has no dunders)."""
+        if self._console is None:
+            self._console = make_console(self._stderr)
+        return self._console
+
+
+def real_console(c: Any) -> Console:
+    """``c`` itself if it is a rich console, the console behind it if it is a lazy one."""
+    return c.real() if isinstance(c, _LazyConsole) else cast("Console", c)
+
+
 console = cast("Console", _LazyConsole(stderr=False))
 err = cast("Console", _LazyConsole(stderr=True))
 
