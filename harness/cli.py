@@ -77,7 +77,7 @@ def _fail(msg: str, code: int = 2) -> typer.Exit:
     """Print one ``error:`` line (a multi-line message is joined with "; ") and return the exit
     to raise (status 2: bad input)."""
     one = "; ".join(s.strip() for s in str(msg).splitlines() if s.strip())
-    err.print(f"[red]error:[/red] {escape(one)}")
+    err.print(f"[red]error:[/red] {escape(one)}", soft_wrap=True)  # never re-wrapped
     return typer.Exit(code)
 
 
@@ -979,12 +979,15 @@ def store_status(store: StoreOpt = Path("runs"), fmt: FormatOpt = OutFormat.tabl
         emit(rows, fmt, columns=["job_id", "status", "method", "dataset", "normal_class", "seed",
                                  "error"])
         return
-    console.print(f"{len(st.job_ids())} finished runs, {len(fails)} failed jobs")
-    for f in fails:
-        e = f.get("error") or {}
-        console.print(f"  [red]{escape(f['job_id'])}[/red] {escape(str(f['job'].get('method')))} "
-                      f"× {escape(str(f['job'].get('dataset')))}: "
-                      f"{escape(str(e.get('type')))}: {escape(str(e.get('message'))[:200])}")
+    from occbench.leaderboard.analysis import failures_frame
+
+    frame = failures_frame(st, lambda m: err.print(f"[yellow]warning:[/yellow] {escape(m)}"))
+    console.print(f"{len(st.job_ids())} finished runs, {len(frame)} failed jobs")
+    for f in frame.itertuples(index=False):
+        where = "" if f.normal_class is None else f", class {f.normal_class}"
+        console.print(f"  [red]{escape(str(f.status))}[/red] {escape(f.label)} × "
+                      f"{escape(f.dataset)}{escape(where)}, seed {escape(str(f.seed))}: "
+                      f"{escape(f.reason)} [dim]({escape(f.job_id)})[/dim]", soft_wrap=True)
 
 
 def _status_row(rec: dict[str, Any], status: str) -> dict[str, Any]:

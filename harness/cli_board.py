@@ -55,10 +55,9 @@ def board(
     table, on stdout.
     """
     from occbench.harness.protocols import ProtocolError, get_protocol
-    from occbench.leaderboard.analysis import analyze, write_tables
+    from occbench.leaderboard.analysis import analyze
     from occbench.leaderboard.published import PublishedFormatError
-    from occbench.leaderboard.site import SiteError, SiteOptions, build
-    from occbench.leaderboard.table import write_board
+    from occbench.leaderboard.site import SiteError, SiteOptions, build, build_tables
 
     try:
         view = [get_protocol(p).id for p in (protocol or [])]
@@ -71,19 +70,22 @@ def board(
         raise _fail(f"--published {published}: no such file")
     if bootstrap < 0:
         raise _fail("--bootstrap must be >= 0")
+
+    def warn(msg: str) -> None:
+        err.print(f"[yellow]warning:[/yellow] {escape(msg)}")
+
     try:
         # one analysis (one read of the store) feeds the site, the tables and the terminal
-        a = analyze(st, published, n_boot=bootstrap or 200)
+        a = analyze(st, published, n_boot=bootstrap or 200, warn=warn)
         if site:
-            res = build(st, out, published, SiteOptions(n_boot=bootstrap), analysis=a)
-            _, files = write_board(st, out, agg=a.agg)
-            files.append(out / "index.html")
+            res = build(st, out, published, SiteOptions(n_boot=bootstrap), analysis=a,
+                        warn=warn)
+            files = [out / "leaderboard.csv", out / "leaderboard.md", out / "index.html"]
             say.print(f"built {len(res.pages)} pages into {escape(str(out))}/ "
                       f"(run pages: {res.runs_built} built, {res.runs_kept} unchanged; "
                       f"tables in {escape(str(out / 'data'))}/)")
         else:
-            _, files = write_board(st, out, agg=a.agg)
-            files += write_tables(a, out)
+            files = build_tables(st, out, published, n_boot=bootstrap, warn=warn, analysis=a)
     except (SiteError, PublishedFormatError) as exc:
         raise _fail(str(exc)) from exc
     _print_board(st, fmt, runs=a.runs, agg=a.agg)

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
+from occbench.harness.paths import is_job_id
 
 STORE_SCHEMA = "occbench.store/2"
 RECORD_SCHEMA = "occbench.run/2"
@@ -55,6 +56,7 @@ RECORD_KEYS = ("schema", "job_id", "status", "job", "provenance", "labels", "fil
 
 #: A job id: 20 lowercase hex characters (the first 80 bits of a sha256). Anything else that
 #: appears where a job id belongs (a record's ``job_id``, a folder name) is never made a path.
+# (``is_job_id`` is occbench.harness.paths': fullmatch, so "<id>\n" is not one either)
 JOB_ID_RE = re.compile(r"^[0-9a-f]{20}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _PROTOCOL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*@[0-9]+$")
@@ -68,10 +70,6 @@ class StoreError(RuntimeError):
 
 class DiskFullError(StoreError):
     pass
-
-
-def is_job_id(s: object) -> bool:
-    return isinstance(s, str) and JOB_ID_RE.match(s) is not None
 
 
 def check_job_id(s: object) -> str:

@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 from occbench.harness import registry
 from occbench.harness.api import Data, ImageData, Method, Video, VideoData
+from occbench.harness.paths import UnsafePathError, check_name, inside, is_safe_name, safe_name
 from occbench.harness.spec import Job, SpecError, make_dataset, resolve_method
 
 if sys.version_info >= (3, 11):
@@ -157,7 +158,7 @@ def sweep_from_dict(data: Mapping[str, Any], path: str = "<memory>") -> SweepSpe
     if num_samples < 1:
         raise SweepError(f"{path}: num_samples must be at least 1")
     sw = SweepSpec(
-        name=str(data.get("name", Path(path).stem)), method=data["method"],
+        name=_sweep_name(data, path), method=data["method"],
         dataset=data["dataset"], search=search, params=params,
         dataset_params=dict(data.get("dataset_params") or {}), classes=data.get("classes", "all"),
         seeds=list(seeds), num_samples=num_samples, search_seed=int(data.get("search_seed", 0)),
@@ -395,8 +396,23 @@ def headline_auc(metrics: Mapping[str, Any]) -> float:
     return float("nan") if v is None else float(v)
 
 
+def _sweep_name(data: Mapping[str, Any], path: str) -> str:
+    """The sweep's ``name`` (it names ``STORE/sweeps/<name>.parquet`` and the Tune experiment
+    folder): a given one must be a plain file name; the default, the file's stem, is slugged."""
+    if "name" in data:
+        try:
+            return check_name(data["name"], "`name`")
+        except UnsafePathError as exc:
+            raise SweepError(f"{path}: {exc}") from None
+    stem = Path(path).stem
+    return stem if is_safe_name(stem) else safe_name(stem)
+
+
 def sweep_table_path(store_path: str | Path, name: str) -> Path:
-    return Path(store_path) / "sweeps" / f"{name}.parquet"
+    """``STORE/sweeps/<name>.parquet``; UnsafePathError for a name that is not a file name."""
+    p = Path(store_path) / "sweeps" / f"{check_name(name, 'sweep name')}.parquet"
+    inside(store_path, p)  # a symlinked sweeps/ pointing out of the store
+    return p
 
 
 def run_sweep(sw: SweepSpec, store: Any, runner: Any, data_root: str | None = None,
@@ -412,6 +428,7 @@ def run_sweep(sw: SweepSpec, store: Any, runner: Any, data_root: str | None = No
         from occbench.harness.ray_runner import tune_search
 
         tune = tune_search
+    path = sweep_table_path(store.path, sw.name)  # before any trial: a bad name costs nothing
     cls = _method_class(sw)
     res = cls(**{**cls.default_params(), **sw.params}).resources_for()
     sweep_dict = {k: v for k, v in sw.__dict__.items()}
@@ -457,7 +474,6 @@ def run_sweep(sw: SweepSpec, store: Any, runner: Any, data_root: str | None = No
         i = int(table[key].astype(float).idxmax())
         table.loc[i, "best"] = True
         best = table.loc[i].to_dict()
-    path = sweep_table_path(store.path, sw.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     table.to_parquet(tmp, index=False)

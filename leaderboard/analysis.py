@@ -13,10 +13,15 @@ the modality's default protocol when it has runs, else the protocol with most ru
 from __future__ import annotations
 
 import hashlib
+import html
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+from occbench.harness.paths import is_job_id
 from occbench.harness.protocols import DEFAULT_PROTOCOL
 from occbench.harness.store import RunStore
 from occbench.leaderboard import published as pub
@@ -26,7 +31,14 @@ from occbench.leaderboard.stats import (
     pairwise_comparisons,
     rank_bootstrap,
 )
-from occbench.leaderboard.table import aggregate, per_class, per_seed, runs_frame
+from occbench.leaderboard.table import aggregate, markdown, per_class, per_seed, runs_frame
+
+#: One row per failed job (``STORE/failed/<job_id>.json`` of a job with no finished run).
+FAILURE_COLUMNS = ["label", "method", "dataset", "protocol", "normal_class", "seed", "status",
+                   "reason", "attempts", "failed_at", "job_id"]
+#: Characters of a failure's reason kept for the tables (its first line; the full message and
+#: traceback stay in the failure record).
+REASON_CHARS = 300
 
 
 @dataclass
@@ -45,6 +57,8 @@ class Analysis:
     published: pd.DataFrame
     sweeps: dict[str, pd.DataFrame] = field(default_factory=dict)
     n_boot: int = 1000
+    failures: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=FAILURE_COLUMNS))  # see failures_frame
 
 
 def stable_seed(*parts: object) -> int:
@@ -87,11 +101,148 @@ def comparisons(runs: pd.DataFrame) -> pd.DataFrame:
                                          if c not in ("dataset", "protocol")]]]
 
 
+def _stderr(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def trusted_runs(runs: pd.DataFrame, warn: Callable[[str], None] = _stderr) -> pd.DataFrame:
+    """``runs`` without rows whose ``job_id`` is not a job id (20 lowercase hex digits).
+
+    A record is plugin- and user-writable text: its job id becomes the path of its run page and
+    of the files read for it, so one like ``../../x`` is left out, with one line to ``warn``.
+    """
+    ok = runs["job_id"].map(is_job_id).astype(bool)
+    for jid in runs.loc[~ok, "job_id"]:
+        warn(f"run record with job id {str(jid)[:60]!r} left out: not 20 lowercase hex digits "
+             "(a damaged or hand-made record; `occbench store verify` lists it)")
+    return runs[ok].reset_index(drop=True) if not ok.all() else runs
+
+
+def _reason(err: Any) -> str:
+    """``Type: first line of the message`` of a failure's ``error`` (capped)."""
+    e = err if isinstance(err, dict) else {}
+    lines = [ln.strip() for ln in str(e.get("message") or "").splitlines() if ln.strip()]
+    typ = str(e.get("type") or "error")
+    text = f"{typ}: {lines[0]}" if lines else typ
+    return text if len(text) <= REASON_CHARS else text[:REASON_CHARS - 1] + "…"
+
+
+def failures_frame(store: RunStore, warn: Callable[[str], None] = _stderr) -> pd.DataFrame:
+    """One row per failed job (:data:`FAILURE_COLUMNS`), sorted by entry, class, seed.
+
+    ``reason`` is the error type and the first line of its message; ``normal_class`` is None
+    for video jobs. A failure record that is not a JSON object is left out with one line.
+    """
+    rows = []
+    for f in store.failures():
+        if not isinstance(f, dict):
+            warn(f"failure record of type {type(f).__name__} left out of {store.failed_dir}")
+            continue
+        j = f.get("job")
+        job: dict[str, Any] = j if isinstance(j, dict) else {}
+        proto = f.get("protocol")
+        pid = job.get("protocol") or (proto.get("id") if isinstance(proto, dict) else None)
+        rows.append({
+            "label": str(job.get("label") or job.get("method") or "?"),
+            "method": str(job.get("method") or "?"), "dataset": str(job.get("dataset") or "?"),
+            "protocol": str(pid or "?"),
+            "normal_class": None if job.get("normal_class") is None
+            else str(job.get("normal_class")),
+            "seed": job.get("seed"), "status": str(f.get("status") or "failed"),
+            "reason": _reason(f.get("error")), "attempts": f.get("attempts"),
+            "failed_at": f.get("failed_at"), "job_id": str(f.get("job_id") or ""),
+        })
+    df = pd.DataFrame(rows, columns=FAILURE_COLUMNS)
+    if df.empty:
+        return df
+    df["_c"] = df["normal_class"].map(_class_key)
+    df["_s"] = pd.to_numeric(df["seed"], errors="coerce")
+    df = df.sort_values(["label", "dataset", "protocol", "_c", "_s", "job_id"], kind="stable")
+    df = df.drop(columns=["_c", "_s"]).reset_index(drop=True)
+    # pandas turns None into NaN in a column with strings; video jobs have no class: None
+    df["normal_class"] = pd.Series([None if _no_class(c) else str(c) for c in df["normal_class"]],
+                                   dtype=object)
+    return df
+
+
+def _no_class(c: Any) -> bool:
+    """No normal class (a video job): None, or the NaN pandas makes of it in a column."""
+    return c is None or (isinstance(c, float) and c != c)
+
+
+def _class_key(c: Any) -> tuple[int, float, str]:
+    """Natural order of class names: video (no class) first, '2' before '10', then text."""
+    if _no_class(c):
+        return (0, 0.0, "")
+    s = str(c)
+    return (1, float(s), "") if s.isdigit() else (2, 0.0, s)
+
+
+def _seeds_text(seeds: Any) -> str:
+    vals = sorted({int(s) if isinstance(s, int | float) and s == s else s for s in seeds},
+                  key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v)))
+    return ", ".join(str(v) for v in vals)
+
+
+def failure_groups(f: pd.DataFrame) -> list[dict[str, Any]]:
+    """Failures per entry (label × dataset × protocol), then per reason: where it failed.
+
+    Each entry: ``label, dataset, protocol, n, classes`` (sorted; empty for video), ``seeds``,
+    ``reasons``: a list of ``{reason, status, n, where}`` with ``where`` a list of
+    ``{normal_class, seeds}`` (``normal_class`` None for video; ``seeds`` as text "0, 1, 2").
+    """
+    out: list[dict[str, Any]] = []
+    if f.empty:
+        return out
+    for (label, ds, pr), g in f.groupby(["label", "dataset", "protocol"], sort=True):
+        reasons = []
+        for (reason, status), gr in g.groupby(["reason", "status"], sort=True):
+            where = []
+            cls = [None if _no_class(c) else str(c) for c in gr["normal_class"]]
+            for c in sorted(set(cls), key=_class_key):
+                seeds = [s for s, k in zip(gr["seed"], cls, strict=True) if k == c]
+                where.append({"normal_class": c, "seeds": _seeds_text(seeds)})
+            reasons.append({"reason": reason, "status": status, "n": len(gr), "where": where})
+        reasons.sort(key=lambda r: (-r["n"], r["reason"]))
+        classes = sorted({str(c) for c in g["normal_class"] if not _no_class(c)},
+                         key=_class_key)
+        out.append({"label": label, "dataset": ds, "protocol": pr, "n": len(g),
+                    "classes": classes, "seeds": _seeds_text(g["seed"]), "reasons": reasons})
+    return out
+
+
+def failures_markdown(f: pd.DataFrame) -> str:
+    """The failed-jobs section of ``leaderboard.md``: one row per entry, reason and class.
+
+    Plugin text (labels, error messages) is HTML-escaped: Markdown renderers pass HTML through.
+    """
+    if f.empty:
+        return "## Failed jobs\n\nNone.\n"
+    rows = []
+    for e in failure_groups(f):
+        for r in e["reasons"]:
+            for w in r["where"]:
+                rows.append({"entry": e["label"], "dataset": e["dataset"],
+                             "protocol": e["protocol"],
+                             "class": "—" if w["normal_class"] is None else w["normal_class"],
+                             "seeds": w["seeds"], "status": r["status"], "reason": r["reason"]})
+    table = pd.DataFrame(rows).map(lambda v: html.escape(str(v), quote=False))
+    return (f"## Failed jobs ({len(f)})\n\nJobs with no finished run, per entry, class and "
+            "seed, with the error type and the first line of its message (the full record is "
+            "in STORE/failed/<job_id>.json; `occbench store status` lists them).\n\n"
+            + markdown(table) + "\n")
+
+
 def analyze(store: RunStore | str | Path, published_path: str | Path | None = None,
-            n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Analysis:
-    """Compute every table of the leaderboard from ``store`` (deterministic for a given seed)."""
+            n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+            warn: Callable[[str], None] = _stderr) -> Analysis:
+    """Compute every table of the leaderboard from ``store`` (deterministic for a given seed).
+
+    Records with an invalid job id are left out (see :func:`trusted_runs`), one line each to
+    ``warn``.
+    """
     st = store if isinstance(store, RunStore) else RunStore(store)
-    runs = runs_frame(st)
+    runs = trusted_runs(runs_frame(st), warn)
     seeds = per_seed(runs) if not runs.empty else pd.DataFrame()
     agg = aggregate(runs, level)
     classes = per_class(runs, level) if not runs.empty else pd.DataFrame()
@@ -123,7 +274,8 @@ def analyze(store: RunStore | str | Path, published_path: str | Path | None = No
     published = pub.compare(pub.load_published(published_path), runs, level)
     return Analysis(runs=runs, seeds=seeds, agg=agg, classes=classes, comparisons=comp,
                     ranking_blocks=blocks, friedman=fr, rank_uncertainty=ru, p_best=p_best,
-                    published=published, sweeps=load_sweeps(st), n_boot=n_boot)
+                    published=published, sweeps=load_sweeps(st), n_boot=n_boot,
+                    failures=failures_frame(st, warn))
 
 
 def load_sweeps(store: RunStore) -> dict[str, pd.DataFrame]:
@@ -151,7 +303,7 @@ def write_tables(a: Analysis, out: str | Path) -> list[Path]:
     files = {
         "per_class.csv": a.classes, "comparisons.csv": a.comparisons,
         "ranks.csv": _ranks_table(a), "p_best.csv": a.p_best,
-        "published_vs_reproduced.csv": a.published,
+        "published_vs_reproduced.csv": a.published, "failures.csv": a.failures,
     }
     paths = []
     for name, df in files.items():

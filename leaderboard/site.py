@@ -17,6 +17,7 @@ iteration and fixed plot ids make the output a pure function of the store.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -24,31 +25,46 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
+from occbench.harness.paths import UnsafePathError, inside, is_job_id, safe_name
 from occbench.harness.store import RunStore
 from occbench.leaderboard import plots
-from occbench.leaderboard.analysis import Analysis, analyze, stable_seed, write_tables
+from occbench.leaderboard.analysis import (
+    Analysis,
+    analyze,
+    failure_groups,
+    failures_markdown,
+    stable_seed,
+    write_tables,
+)
 from occbench.leaderboard.stats import ALL_PAIRS_MAX, video_bootstrap
-from occbench.leaderboard.table import display_table, markdown
+from occbench.leaderboard.table import display_table, markdown, write_board
 
+#: The marker of a folder the board made: JSON ``{"schema", "files": [relative paths]}``.
 MARKER = ".occbench-site"
+MARKER_SCHEMA = "occbench.site/1"
+STAGING_PREFIX = ".occbench-staging-"
+#: Held while a build writes into ``--out`` (two boards into one folder would mix their files).
+LOCK = ".occbench-site.lock"
 #: Input key of every run page of the last build (``runs/<job_id>.html`` -> sha256).
 MANIFEST = ".occbench-pages.json"
 MANIFEST_SCHEMA = "occbench.site-pages/1"
 _RUN_PAGE_RE = re.compile(r"runs/[0-9a-f]{20}\.html")
 #: A dataset page lists this many runs; the rest go to numbered run-list pages.
 RUNS_PER_PAGE = 500
-OWNED_DIRS = ("datasets", "methods", "runs", "static", "data")
-OWNED_FILES = ("index.html", "sweeps.html", "leaderboard.csv", "leaderboard.md", MARKER,
-               MANIFEST)
 
 
 class SiteError(RuntimeError):
@@ -125,12 +141,8 @@ def pval(v: Any) -> str:
     return "< 0.001" if float(v) < 0.001 else f"{float(v):.3f}"
 
 
-def slug(name: str) -> str:
-    """A file-name-safe slug; names that had to change get a short hash so they stay unique."""
-    s = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "x"
-    if s != name:
-        s = f"{s[:40]}-{hashlib.sha1(name.encode()).hexdigest()[:6]}"
-    return s
+#: File-name slug of a method label or dataset name (see :func:`occbench.harness.paths.safe_name`).
+slug = safe_name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,32 +176,141 @@ def _static_dir() -> Path:
     return Path(occbench.site.__file__).resolve().parent / "static"
 
 
-def _prepare_out(out: Path) -> dict[str, str]:
-    """Make ``out`` ready: remove a previous build (only our own files), refuse foreign folders.
+def _manifest(out: Path) -> set[str]:
+    """The files a previous build listed in ``out``'s marker; empty set for a new or empty folder.
 
-    Run pages are kept when the previous build left its manifest (:data:`MANIFEST`: each
-    page's input key): they are pure functions of their inputs, so unchanged ones are not
-    built again. Returns that manifest (empty when there is none)."""
-    manifest: dict[str, str] = {}
-    if out.exists():
-        if not out.is_dir():
-            raise SiteError(f"{out} is a file; choose a folder for the site")
-        marker = (out / MARKER).exists()
-        foreign = [p.name for p in out.iterdir()
-                   if p.name not in OWNED_FILES and p.name not in OWNED_DIRS
-                   and not p.name.endswith(".csv")]
-        if foreign and not marker:
-            raise SiteError(f"{out} holds files that are not an occbench site ({foreign[:3]}); "
-                            "choose an empty or new folder for --out")
-        manifest = _read_manifest(out) if marker else {}
-        for d in OWNED_DIRS:
-            if d == "runs" and manifest:
-                continue
-            if (out / d).is_dir():
-                shutil.rmtree(out / d)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("occbench leaderboard site; rebuilt by `occbench board`\n")
-    return manifest
+    Raises :class:`SiteError` for a file, a non-empty folder without our marker (a store, a data
+    folder, anyone's files: never ours to replace), or a marker that is not our file list.
+    """
+    if not out.exists():
+        return set()
+    if not out.is_dir():
+        raise SiteError(f"--out {out} is a file; choose a folder for the board")
+    marker = out / MARKER
+    if not marker.is_file() or marker.is_symlink():
+        names = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+        if names:
+            raise SiteError(f"--out {out} is not empty and not an occbench site (no {MARKER} "
+                            f"from `occbench board`; it holds {names[:3]}); choose a new or "
+                            "empty folder for --out")
+        return set()
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+        files = data["files"] if data.get("schema") == MARKER_SCHEMA else None
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise ValueError("no file list")
+    except (ValueError, AttributeError, KeyError, UnicodeDecodeError) as exc:
+        raise SiteError(f"{marker} is not a file list of this occbench ({exc}; an older board "
+                        f"or an edited marker): delete {out} yourself or choose a new --out "
+                        "folder") from None
+    out_files: set[str] = set()
+    for f in files:
+        parts = Path(f).parts
+        # a hand-edited or hostile marker must not make the rebuild delete outside --out
+        if (not parts or Path(f).is_absolute() or ".." in parts or "\\" in f
+                or f == MARKER):
+            raise SiteError(f"{marker}: {f!r} is not a path inside the site; delete {out} "
+                            "yourself or choose a new --out folder")
+        out_files.add(Path(f).as_posix())
+    return out_files
+
+
+def _write_marker(out: Path, files: Iterable[str]) -> None:
+    tmp = out / f"{MARKER}.{uuid.uuid4().hex}.tmp"
+    tmp.write_text(json.dumps({"schema": MARKER_SCHEMA, "note": "written by `occbench board`; "
+                               "a rebuild deletes only the files listed here",
+                               "files": sorted(set(files))}, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, out / MARKER)
+
+
+@dataclass
+class SiteOutput:
+    """One build into ``--out``: write into ``stage``; ``prev`` is what the previous build
+    listed; add to ``keep`` the files of it to keep as they are (unchanged run pages)."""
+
+    out: Path
+    stage: Path
+    prev: set[str]
+    keep: set[str]
+
+
+@contextmanager
+def site_output(out: str | Path) -> Iterator[SiteOutput]:
+    """A staging folder for one build of the board into ``out``; committed when the block ends.
+
+    ``out`` must be new, empty or a previous build (:data:`MARKER` lists its files). The build
+    writes into the staging folder (inside ``out``, so moving is a rename); on success the
+    previous build's files are deleted, the new ones moved in and the marker rewritten. Files
+    that are not in the marker are never deleted or overwritten: one in the way of a new page
+    is an error and nothing changes. On an error inside the block nothing in ``out`` changes
+    but the (empty) marker of a folder this build just made.
+    """
+    outp = Path(out)
+    _manifest(outp)  # refuse a foreign folder before creating anything in it
+    outp.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(outp / LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise SiteError(f"another `occbench board` is writing into {outp}; wait for it to "
+                        "finish or choose another --out") from None
+    try:
+        prev = _manifest(outp)  # again, now that no other build can change it
+        if not (outp / MARKER).exists():
+            _write_marker(outp, prev)  # claim the folder before anything else is written
+        for p in outp.glob(f"{STAGING_PREFIX}*"):  # a build killed before it finished
+            if (p.is_dir() and not p.is_symlink()
+                    and re.fullmatch(rf"{STAGING_PREFIX}\w+", p.name)):
+                shutil.rmtree(p)
+        stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=outp))
+        try:
+            so = SiteOutput(outp, stage, prev, set())
+            yield so
+            _commit(outp, stage, prev, so.keep & prev)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    finally:
+        lock.release()
+
+
+def _commit(out: Path, stage: Path, prev: set[str], keep: set[str]) -> None:
+    new = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*")
+                 if p.is_file() and not p.is_symlink())
+    keep = {k for k in keep - set(new) if (out / k).is_file() and not (out / k).is_symlink()}
+    for rel in new:
+        dst = out / rel
+        try:
+            inside(out, dst)  # a foreign symlinked folder in the way is caught here
+        except UnsafePathError as exc:
+            raise SiteError(f"{exc}: move it out of --out {out} or choose another folder"
+                            ) from None
+        ours = rel in prev and dst.is_file() and not dst.is_symlink()
+        if not ours and (dst.exists() or dst.is_symlink()):
+            raise SiteError(f"{dst} exists and is not from a previous board build (not in "
+                            f"{MARKER}); move it out of --out or choose another folder")
+        for parent in dst.relative_to(out).parents:
+            q = out / parent
+            if q != out and (q.is_symlink() or (q.exists() and not q.is_dir())):
+                raise SiteError(f"{q} is in the way of the board's {rel}; move it out of "
+                                "--out or choose another folder")
+    # the marker lists old and new files while both may be there: a kill in between leaves
+    # nothing the next build would take for foreign
+    _write_marker(out, prev | set(new))
+    dirs: set[Path] = set()
+    for rel in sorted(prev - set(new) - keep):
+        p = out / rel
+        if p.is_symlink() or not p.is_file():
+            continue  # replaced by something else since: not ours any more
+        p.unlink()
+        dirs.update(q for q in p.parents if q != out and out in q.parents)
+    for rel in new:
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / rel, dst)
+    for d in sorted(dirs, key=lambda q: len(q.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty: a foreign file beside our pages
+            d.rmdir()
+    _write_marker(out, set(new) | keep)
 
 
 def _read_manifest(out: Path) -> dict[str, str]:
@@ -339,7 +460,8 @@ class _Builder:
         self.render("index.html", "index.html", labels=labels, matrix=matrix,
                     by_method=by_method, friedman=fr,
                     cd_div=Markup(cd), ranks=ranks, n_runs=len(a.runs),
-                    n_failed=len(self.store.failures()), n_boot=a.n_boot,
+                    n_failed=len(a.failures), failures=failure_groups(a.failures),
+                    n_boot=a.n_boot,
                     datasets=sorted(self.dslug), methods=sorted(self.mslug),
                     other_protocols=_other_protocols(a))
 
@@ -414,7 +536,8 @@ class _Builder:
                     n_unreproduced=n_unrep, sweeps=sweeps, runs=runrows_shown,
                     n_runs=len(runrows), run_pages=run_pages, page=1,
                     ranking_protocol=a.ranking_blocks.get(ds), all_pairs_max=ALL_PAIRS_MAX,
-                    n_entries=int(runs.loc[~runs["selected_on_test"], "label"].nunique()))
+                    n_entries=int(runs.loc[~runs["selected_on_test"], "label"].nunique()),
+                    failures=failure_groups(a.failures[a.failures["dataset"] == ds]))
 
     # -- method pages --------------------------------------------------------------------------
     def method(self, label: str) -> None:
@@ -470,10 +593,10 @@ def _render(env: Environment, out: Path, rel: str, template: str, mslug: dict[st
     root = "../" * rel.count("/")
     html = env.get_template(template).render(root=root, mslug=mslug, dslug=dslug,
                                              has_sweeps=has_sweeps, **ctx)
-    p = out / rel
+    p = inside(out, out / rel)  # rel is built from slugs and checked job ids
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(html, encoding="utf-8")
-    return p
+    return out / rel
 
 
 @dataclass(frozen=True)
@@ -507,6 +630,8 @@ class _RunPages:
 
     def run(self, row: dict[str, Any], sib: tuple[list[str], list[float]] | None) -> Path:
         jid = str(row["job_id"])
+        if not is_job_id(jid):  # analyze() drops these; never let one become a path
+            raise UnsafePathError(f"run page for job id {jid[:60]!r}: not a job id")
         rec = self.store.record(jid, row["protocol"])
         sc = self.store.scores(jid, row["protocol"])
         figs = [plots.roc_figure(sc, "roc")]
@@ -686,53 +811,102 @@ def _sweep_item(i: int, name: str, df: pd.DataFrame) -> dict[str, Any]:
             "test": test[0] if test else None, "on_test": on_test, "meta": meta}
 
 
-def build_site(store: RunStore | str | Path, out: str | Path,
-               published_path: str | Path | None = None,
-               options: SiteOptions | None = None) -> list[Path]:
-    """Build the whole site from ``store`` into ``out``; returns its HTML pages."""
-    return build(store, out, published_path, options).pages
+def _warn_stderr(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
 
 
-def build(store: RunStore | str | Path, out: str | Path,
-          published_path: str | Path | None = None, options: SiteOptions | None = None,
-          analysis: Analysis | None = None) -> SiteBuild:
-    """Build the site (see :func:`build_site`); run pages whose inputs did not change since the
-    last build into ``out`` are kept, the others built in parallel processes. ``analysis``:
-    the store's analysis when the caller has it already (the store is then not read again)."""
+def _store_of(store: RunStore | str | Path) -> RunStore:
     st = store if isinstance(store, RunStore) else RunStore(store)
     if not st.runs_dir.exists():
         raise SiteError(f"{st.path} is not a run store (no runs/ folder); run `occbench run` "
                         "first or point --store at one")
+    return st
+
+
+def _write_leaderboard(st: RunStore, a: Analysis, dst: Path) -> None:
+    """``leaderboard.csv`` and ``leaderboard.md`` (the table, then the failed jobs) into dst."""
+    write_board(st, dst, agg=a.agg)
+    md = dst / "leaderboard.md"
+    md.write_text(md.read_text(encoding="utf-8").rstrip("\n") + "\n\n"
+                  + failures_markdown(a.failures), encoding="utf-8")
+
+
+def build_site(store: RunStore | str | Path, out: str | Path,
+               published_path: str | Path | None = None,
+               options: SiteOptions | None = None,
+               warn: Callable[[str], None] | None = None) -> list[Path]:
+    """Build the whole site from ``store`` into ``out``; returns its HTML pages."""
+    return build(store, out, published_path, options, warn=warn).pages
+
+
+def build(store: RunStore | str | Path, out: str | Path,
+          published_path: str | Path | None = None, options: SiteOptions | None = None,
+          analysis: Analysis | None = None,
+          warn: Callable[[str], None] | None = None) -> SiteBuild:
+    """Build the site (see :func:`build_site`); run pages whose inputs did not change since the
+    last build into ``out`` are kept, the others built in parallel processes. ``analysis``:
+    the store's analysis when the caller has it already (the store is then not read again).
+
+    ``out`` is new, empty, or an earlier build (see :func:`site_output`: only the files that
+    build listed are replaced or deleted). Run records with a job id that is not 20 hex digits
+    are left out, each with one line to ``warn`` (default: stderr).
+    """
+    st = _store_of(store)
     opts = options or SiteOptions()
     outp = Path(out)
-    previous = _prepare_out(outp)
-    a = analysis or analyze(st, published_path, n_boot=opts.n_boot if opts.n_boot > 0 else 200)
-    _copy_static(outp)
-    data = outp / "data"
-    write_tables(a, data)
-    a.agg.to_csv(data / "leaderboard.csv", index=False, lineterminator="\n")
-    (data / "leaderboard.md").write_text(
-        markdown(display_table(a.agg)) + "\n" if not a.agg.empty else "No runs yet.\n")
-    b = _Builder(st, outp, a, opts)
-    b.overview()
-    for ds in sorted(b.dslug):
-        b.dataset(ds)
-    for m in sorted(b.mslug):
-        b.method(m)
-    ctx = b.run_context()
-    common = ctx.common_key()
-    keys: dict[str, str] = {}
-    todo: list[_RunItem] = []
-    for item in b.run_items():
-        rel = f"runs/{item[0]['job_id']}.html"
-        keys[rel] = _run_key(st, ctx, common, item)
-        if previous.get(rel) != keys[rel] or not (outp / rel).exists():
-            todo.append(item)
-    built = _build_run_pages(ctx, todo, opts.jobs)
-    for rel in sorted(set(previous) - set(keys)):  # runs gone from the store (pruned)
-        (outp / rel).unlink(missing_ok=True)
-    _write_manifest(outp, keys)
-    if a.sweeps:
-        b.sweeps()
-    pages = sorted({*b.written, *built, *(outp / rel for rel in keys)})
+    w = warn or _warn_stderr
+    with site_output(outp) as so:
+        stage = so.stage
+        previous = _read_manifest(outp) if MANIFEST in so.prev else {}
+        a = analysis or analyze(st, published_path,
+                                n_boot=opts.n_boot if opts.n_boot > 0 else 200, warn=w)
+        _copy_static(stage)
+        data = stage / "data"
+        write_tables(a, data)
+        a.agg.to_csv(data / "leaderboard.csv", index=False, lineterminator="\n")
+        (data / "leaderboard.md").write_text(
+            markdown(display_table(a.agg)) + "\n" if not a.agg.empty else "No runs yet.\n")
+        _write_leaderboard(st, a, stage)
+        b = _Builder(st, stage, a, opts)
+        b.overview()
+        for ds in sorted(b.dslug):
+            b.dataset(ds)
+        for m in sorted(b.mslug):
+            b.method(m)
+        ctx = b.run_context()
+        common = ctx.common_key()
+        keys: dict[str, str] = {}
+        todo: list[_RunItem] = []
+        for item in b.run_items():
+            rel = f"runs/{item[0]['job_id']}.html"
+            keys[rel] = _run_key(st, ctx, common, item)
+            # an unchanged page of the previous build stays where it is (the marker keeps it)
+            if (previous.get(rel) == keys[rel] and rel in so.prev
+                    and (outp / rel).is_file() and not (outp / rel).is_symlink()):
+                so.keep.add(rel)
+            else:
+                todo.append(item)
+        built = _build_run_pages(ctx, todo, opts.jobs)
+        _write_manifest(stage, keys)
+        if a.sweeps:
+            b.sweeps()
+        rels = {Path(p).relative_to(stage) for p in [*b.written, *built]}
+    pages = sorted({*(outp / r for r in rels), *(outp / rel for rel in keys)})
     return SiteBuild(pages, len(built), len(keys) - len(built), a)
+
+
+def build_tables(store: RunStore | str | Path, out: str | Path,
+                 published_path: str | Path | None = None, n_boot: int = 1000,
+                 warn: Callable[[str], None] | None = None,
+                 analysis: Analysis | None = None) -> list[Path]:
+    """``occbench board --no-site``: leaderboard.csv/.md and the analysis CSVs into ``out``
+    (same folder rules as :func:`build`); returns the files written."""
+    st = _store_of(store)
+    outp = Path(out)
+    with site_output(outp) as so:
+        a = analysis or analyze(st, published_path, n_boot=n_boot or 200,
+                                warn=warn or _warn_stderr)
+        _write_leaderboard(st, a, so.stage)
+        write_tables(a, so.stage)
+        rels = sorted(p.relative_to(so.stage) for p in so.stage.rglob("*") if p.is_file())
+    return [outp / r for r in rels]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from occbench.harness.store import RunStore
 from occbench.leaderboard.browser import Browser, find_chromium
 from occbench.leaderboard.site import SiteOptions, build_site, slug
 from occbench.leaderboard.synthetic import SynthMethod, make_store
@@ -30,6 +31,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                 SynthMethod(EVIL, 0.5, 0.0)),
                image_datasets=("synth-img",), video_datasets=("synth-vid",), seeds=(0, 1, 2),
                classes=3, n_images=100, n_videos=3, frames=600)
+    st = RunStore(base / "store")
+    proto = st.record(st.job_ids()[0])["job"]["protocol"]
+    for i, (cls, seed) in enumerate([("0", 0), ("0", 1), ("2", 1)]):  # failures to list
+        st.write_failure({
+            "job_id": f"{i:020x}", "status": "failed", "error": {
+                "type": "ValueError", "message": '<img src=x onerror="window.__pwned = 2">'},
+            "job": {"method": EVIL, "label": EVIL, "dataset": "synth-img", "normal_class": cls,
+                    "seed": seed, "protocol": proto}})
     build_site(base / "store", base / "site", options=SiteOptions(n_boot=200))
     return base / "site"
 
@@ -113,6 +122,20 @@ def test_plugin_markup_is_inert(site: Path, browser: Browser) -> None:
     assert page.errors == []
     assert page.eval("window.__pwned === undefined")
     assert page.eval("document.querySelector('h1').textContent") == f"Method {EVIL}"
+    page.close()
+
+
+def test_failures_are_listed_and_inert(site: Path, browser: Browser, shots: Path) -> None:
+    page = browser.open(site / "index.html")
+    assert page.errors == []
+    assert page.eval("window.__pwned === undefined")
+    assert page.eval("document.querySelectorAll('#failures-table tbody tr').length") == 1
+    where = page.eval("document.querySelector('#failures-table tbody tr').cells[4].innerText")
+    assert where.split("\n") == ["class 0: seeds 0, 1", "class 2: seed 1"]
+    assert page.eval("document.querySelector('#failures-table td.reason').textContent") == \
+        'ValueError: <img src=x onerror="window.__pwned = 2">'
+    page.eval("document.getElementById('failures').scrollIntoView()")
+    page.screenshot(shots / "failures.png")
     page.close()
 
 
