@@ -33,6 +33,7 @@ Faults
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -93,6 +94,19 @@ def _ensure_method(job: Job, method_blob: bytes | None) -> None:
     registry.methods.register(cls, source="<runtime, shipped by the driver>")
 
 
+def _drop_driver_cwd() -> None:
+    """Take the driver's working directory off this worker's ``sys.path``.
+
+    Ray puts the directory the driver was started in on every worker's import path (and
+    starts local workers in it), so a folder there named like a plugin (or like a library a
+    plugin imports) would shadow the installed one in workers but not in the serial runner.
+    Plugins reach workers installed or shipped by value (:meth:`RayRunner._method_blob`),
+    never through the driver's folder."""
+    cwd = os.path.abspath(os.curdir)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != cwd]
+    importlib.invalidate_caches()
+
+
 def run_in_worker(job: Job, data_root: str | RootHandle | None, device: str,
                   method_blob: bytes | None, clock: Any | None,
                   sealed: str = "auto") -> JobOutput:
@@ -102,6 +116,7 @@ def run_in_worker(job: Job, data_root: str | RootHandle | None, device: str,
     """
     if clock is not None:
         clock.start.remote(job.job_id)
+    _drop_driver_cwd()
     enter_worker()  # this process runs methods: labels refused for good, no data root in env
     from occbench.harness import sandbox
 

@@ -124,4 +124,24 @@ class MemoryHog(Method):
         return _mean_score(test)
 
 
-ALL = (SleepProbe, PidSleeper, Boom, MemoryHog)
+
+
+class PathProbe(Method):
+    """Logs whether the worker's working directory (the driver's, under Ray) is importable."""
+
+    name = "ray-path-probe"
+    modalities: ClassVar[frozenset[Modality]] = frozenset({"image"})
+
+    def fit(self, train: Data, context: Context) -> PathProbe:
+        import sys
+
+        cwd = os.path.abspath(os.curdir)
+        on_path = any(os.path.abspath(p or os.curdir) == cwd for p in sys.path)
+        context.logger.info("cwd %s on_path %s", cwd, on_path)
+        return self
+
+    def score(self, test: Data, context: Context) -> Any:
+        return _mean_score(test)
+
+
+ALL = (SleepProbe, PidSleeper, Boom, MemoryHog, PathProbe)

@@ -253,3 +253,15 @@ def test_sweep_selects_on_validation_and_writes_table(tmp_path: Path) -> None:
     rec = store.record(ids[0])
     assert rec["job"]["tags"]["sweep"] == "sw" and rec["job"]["selected_on_test"] is False
     # (select_on = "test" marking: tests/test_ray_sweep_spec.py, without paying for Tune twice)
+
+
+def test_workers_do_not_import_from_the_drivers_folder(tmp_path: Path) -> None:
+    # Ray starts local workers in the driver's folder and puts it on their sys.path: a folder
+    # there named like a plugin would shadow the installed plugin in Ray jobs only
+    store = RunStore(tmp_path / "store")
+    runner = RayRunner(max_concurrent=1, sealed="off")  # the worker itself runs the method
+    s = run_jobs(jobs_of([{"name": "ray-path-probe"}]), store, runner)
+    runner.close()
+    assert s.ok == 1
+    line = next(ln for ln in store.log(store.job_ids()[0]).splitlines() if "on_path" in ln)
+    assert line.rstrip().endswith("on_path False"), line
