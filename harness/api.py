@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -387,9 +387,25 @@ class Context:
     fast: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
     auxiliary: dict[str, ImageData] = field(default_factory=dict)
+    #: epoch -> raw test scores of the model after that many training epochs (see snapshot())
+    snapshots: dict[int, ScoreOutput] = field(default_factory=dict)
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(self.seed)
+
+    def snapshot(self, epoch: int, scores: ScoreOutput) -> None:
+        """Report the raw test scores of an intermediate model, taken after ``epoch`` completed
+        training epochs (same shapes and direction as :meth:`Method.score`'s return value).
+
+        Called from :meth:`Method.score`, which alone sees the test data: a method that kept
+        copies of its weights every few epochs during ``fit`` scores each copy there. The harness
+        checks each snapshot like the final scores and stores the per-epoch curve with the run;
+        the run's headline metrics stay those of the final model.
+        """
+        e = int(epoch)
+        if e < 0 or e in self.snapshots:
+            raise ValueError(f"snapshot epoch {epoch!r} is negative or was reported twice")
+        self.snapshots[e] = scores
 
 
 class Method(ABC):
@@ -457,6 +473,28 @@ class Method(ABC):
     def n_parameters(self) -> int | None:
         """Number of learned parameters after fit (``None`` if not meaningful)."""
         return None
+
+    def stack_key(self) -> Hashable | None:
+        """Key under which instances can be trained together as one computation (``None``: never).
+
+        Instances (possibly of different classes, e.g. seeds of one method, or methods that differ
+        only in their inputs or loss) whose keys are equal and not ``None`` may be fitted by
+        ``type(first).fit_stacked`` on the same training data, each with its own ``Context``
+        (seed). Each must end up exactly as if fitted alone (to floating-point tolerance), so the
+        harness can store one ordinary run per job.
+        """
+        return None
+
+    @classmethod
+    def fit_stacked(cls, methods: Sequence[Method], train: Data,
+                    contexts: Sequence[Context]) -> None:
+        """Fit ``methods`` (equal :meth:`stack_key`) together; ``contexts[i]`` is method i's.
+
+        The default fits them one after another. After it, each method is scored on its own.
+        """
+        for m, c in zip(methods, contexts, strict=True):
+            if m.fit(train, c) is not m:
+                raise TypeError(f"{type(m).name}.fit() must return self to be fitted stacked")
 
 
 def frames_of(data: VideoData) -> tuple[np.ndarray, list[tuple[str, int]]]:

@@ -31,13 +31,19 @@ Speed (GPU): all training frames live on the device as one uint8 tensor and clip
 by indexing (no per-step decoding or host transfer: a whole epoch's indices go over at once);
 ``precision="bf16"`` autocast, channels-last 3D, fused Adam and optional ``compile=True``;
 ``precision="fp32"`` (TF32 off) is the exactness switch. CPU runs are deterministic per seed.
+No convolution followed by BatchNorm has a bias (version 3). Several models of one architecture
+and schedule (seeds; variants that differ only in inputs or loss) can train as one stacked
+computation (:meth:`Ae3dMethod.fit_stacked`, ``torch.func`` ``vmap``), each ending as if
+trained alone; the harness uses it to group jobs. ``snapshot_every`` reports test scores of
+intermediate epochs (a per-epoch AUC curve; the headline stays the last epoch).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -57,6 +63,7 @@ from occbench.harness.api import (
 )
 from occbench.methods import _torch as T
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 
 #: Channel widths of the Gong et al. 3D AE (encoder; the decoder mirrors them).
 BASE_CHANNELS = (96, 128, 256, 256)
@@ -76,7 +83,8 @@ class AE3D(nn.Module):
     Encoder: Conv3d k3 p1, strides (1,2,2), 2, 2, 2 with ``channels`` = (96, 128, 256, 256) at
     ``width=1``, each followed by BatchNorm3d and LeakyReLU(0.2). Decoder: ConvTranspose3d
     mirrors (strides 2, 2, 2, (1,2,2), output_padding so sizes double exactly), BN + LeakyReLU
-    except the last layer, which ends in Tanh. Needs ``T % 8 == 0`` and ``S % 16 == 0``.
+    except the last layer, which ends in Tanh. Only the last layer has a bias (every other one is
+    followed by BatchNorm, which removes it). Needs ``T % 8 == 0`` and ``S % 16 == 0``.
     Latent: ``(B, 256·width, T/8, S/16, S/16)``.
     """
 
@@ -87,7 +95,9 @@ class AE3D(nn.Module):
         enc: list[nn.Module] = []
         cin = 1
         for cout, s in zip(c, strides, strict=True):
-            enc += [nn.Conv3d(cin, cout, 3, stride=s, padding=1),
+            # no bias: the BatchNorm right after subtracts any constant per channel anyway (and a
+            # half-precision cuDNN bias path is slow)
+            enc += [nn.Conv3d(cin, cout, 3, stride=s, padding=1, bias=False),
                     nn.BatchNorm3d(cout), nn.LeakyReLU(0.2, inplace=True)]
             cin = cout
         self.encoder = nn.Sequential(*enc)
@@ -96,7 +106,8 @@ class AE3D(nn.Module):
         for i, (cout, s) in enumerate(zip(outs, reversed(strides), strict=True)):
             op = (s[0] - 1, s[1] - 1, s[2] - 1)  # output_padding: 1 where stride 2, else 0
             last = i == len(outs) - 1
-            dec.append(nn.ConvTranspose3d(cin, cout, 3, stride=s, padding=1, output_padding=op))
+            dec.append(nn.ConvTranspose3d(cin, cout, 3, stride=s, padding=1, output_padding=op,
+                                          bias=last))  # a bias only where no BatchNorm follows
             dec += [nn.Tanh()] if last else [nn.BatchNorm3d(cout), nn.LeakyReLU(0.2, inplace=True)]
             cin = cout
         self.decoder = nn.Sequential(*dec)
@@ -297,6 +308,17 @@ def smoothmix_masks(cx: torch.Tensor, cy: torch.Tensor, cw: torch.Tensor, ch: to
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Schedule:
+    """What :meth:`Ae3dMethod._begin` prepares for one model before training starts."""
+
+    rng: np.random.Generator  # the model's own data order and pseudo anomalies
+    starts: np.ndarray  # global start index of every training clip
+    per_epoch: int  # optimiser steps per epoch
+    total: int  # optimiser steps in all
+    width: float  # channel multiplier actually used (Context.fast may shrink it)
+
+
 class Ae3dMethod(Method):
     """3D conv AE baseline (Gong et al. style); score = −PSNR of the clip's middle frame.
 
@@ -307,11 +329,22 @@ class Ae3dMethod(Method):
     ``precision`` "bf16" | "fp32", ``channels_last``, ``compile``: speed switches (GPU only).
     ``device`` "auto" (the harness's choice) | "cpu" | "cuda[:N]"; ``gpus`` is the GPU share one
     job asks the scheduler for (e.g. 0.25 to run four jobs on one GPU).
+    ``snapshot_every`` K > 0: keep the weights after every K-th epoch and, in ``score``, report
+    each copy's raw test scores through ``Context.snapshot(epoch, scores)`` (the final model is
+    reported too, as the last epoch), so the run stores a per-epoch AUC curve; 0 = none. The
+    returned scores are always the final model's.
+
+    Stacking (:meth:`fit_stacked`): several instances with the same architecture and schedule
+    (:meth:`stack_key`; seeds, and the variants below, which differ only in inputs or loss) train
+    as one computation — ``torch.func.stack_module_state`` + ``vmap`` over ``functional_call`` —
+    each with its own initialisation, data order, pseudo anomalies, Adam state and BatchNorm
+    statistics, ending with the weights it would have had alone (to float tolerance).
     """
 
     name: ClassVar[str] = "ae3d"
     # 2: decoder fixed to mirror the encoder (256→256→128→96→1); version 1 had 256→256→256→128→1
-    version: ClassVar[str] = "2"
+    # 3: no convolution bias before BatchNorm (different parameters and initialisation draws)
+    version: ClassVar[str] = "3"
     modalities = frozenset({"video"})
     temporal_context: ClassVar[tuple[int, int]] = (8, 7)
     resources: ClassVar[Resources] = Resources(cpus=2, gpus=1.0, memory_mb=12000)
@@ -321,7 +354,7 @@ class Ae3dMethod(Method):
                  size: int = 256, clip_len: int = 16, width: float = 1.0, max_steps: int = 0,
                  fast_steps: int = 2, score_batch_size: int = 16, precision: str = "bf16",
                  channels_last: bool = True, compile: bool = False, device: str = "auto",
-                 gpus: float = 1.0) -> None:
+                 gpus: float = 1.0, snapshot_every: int = 0) -> None:
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -336,6 +369,7 @@ class Ae3dMethod(Method):
         self.compile = compile
         self.device = device
         self.gpus = gpus
+        self.snapshot_every = snapshot_every
 
     # ---- hooks for the variants -------------------------------------------------------------
 
@@ -375,24 +409,36 @@ class Ae3dMethod(Method):
             raise ValueError(f"size must be a multiple of 16, got {self.size}")
         if self.batch_size < 1 or self.epochs < 1 or self.width <= 0:
             raise ValueError("batch_size and epochs must be >= 1 and width > 0")
+        if self.snapshot_every < 0:
+            raise ValueError(f"snapshot_every must be >= 0 (0 = no snapshots), "
+                             f"got {self.snapshot_every}")
 
-    def fit(self, train: Data, context: Context) -> Ae3dMethod:
-        """Train on the normal videos of ``train``; returns ``self``."""
+    def stack_key(self) -> tuple[object, ...]:
+        """Everything two instances must share to train as one computation: the network, the
+        training schedule and the speed switches; not the seed, the variant or its parameters."""
+        return ("occbench.video_ae.AE3D", self.epochs, self.batch_size, float(self.lr),
+                self.size, self.clip_len, float(self.width), self.max_steps, self.fast_steps,
+                self.precision, self.channels_last, self.compile, self.device,
+                self.snapshot_every)
+
+    def _begin(self, train: Data, context: Context, bank: FrameBank | None = None
+               ) -> tuple[FrameBank, _Schedule]:
+        """Checks, device, seeding, the training frames (``bank``, shared when stacked) and the
+        schedule: everything of ``fit`` before the model exists."""
         if not isinstance(train, VideoData):
             raise TypeError(f"{self.name} needs VideoData, got {type(train).__name__}")
         self._check()
         dev = T.select_device(context.device, self.device)
         T.seed_everything(context.seed, dev)
         rng = np.random.default_rng(context.seed)
-        fmt = T.memory_format(dev, self.channels_last, 5)
-        self._fmt = fmt
-        log = context.logger
-
+        self._fmt = T.memory_format(dev, self.channels_last, 5)
+        self._dev = dev
         # Context.fast (tests, CI): a small model on small frames for a few steps; the clip length
         # stays, so the declared temporal context still holds
         self._S = min(self.size, FAST_SIZE) if context.fast else self.size
         width = min(self.width, FAST_WIDTH) if context.fast else self.width
-        bank = FrameBank.build(train, self._S, dev)
+        if bank is None:
+            bank = FrameBank.build(train, self._S, dev)
         starts = bank.clip_starts(self.clip_len)
         per_epoch = len(starts) // self.batch_size
         if per_epoch == 0:
@@ -404,72 +450,129 @@ class Ae3dMethod(Method):
         if context.fast:
             total = min(total, self.fast_steps)
         self._prepare(bank, rng, dev, context)
+        return bank, _Schedule(rng, starts, per_epoch, total, width)
 
-        model = AE3D(width).to(dev)
-        model = model.to(memory_format=fmt)  # type: ignore[call-overload]
+    def _new_model(self, seed: int, width: float) -> AE3D:
+        # re-seeded here so that a model's initial weights depend on its own seed only, whether
+        # it is built alone or after the other members of a stack
+        torch.manual_seed(seed)
+        return AE3D(width).to(self._dev)
+
+    def _epoch_plan(self, bank: FrameBank, sched: _Schedule
+                    ) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+        perm = sched.rng.permutation(sched.starts)[: sched.per_epoch * self.batch_size]
+        plan_np = self._plan_epoch(bank, perm, sched.rng)
+        # one host→device copy per epoch, so steps never wait on the host
+        plan = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self._dev, non_blocking=False)
+                for k, v in plan_np.items()}
+        return plan_np, plan
+
+    def _step_inputs(self, bank: FrameBank, plan_np: dict[str, np.ndarray],
+                     plan: dict[str, torch.Tensor], step: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(network input, target) clips ``(B, 1, L, S, S)`` of one step, gathered on the device
+        from the resident uint8 frames."""
+        target = bank.gather(plan["target"][step], self._fmt)
+        same = plan_np["input"] is plan_np["target"]
+        x = target if same else bank.gather(plan["input"][step], self._fmt)
+        return self._make_input(x, plan, step), target
+
+    def _loss(self, recon: torch.Tensor, latent: torch.Tensor,
+              target: torch.Tensor) -> torch.Tensor:
+        # in the target's dtype (fp32): under bf16 autocast the reconstruction comes out bf16
+        loss = F.mse_loss(recon.to(target.dtype), target)
+        extra = self._extra_loss(latent)
+        return loss if extra is None else loss + extra
+
+    def fit(self, train: Data, context: Context) -> Ae3dMethod:
+        """Train on the normal videos of ``train``; returns ``self``."""
+        bank, sched = self._begin(train, context)
+        model = self._new_model(context.seed, sched.width)
+        model = model.to(memory_format=self._fmt)  # type: ignore[call-overload]
         opt = torch.optim.Adam(model.parameters(), lr=self.lr,
-                               fused=True if dev.type == "cuda" else None)
-        step_model = T.maybe_compile(model, self.compile, dev)
+                               fused=True if self._dev.type == "cuda" else None)
+        step_model = T.maybe_compile(model, self.compile, self._dev)
         model.train()
-        T.reset_peak_memory(dev)
-        t0 = time.perf_counter()
-        done = 0
-        epoch = 0
-        loss_sum = torch.zeros((), device=dev)
-        while done < total:
-            perm = rng.permutation(starts)[: per_epoch * self.batch_size]
-            plan_np = self._plan_epoch(bank, perm, rng)
-            # one host→device copy per epoch, so steps never wait on the host
-            plan = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev, non_blocking=False)
-                    for k, v in plan_np.items()}
-            loss_sum.zero_()
-            n_ep = min(per_epoch, total - done)
-            for s in range(n_ep):
-                target = bank.gather(plan["target"][s], fmt)
-                same = plan_np["input"] is plan_np["target"]
-                x = target if same else bank.gather(plan["input"][s], fmt)
-                x = self._make_input(x, plan, s)
-                with T.autocast(dev, self.precision):
-                    recon, latent = step_model(x)
-                    loss = F.mse_loss(recon.float(), target)
-                    extra = self._extra_loss(latent)
-                    if extra is not None:
-                        loss = loss + extra
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach()
-            done += n_ep
-            epoch += 1
-            log.info("epoch %d: %d steps, mean loss %.6f, %.1f clips/s", epoch, n_ep,
-                     float(loss_sum) / max(n_ep, 1),
-                     done * self.batch_size / (time.perf_counter() - t0))
-        T.synchronize(dev)
-        wall = time.perf_counter() - t0
-        self.train_stats_ = {
-            "steps": done, "epochs": epoch, "clips": done * self.batch_size,
-            "train_s": round(wall, 3),
-            "clips_per_s": round(done * self.batch_size / max(wall, 1e-9), 2),
-            "peak_gpu_mb": T.peak_memory_mb(dev),
-        }
-        log.info("trained: %s", self.train_stats_)
+
+        def forward(xs: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            return [step_model(xs[0])]
+
+        def state(i: int) -> dict[str, torch.Tensor]:
+            return dict(model.state_dict())
+
+        _train_members([self], [context], [sched], bank, forward, opt, state)
         self.model_ = model
-        self._dev = dev
         self._step_model = step_model
         return self
 
+    @classmethod
+    def fit_stacked(cls, methods: Sequence[Method], train: Data,
+                    contexts: Sequence[Context]) -> None:
+        """Train ``methods`` (equal :meth:`stack_key`) as one stacked computation.
+
+        Each member keeps its own seed (initial weights), data order, pseudo anomalies, Adam
+        state (one stacked tensor per parameter; Adam is elementwise, so each slice evolves as
+        alone) and BatchNorm statistics (stacked buffers under ``vmap``). The loss is the sum of
+        the members' losses, whose gradient with respect to one member's weights is that member's
+        own gradient. Afterwards each member holds its slice as an ordinary model, so ``score``
+        works as after ``fit``. One member: plain :meth:`fit`.
+        """
+        members = list(methods)
+        if len(members) != len(contexts):
+            raise ValueError("fit_stacked needs one context per method")
+        if not all(isinstance(m, Ae3dMethod) for m in members):
+            raise TypeError("fit_stacked: every method must be an Ae3dMethod variant")
+        ms: list[Ae3dMethod] = [m for m in members if isinstance(m, Ae3dMethod)]
+        if len({m.stack_key() for m in ms}) != 1:
+            raise ValueError("fit_stacked: the methods differ in architecture or schedule "
+                             f"({[m.name for m in ms]}); group them by stack_key()")
+        if len(ms) == 1:
+            ms[0].fit(train, contexts[0])
+            return
+        bank: FrameBank | None = None
+        scheds = []
+        for m, c in zip(ms, contexts, strict=True):
+            bank, sc = m._begin(train, c, bank)
+            scheds.append(sc)
+        assert bank is not None
+        lead, dev = ms[0], ms[0]._dev
+        models = [m._new_model(c.seed, sc.width) for m, c, sc in zip(ms, contexts, scheds,
+                                                                     strict=True)]
+        for mod in models:
+            mod.train()
+        params, buffers = stack_module_state(models)  # type: ignore[arg-type]
+        # the stateless template: its own tensors are never used (functional_call swaps them)
+        template = copy.deepcopy(models[0]).to("meta")
+
+        def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out: tuple[torch.Tensor, torch.Tensor] = functional_call(template, (p, b), (x,))
+            return out
+
+        batched = vmap(one)
+        step_fn = torch.compile(batched) if lead.compile and dev.type == "cuda" else batched
+        opt = torch.optim.Adam(list(params.values()), lr=lead.lr,
+                               fused=True if dev.type == "cuda" else None)
+
+        def forward(xs: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            recon, latent = step_fn(params, buffers, torch.stack(xs))
+            return [(recon[g], latent[g]) for g in range(len(xs))]
+
+        def state(i: int) -> dict[str, torch.Tensor]:
+            return {k: v[i] for k, v in (*params.items(), *buffers.items())}
+
+        _train_members(ms, list(contexts), scheds, bank, forward, opt, state)
+        with torch.no_grad():
+            for i, (m, mod) in enumerate(zip(ms, models, strict=True)):
+                mod.load_state_dict({k: v.detach() for k, v in state(i).items()})
+                m.model_ = mod.to(memory_format=m._fmt)  # type: ignore[call-overload]
+                m._step_model = m.model_  # scoring uses the plain module (no per-member compile)
+                m.train_stats_["stacked"] = len(ms)
+
     @torch.no_grad()
-    def score(self, test: Data, context: Context) -> dict[str, np.ndarray]:
-        """Per video a ``(T,)`` array of −PSNR (dB) of each frame's reconstruction; NaN borders."""
-        if not isinstance(test, VideoData):
-            raise TypeError(f"{self.name} needs VideoData, got {type(test).__name__}")
-        if not hasattr(self, "model_"):
-            raise RuntimeError(f"{self.name}: score() called before fit()")
+    def _score_model(self, model: nn.Module | object, bank: FrameBank) -> dict[str, np.ndarray]:
         dev = self._dev
         fmt = T.memory_format(dev, self.channels_last, 5)
-        bank = FrameBank.build(test, self._S, dev)
-        model = self._step_model
-        self.model_.eval()
         L, mid = self.clip_len, self.clip_len // 2
         starts = bank.clip_starts(L)
         out = np.full(int(bank.lengths.sum()), np.nan, dtype=np.float64)
@@ -483,19 +586,104 @@ class Ae3dMethod(Method):
             idx = torch.from_numpy(padded).to(dev).unsqueeze(1) + offs
             x = bank.gather(idx, fmt)
             with T.autocast(dev, self.precision):
-                recon, _ = model(x)
+                recon, _ = model(x)  # type: ignore[operator]
             p = psnr01(recon[:n, 0, mid], x[:n, 0, mid])
             out[chunk + mid] = -p.double().cpu().numpy()
-        self.model_.train()
         scores: dict[str, np.ndarray] = {}
         for (vid, n), s0 in zip(bank.index, bank.starts, strict=True):
             scores[vid] = out[s0:s0 + n]
+        return scores
+
+    @torch.no_grad()
+    def score(self, test: Data, context: Context) -> dict[str, np.ndarray]:
+        """Per video a ``(T,)`` array of −PSNR (dB) of each frame's reconstruction; NaN borders.
+
+        With ``snapshot_every`` > 0 also reports every kept snapshot's scores, and the final
+        model's as the last epoch, through ``context.snapshot``.
+        """
+        if not isinstance(test, VideoData):
+            raise TypeError(f"{self.name} needs VideoData, got {type(test).__name__}")
+        if not hasattr(self, "model_"):
+            raise RuntimeError(f"{self.name}: score() called before fit()")
+        bank = FrameBank.build(test, self._S, self._dev)
+        self.model_.eval()
+        scores = self._score_model(self._step_model, bank)
+        if self.snapshot_every > 0:
+            final = int(self.train_stats_["epochs"])
+            scratch = copy.deepcopy(self.model_)
+            for epoch, sd in sorted(self.snapshots_.items()):
+                if epoch == final:
+                    continue
+                scratch.load_state_dict(sd)
+                scratch.eval()
+                context.snapshot(epoch, self._score_model(scratch, bank))
+            context.snapshot(final, scores)
+        self.model_.train()
         return scores
 
     def n_parameters(self) -> int | None:
         if not hasattr(self, "model_"):
             return None
         return int(sum(p.numel() for p in self.model_.parameters()))
+
+
+def _train_members(ms: Sequence[Ae3dMethod], contexts: Sequence[Context],
+                   scheds: Sequence[_Schedule], bank: FrameBank,
+                   forward: Callable[[list[torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]]],
+                   opt: torch.optim.Optimizer,
+                   state: Callable[[int], dict[str, torch.Tensor]]) -> None:
+    """The training loop of one model (``fit``) or of a stack (``fit_stacked``).
+
+    ``forward`` maps the members' input clips to their ``(reconstruction, latent)``; ``opt``
+    holds every member's weights; ``state(i)`` is member i's state dict (for snapshots). Each
+    member draws its epochs from its own schedule; all share the number of steps (stack_key).
+    Sets ``train_stats_`` and ``snapshots_`` (epoch → CPU state dict) on every member.
+    """
+    lead, dev = ms[0], ms[0]._dev
+    per_epoch, total = scheds[0].per_epoch, scheds[0].total
+    for m in ms:
+        m.snapshots_ = {}
+    T.reset_peak_memory(dev)
+    t0 = time.perf_counter()
+    done = epoch = 0
+    loss_sums = torch.zeros(len(ms), device=dev)
+    while done < total:
+        plans = [m._epoch_plan(bank, sc) for m, sc in zip(ms, scheds, strict=True)]
+        loss_sums.zero_()
+        n_ep = min(per_epoch, total - done)
+        for s in range(n_ep):
+            pairs = [m._step_inputs(bank, pn, pt, s) for m, (pn, pt) in zip(ms, plans,
+                                                                             strict=True)]
+            with T.autocast(dev, lead.precision):
+                outs = forward([x for x, _ in pairs])
+                losses = [m._loss(r, z, tgt) for m, (r, z), (_, tgt) in zip(ms, outs, pairs,
+                                                                            strict=True)]
+                loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            loss_sums += torch.stack(losses).detach()
+        done += n_ep
+        epoch += 1
+        rate = done * lead.batch_size / (time.perf_counter() - t0)
+        for c, ls in zip(contexts, loss_sums.tolist(), strict=True):
+            c.logger.info("epoch %d: %d steps, mean loss %.6f, %.1f clips/s%s", epoch, n_ep,
+                          ls / max(n_ep, 1), rate,
+                          f" per model, {len(ms)} stacked" if len(ms) > 1 else "")
+        if lead.snapshot_every > 0 and n_ep == per_epoch and epoch % lead.snapshot_every == 0:
+            for i, m in enumerate(ms):  # a CPU copy: a 60-epoch run keeps 12 of ~24 MB each
+                m.snapshots_[epoch] = {k: v.detach().to("cpu", copy=True)
+                                       for k, v in state(i).items()}
+    T.synchronize(dev)
+    wall = time.perf_counter() - t0
+    for m, c in zip(ms, contexts, strict=True):
+        m.train_stats_ = {
+            "steps": done, "epochs": epoch, "clips": done * lead.batch_size,
+            "train_s": round(wall, 3),
+            "clips_per_s": round(done * lead.batch_size / max(wall, 1e-9), 2),
+            "peak_gpu_mb": T.peak_memory_mb(dev),
+        }
+        c.logger.info("trained: %s", m.train_stats_)
 
 
 class LntraSkip(Ae3dMethod):
@@ -515,10 +703,11 @@ class LntraSkip(Ae3dMethod):
                  size: int = 256, clip_len: int = 16, width: float = 1.0, max_steps: int = 0,
                  fast_steps: int = 2, score_batch_size: int = 16, precision: str = "bf16",
                  channels_last: bool = True, compile: bool = False, device: str = "auto",
-                 gpus: float = 1.0, p: float = 0.2,
+                 gpus: float = 1.0, snapshot_every: int = 0, p: float = 0.2,
                  skips: Sequence[int] = (2, 3, 4, 5)) -> None:
         super().__init__(epochs, batch_size, lr, size, clip_len, width, max_steps, fast_steps,
-                         score_batch_size, precision, channels_last, compile, device, gpus)
+                         score_batch_size, precision, channels_last, compile, device, gpus,
+                         snapshot_every)
         self.p = p
         self.skips = skips
 
@@ -569,10 +758,11 @@ class LntraPatch(Ae3dMethod):
                  size: int = 256, clip_len: int = 16, width: float = 1.0, max_steps: int = 0,
                  fast_steps: int = 2, score_batch_size: int = 16, precision: str = "bf16",
                  channels_last: bool = True, compile: bool = False, device: str = "auto",
-                 gpus: float = 1.0, p: float = 0.2, alpha: float = 0.5, beta: int = 10,
-                 intruder: str = "noise") -> None:
+                 gpus: float = 1.0, snapshot_every: int = 0, p: float = 0.2,
+                 alpha: float = 0.5, beta: int = 10, intruder: str = "noise") -> None:
         super().__init__(epochs, batch_size, lr, size, clip_len, width, max_steps, fast_steps,
-                         score_batch_size, precision, channels_last, compile, device, gpus)
+                         score_batch_size, precision, channels_last, compile, device, gpus,
+                         snapshot_every)
         self.p = p
         self.alpha = alpha
         self.beta = beta
@@ -637,9 +827,11 @@ class _LatentConstriction(Ae3dMethod):
                  size: int = 256, clip_len: int = 16, width: float = 1.0, max_steps: int = 0,
                  fast_steps: int = 2, score_batch_size: int = 16, precision: str = "bf16",
                  channels_last: bool = True, compile: bool = False, device: str = "auto",
-                 gpus: float = 1.0, lam: float = 0.1, alpha: float = 1.0) -> None:
+                 gpus: float = 1.0, snapshot_every: int = 0, lam: float = 0.1,
+                 alpha: float = 1.0) -> None:
         super().__init__(epochs, batch_size, lr, size, clip_len, width, max_steps, fast_steps,
-                         score_batch_size, precision, channels_last, compile, device, gpus)
+                         score_batch_size, precision, channels_last, compile, device, gpus,
+                         snapshot_every)
         self.lam = lam
         self.alpha = alpha
 

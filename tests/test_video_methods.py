@@ -38,6 +38,15 @@ def _videos(n: int, t: int, prefix: str, seed: int = 0, hw: tuple[int, int] = (2
     return VideoData(tuple(vids))
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():  # type: ignore[no-untyped-def]
+    # tiny 3D convolutions run several times faster on one thread than on two busy cores
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def train() -> VideoData:
     return _videos(2, 30, "tr")
@@ -63,7 +72,9 @@ def test_architecture_is_gongs_3d_ae() -> None:
     deconvs = [m for m in net.decoder if isinstance(m, torch.nn.ConvTranspose3d)]
     assert [d.out_channels for d in deconvs] == [256, 128, 96, 1]
     assert isinstance(net.decoder[-1], torch.nn.Tanh)
-    assert sum(p.numel() for p in net.parameters()) == 5_980_801
+    # version 2 had 5,980,801: with the biases of the 7 convolutions that BatchNorm cancels
+    biases = (96 + 128 + 256 + 256) + (256 + 128 + 96)
+    assert sum(p.numel() for p in net.parameters()) == 5_980_801 - biases == 5_979_585
     # the issue's figure for this AE: about 192 GFLOP per training clip (16x256x256)
     assert train_flops_per_clip() / 1e9 == pytest.approx(193.0, abs=0.5)
     small = AE3D(0.125)
@@ -256,3 +267,100 @@ def test_ped2_end_to_end_small(realdata) -> None:  # type: ignore[no-untyped-def
     metrics = get_protocol("video-minmax@2").evaluate(raw, labels)
     assert metrics["n_items"] == 2010 - 12 * 15  # the 8 + 7 border frames of each video dropped
     assert 0.0 <= metrics["auc_micro"] <= 1.0
+
+
+# ---- stacked training and epoch snapshots ---------------------------------------------------
+
+SMALL = {"size": 16, "width": 0.125, "epochs": 2, "clip_len": 8, "score_batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def short() -> VideoData:
+    """2 videos of 20 frames: 26 clips of 8 frames, 6 steps of 4 clips per epoch."""
+    return _videos(2, 20, "tr")
+
+
+def _fit_alone_and_stacked(members: list[tuple[type[Ae3dMethod], int]], short: VideoData,
+                           **kw: object) -> tuple[list[Ae3dMethod], list[Ae3dMethod]]:
+    alone = [cls(**kw).fit(short, Context(seed=seed)) for cls, seed in members]
+    stacked = [cls(**kw) for cls, _ in members]
+    assert len({m.stack_key() for m in stacked}) == 1
+    Ae3dMethod.fit_stacked(stacked, short, [Context(seed=seed) for _, seed in members])
+    return alone, stacked
+
+
+def test_stacked_training_equals_training_alone(short: VideoData, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Seeds and variants differing in inputs (skip, patch) or loss (lcon) trained as one vmap
+    stack end with each model's own weights, BatchNorm statistics and snapshots. In float64, so
+    that float noise cannot hide a difference: Adam's first steps move every weight by about
+    ``lr`` whatever its gradient's size, which turns fp32 rounding noise in tiny gradients into
+    ~1e-5 weight differences (measured); in float64 the two agree to ~1e-16."""
+    def gather64(self: FrameBank, idx: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+        return self.frames[idx].unsqueeze(1).double().mul_(1.0 / 127.5).sub_(1.0)
+
+    monkeypatch.setattr(FrameBank, "gather", gather64)
+    monkeypatch.setattr(torch, "_occbench_dtype", torch.get_default_dtype(), raising=False)
+    torch.set_default_dtype(torch.float64)
+    try:
+        members = [(Ae3dMethod, 0), (LntraSkip, 1), (LntraPatch, 2), (LconOnSphere, 3)]
+        alone, stacked = _fit_alone_and_stacked(members, short, **SMALL, snapshot_every=1)
+    finally:
+        torch.set_default_dtype(torch._occbench_dtype)  # type: ignore[attr-defined]
+    for a, s in zip(alone, stacked, strict=True):
+        assert s.train_stats_["steps"] == a.train_stats_["steps"] == 12  # 2 x 6
+        assert s.train_stats_["stacked"] == 4
+        sa, ss = a.model_.state_dict(), s.model_.state_dict()
+        assert sa.keys() == ss.keys() and ss["encoder.0.weight"].dtype == torch.float64
+        for k in sa:  # weights, BatchNorm running statistics and counters
+            torch.testing.assert_close(ss[k], sa[k], rtol=0, atol=1e-12, msg=k)
+        assert sorted(s.snapshots_) == sorted(a.snapshots_) == [1, 2]
+        for k, v in a.snapshots_[1].items():
+            torch.testing.assert_close(s.snapshots_[1][k], v, rtol=0, atol=1e-12, msg=k)
+    # the members really differ from each other (own seeds, inputs and losses)
+    w = [m.model_.state_dict()["encoder.0.weight"] for m in stacked]
+    assert not torch.allclose(w[0], w[1])
+
+
+def test_stacked_fp32_scores_match_alone(short: VideoData, test_data: VideoData) -> None:
+    """The same in the float32 the methods run in: scores (−PSNR, dB) agree to ~1e-3 dB."""
+    alone, stacked = _fit_alone_and_stacked([(Ae3dMethod, 0), (LconInside, 1)], short,
+                                            **SMALL, snapshot_every=2)
+    for a, s in zip(alone, stacked, strict=True):
+        ca, cs = Context(seed=0), Context(seed=0)
+        ra, rs = a.score(test_data, ca), s.score(test_data, cs)
+        assert sorted(cs.snapshots) == sorted(ca.snapshots) == [2]
+        for vid in ra:
+            np.testing.assert_allclose(rs[vid], ra[vid], rtol=0, atol=2e-3)
+            assert np.isnan(rs[vid][:4]).all()
+
+
+def test_stack_rejects_mixed_schedules(short: VideoData) -> None:
+    a, b = Ae3dMethod(**SMALL), Ae3dMethod(**{**SMALL, "epochs": 3})
+    assert a.stack_key() != b.stack_key()
+    assert Ae3dMethod(**SMALL).stack_key() == LconInside(**SMALL, lam=0.5).stack_key()
+    with pytest.raises(ValueError, match="stack_key"):
+        Ae3dMethod.fit_stacked([a, b], short, [Context(seed=0), Context(seed=1)])
+
+
+def test_epoch_snapshots_are_the_shorter_runs(short: VideoData, test_data: VideoData) -> None:
+    """The snapshot after epoch 1 of a 3-epoch run scores exactly as a 1-epoch run (same seed:
+    the same first epoch); the last snapshot is the returned final scores."""
+    ctx = Context(seed=5)
+    long = Ae3dMethod(**{**SMALL, "epochs": 3, "snapshot_every": 1}).fit(short, ctx)
+    final = long.score(test_data, ctx)
+    assert sorted(ctx.snapshots) == [1, 2, 3]
+    short_ctx = Context(seed=5)
+    one = Ae3dMethod(**{**SMALL, "epochs": 1}).fit(short, short_ctx).score(test_data, short_ctx)
+    assert short_ctx.snapshots == {}  # snapshot_every = 0: none
+    for vid in final:
+        np.testing.assert_array_equal(ctx.snapshots[1][vid], one[vid])  # type: ignore[index]
+        np.testing.assert_array_equal(ctx.snapshots[3][vid], final[vid])  # type: ignore[index]
+    assert not np.array_equal(final["te0"], one["te0"], equal_nan=True)
+    every2 = Context(seed=5)
+    Ae3dMethod(**{**SMALL, "epochs": 3, "snapshot_every": 2}).fit(short, every2).score(
+        test_data, every2)
+    assert sorted(every2.snapshots) == [2, 3]  # every 2nd epoch, and the final one
+    with pytest.raises(ValueError, match="twice"):
+        ctx.snapshot(3, final)
+    with pytest.raises(ValueError, match="snapshot_every"):
+        Ae3dMethod(**{**SMALL, "snapshot_every": -1}).fit(short, Context())
