@@ -9,6 +9,7 @@ metrics with the labels it alone loads.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -20,7 +21,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -42,8 +43,9 @@ from occbench.harness.api import (
 )
 
 __all__ = ["JobOutput", "LabelAccessError", "RootHandle", "ScoreError", "enter_worker",
-           "execute_job", "label_guard", "run_method", "scrubbed_environ"]
-from occbench.harness.spec import Job, make_dataset
+           "execute_group", "execute_job", "group_jobs", "label_guard", "run_method",
+           "scrubbed_environ"]
+from occbench.harness.spec import Job, canonical_json, make_dataset
 
 
 class ScoreError(ValueError):
@@ -58,6 +60,8 @@ class JobOutput:
     provenance: dict[str, Any] = field(default_factory=dict)
     log: str = ""
     error: dict[str, str] | None = None
+    #: epoch -> raw scores (same layout as ``raw``) the method reported with Context.snapshot
+    snapshots: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,13 +337,24 @@ def load_split(dataset: str, params: dict[str, Any], root: str | None,
         return _load_split(dataset, json.dumps(params, sort_keys=True), key, normal_class)
 
 
+_last_load: dict[str, bool] = {"cached": False}
+
+
+def snapshot_scores(method: Method, test: Data, ctx: Context) -> dict[int, dict[str, np.ndarray]]:
+    """The snapshots a method reported through ``ctx.snapshot``, checked like its final scores."""
+    return {e: normalise_scores(method, test, s) for e, s in sorted(ctx.snapshots.items())}
+
+
 def load_inputs(job: Job, root: str | None) -> tuple[DatasetSplit, dict[str, ImageData]]:
     """The job's unlabelled split and auxiliary images (cached per worker process)."""
     import json
 
     with _root_for_load(root) as key:
+        hits = _load_split.cache_info().hits
         split = _load_split(job.dataset, json.dumps(job.dataset_params, sort_keys=True), key,
                             job.normal_class)
+        # a queue of jobs on one dataset in one worker decodes it once: recorded per job
+        _last_load["cached"] = _load_split.cache_info().hits > hits
         auxiliary = {role: _load_auxiliary(a["dataset"], key)
                      for role, a in job.auxiliary.items()}
     return split, auxiliary
@@ -441,7 +456,9 @@ def run_method(method: Method, train: Data, test: Data, ctx: Context, logger: lo
         if sub is not None:
             try:
                 part, where = sub
-                again = normalise_scores(method, part, method.score(part, ctx))
+                # a context of its own: snapshots the probe reports are not the job's
+                pctx = dataclasses.replace(ctx, snapshots={})
+                again = normalise_scores(method, part, method.score(part, pctx))
                 ref = raw[""][where] if isinstance(test, ImageData) else raw[where]
                 got = again[""] if isinstance(test, ImageData) else again[where]
                 prov["test_independent"] = bool(np.allclose(got, ref, rtol=1e-5, atol=1e-6,
@@ -507,6 +524,7 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
             split, auxiliary = load_inputs(job, root)
             prov["load_time_s"] = round(time.perf_counter() - t_load, 3)
             prov["plugins"] = plugin_provenance(job)
+            prov["data_cached"] = _last_load["cached"]
             if seal:
                 try:
                     raw, sprov, mlog = sandbox.run_sealed(job, split, auxiliary, device, root,
@@ -523,18 +541,20 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
                     return JobOutput(job.job_id, "failed", {}, prov, log_buf.getvalue(),
                                      exc.error)
                 root = None
+                snaps = sprov.pop("_snapshots", {})
                 prov.update(sprov)
                 log_buf.write(mlog)
             else:
                 root = None  # not reachable from the method's frames
                 with tempfile.TemporaryDirectory(prefix="occbench-job-") as wd:
                     raw, prov_m = _run_here(job, split, auxiliary, device, logger, Path(wd))
+                snaps = prov_m.pop("_snapshots", {})
                 prov.update(prov_m)
         if not seal:
             prov["peak_rss_mb"] = mem.peak_mb
             prov.update(gpu_info(device))
         prov["wall_time_s"] = round(time.perf_counter() - t0, 3)
-        return JobOutput(job.job_id, "ok", raw, prov, log_buf.getvalue())
+        return JobOutput(job.job_id, "ok", raw, prov, log_buf.getvalue(), snapshots=snaps)
     except Exception as exc:
         prov["wall_time_s"] = round(time.perf_counter() - t0, 3)
         return JobOutput(
@@ -553,5 +573,171 @@ def _run_here(job: Job, split: DatasetSplit, auxiliary: dict[str, ImageData], de
     method = cls(**job.method_params)
     ctx = Context(seed=job.seed, device=device, logger=logger, workdir=wd, fast=job.fast,
                   auxiliary=auxiliary)
-    raw, _, prov = run_method(method, split.train, split.test, ctx, logger)
+    raw, fitted, prov = run_method(method, split.train, split.test, ctx, logger)
+    prov["_snapshots"] = snapshot_scores(fitted, split.test, ctx)  # popped by execute_job
     return raw, prov
+
+
+# --------------------------------------------------------------------------------------------
+# Stacked execution: several jobs, one fit
+# --------------------------------------------------------------------------------------------
+
+
+def data_key(job: Job) -> tuple[Any, ...]:
+    """What jobs must share to be fitted on the same training data."""
+    return (job.dataset, canonical_json(job.dataset_params), job.dataset_version,
+            job.dataset_fingerprint, job.normal_class, job.fast, job.modality)
+
+
+def group_jobs(jobs: Sequence[Job], max_size: int) -> list[list[Job]]:
+    """Jobs in units of at most ``max_size`` that can be fitted as one stacked computation.
+
+    Jobs group when they share the training data (:func:`data_key`) and their methods'
+    :meth:`Method.stack_key` is equal and not ``None`` (same architecture and schedule; seeds and
+    variants differ). Order: each unit where its first job was; every job appears once; a job
+    whose method does not stack is a unit of one.
+    """
+    units: list[list[Job]] = []
+    open_unit: dict[tuple[Any, ...], list[Job]] = {}
+    for job in jobs:
+        key = None
+        if max_size > 1:
+            sk = registry.methods.get(job.method)(**job.method_params).stack_key()
+            key = None if sk is None else (data_key(job), sk)
+        unit = open_unit.get(key) if key is not None else None
+        if unit is None or len(unit) >= max_size:
+            unit = []
+            units.append(unit)
+            if key is not None:
+                open_unit[key] = unit
+        unit.append(job)
+    return units
+
+
+def execute_group(jobs: Sequence[Job], data_root: str | Path | RootHandle | None = None,
+                  device: str = "cpu", sealed: str | bool | None = "auto") -> list[JobOutput]:
+    """Run jobs of one :func:`group_jobs` unit: load the data once, fit all methods with
+    ``fit_stacked``, score each on its own. One :class:`JobOutput` per job, in order.
+
+    Each output is what :func:`execute_job` would give for that job (its own log, scores,
+    snapshots; the same job, hence the same id and run record) except provenance: ``group`` (the
+    job ids fitted together) and ``group_size``; ``fit_time_s`` and ``wall_time_s`` are the
+    whole group's (so a job's share of the device time is ``wall_time_s / group_size``).
+    A fit that raises fails every job of the group; a score that raises fails only its job.
+
+    Not sealed yet: the stacked fit runs in this (worker) process, like ``sealed="off"``; with
+    ``sealed="require"`` every job of the group fails (run those with ``group=1``), with
+    ``"auto"`` each job's log says it ran unsealed and its provenance says why.
+    """
+    from occbench.harness import sandbox
+
+    if len(jobs) == 1:
+        return [execute_job(jobs[0], data_root, device, sealed)]
+    root = _take_root(data_root)
+    del data_root
+    mode = sandbox.normalise_mode(sealed)
+    if len({data_key(j) for j in jobs}) != 1:
+        raise ValueError("execute_group: the jobs do not share their training data")
+    bufs = [io.StringIO() for _ in jobs]
+    loggers = []
+    handlers = []
+    for job, buf in zip(jobs, bufs, strict=True):
+        h = logging.StreamHandler(buf)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        lg = logging.getLogger(f"occbench.job.{job.job_id}")
+        lg.setLevel(logging.INFO)
+        lg.addHandler(h)
+        lg.propagate = False
+        loggers.append(lg)
+        handlers.append(h)
+    ids = [j.job_id for j in jobs]
+    base: dict[str, Any] = {**static_provenance(), "device": device, "pid": os.getpid(),
+                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "group": ids, "group_size": len(jobs), "sealed": False,
+                            "sealed_by": None,
+                            "unsealed_reason": "a stacked group (fit_stacked) runs in the worker "
+                                               "process; sealed execution is per job (group=1)"}
+    provs = [dict(base) for _ in jobs]
+    outs: list[JobOutput | None] = [None] * len(jobs)
+    t0 = time.perf_counter()
+
+    def fail_all(exc: BaseException) -> list[JobOutput]:
+        err = {"type": type(exc).__name__, "message": str(exc),
+               "traceback": traceback.format_exc()}
+        res = []
+        for i, job in enumerate(jobs):
+            provs[i]["wall_time_s"] = round(time.perf_counter() - t0, 3)
+            res.append(outs[i] or JobOutput(job.job_id, "failed", {}, provs[i],
+                                            bufs[i].getvalue(), dict(err)))
+        return res
+
+    try:
+        if mode == "require":
+            raise sandbox.SandboxUnavailable(
+                "sealed execution was required, but stacked groups run unsealed: run these "
+                "jobs with group=1")
+        if mode == "auto":
+            for lg in loggers:
+                lg.warning("running UNSEALED: %s", base["unsealed_reason"])
+        with label_guard(), PeakRSS() as mem, \
+                tempfile.TemporaryDirectory(prefix="occbench-group-") as wd:
+            if device.startswith("cuda"):
+                import torch
+
+                torch.cuda.reset_peak_memory_stats()
+            t_load = time.perf_counter()
+            inputs = [load_inputs(jobs[0], root)]
+            cached = _last_load["cached"]
+            inputs += [load_inputs(job, root) for job in jobs[1:]]  # the split is cached now
+            root = None  # not reachable from the methods' frames
+            split = inputs[0][0]
+            methods, ctxs = [], []
+            for job, lg, (_, aux) in zip(jobs, loggers, inputs, strict=True):
+                methods.append(registry.methods.get(job.method)(**job.method_params))
+                jd = Path(wd) / job.job_id
+                jd.mkdir()
+                ctxs.append(Context(seed=job.seed, device=device, logger=lg, workdir=jd,
+                                    fast=job.fast, auxiliary=aux))
+            keys = {m.stack_key() for m in methods}
+            if None in keys or len(keys) != 1:
+                raise ValueError(f"execute_group: methods {[j.method for j in jobs]} do not "
+                                 "share one stack_key(); group them with group_jobs()")
+            load_s = round(time.perf_counter() - t_load, 3)
+            threads = max(max(1, int(m.resources_for().cpus)) for m in methods)
+            with cpu_threads(threads):
+                t_fit = time.perf_counter()
+                type(methods[0]).fit_stacked(methods, split.train, ctxs)
+                fit_s = round(time.perf_counter() - t_fit, 3)
+                for i, (m, c) in enumerate(zip(methods, ctxs, strict=True)):
+                    provs[i].update(load_time_s=load_s, data_cached=cached, threads=threads,
+                                    fit_time_s=fit_s, plugins=plugin_provenance(jobs[i]))
+                    t_score = time.perf_counter()
+                    try:
+                        raw = normalise_scores(m, split.test, m.score(split.test, c))
+                        snaps = snapshot_scores(m, split.test, c)
+                    except Exception as exc:
+                        provs[i]["wall_time_s"] = round(time.perf_counter() - t0, 3)
+                        outs[i] = JobOutput(jobs[i].job_id, "failed", {}, provs[i],
+                                            bufs[i].getvalue(),
+                                            {"type": type(exc).__name__, "message": str(exc),
+                                             "traceback": traceback.format_exc()})
+                        continue
+                    provs[i]["score_time_s"] = round(time.perf_counter() - t_score, 3)
+                    provs[i]["n_parameters"] = m.n_parameters()
+                    outs[i] = JobOutput(jobs[i].job_id, "ok", raw, provs[i], "",
+                                        snapshots=snaps)
+        wall = round(time.perf_counter() - t0, 3)
+        gpu = gpu_info(device)
+        res = []
+        for i, out in enumerate(outs):
+            assert out is not None
+            if out.status == "ok":
+                out.provenance.update(peak_rss_mb=mem.peak_mb, wall_time_s=wall, **gpu)
+                out.log = bufs[i].getvalue()
+            res.append(out)
+        return res
+    except Exception as exc:
+        return fail_all(exc)
+    finally:
+        for lg, h in zip(loggers, handlers, strict=True):
+            lg.removeHandler(h)

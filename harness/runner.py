@@ -8,8 +8,12 @@ A runner receives the jobs and three callbacks from the driver:
 * ``stopped()`` → True when the driver wants scheduling to stop (Ctrl-C, disk full).
 
 The serial runner keeps one worker *process* (spawned, so it inherits nothing from the driver,
-labels included) and runs jobs in it one at a time. A job that outlives its time limit, or a
-worker that dies (killed, out of memory), is recorded as failed and a fresh worker takes over.
+labels included) and runs jobs in it one at a time: a queue of jobs runs back to back without
+re-importing or re-loading data (the worker caches decoded splits). A job that outlives its time
+limit, or a worker that dies (killed, out of memory), is recorded as failed and a fresh worker
+takes over. With ``group=G`` > 1 it fits up to G compatible jobs (same training data, same
+``Method.stack_key``) as one stacked computation (:func:`~occbench.harness.execute.execute_group`,
+unsealed) and still reports one output per job.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from occbench.harness.execute import (
     JobOutput,
     RootHandle,
     enter_worker,
+    execute_group,
     execute_job,
+    group_jobs,
     scrubbed_environ,
 )
 from occbench.harness.spec import Job
@@ -81,10 +87,16 @@ class SerialRunner(Runner):
     name = "serial"
 
     def __init__(self, device: str = "cpu", in_process: bool = False,
-                 sealed: str = "auto") -> None:
+                 sealed: str = "auto", group: int = 1) -> None:
+        if group < 1:
+            raise ValueError(f"group must be >= 1 (jobs fitted together), got {group}")
         self.device = device
         self.in_process = in_process
         self.sealed = sealed
+        #: up to this many compatible jobs are fitted as one stacked computation
+        self.group = group
+        #: wall-clock time (``time.time()``) no job may run past; None = no deadline
+        self.deadline: float | None = None
         self._pool: ProcessPoolExecutor | None = None
         self._root: str | None = None
 
@@ -111,34 +123,59 @@ class SerialRunner(Runner):
     def run(self, jobs: Sequence[Job], data_root: str | None, claim: ClaimFn, done: DoneFn,
             stopped: StopFn) -> None:
         self._root = data_root
-        for job in jobs:
+        units = group_jobs(jobs, self.group) if self.group > 1 else [[j] for j in jobs]
+        for unit in units:
             if stopped():
                 break
-            if not claim(job):
+            unit = [j for j in unit if claim(j)]
+            if not unit:
                 continue
-            if self.in_process:
-                done(job, execute_job(job, data_root, self.device, self.sealed))
-                continue
-            t0 = time.perf_counter()
-            fut = self._get_pool(job).submit(execute_job, job, RootHandle(data_root), self.device,
-                                          self.sealed)
-            try:
-                out = fut.result(timeout=job.time_limit_s)
-            except FutureTimeout:
-                self._kill_pool()
+            outs = self._run_unit(unit, data_root)
+            for job, out in zip(unit, outs, strict=True):
+                done(job, out)
+
+    def _run_unit(self, unit: list[Job], data_root: str | None) -> list[JobOutput]:
+        """Outputs of one job, or of a stacked group (time limit: the sum of its jobs')."""
+        if self.in_process:
+            if len(unit) == 1:
+                return [execute_job(unit[0], data_root, self.device, self.sealed)]
+            return execute_group(unit, data_root, self.device, self.sealed)
+        limits = [j.time_limit_s for j in unit]
+        limit: float | None = unit[0].time_limit_s
+        if len(unit) > 1:
+            limit = None if any(t is None for t in limits) else float(sum(t or 0 for t in limits))
+        if self.deadline is not None:  # never run past it, whatever the job's own limit
+            left = max(self.deadline - time.time(), 0.0)
+            limit = left if limit is None else min(limit, left)
+        t0 = time.perf_counter()
+        if len(unit) == 1:
+            fut = self._get_pool(unit[0]).submit(execute_job, unit[0], RootHandle(data_root),
+                                                 self.device, self.sealed)
+        else:
+            fut = self._get_pool(unit[0]).submit(execute_group, unit, RootHandle(data_root),
+                                                 self.device, self.sealed)
+        try:
+            res = fut.result(timeout=limit)
+            return [res] if isinstance(res, JobOutput) else list(res)
+        except FutureTimeout:
+            self._kill_pool()
+            outs = []
+            for job in unit:
                 out = failed_output(job, "TimeLimitExceeded",
-                                    f"job exceeded its time limit of {job.time_limit_s} s",
-                                    time.perf_counter() - t0)
+                                    f"job exceeded its time limit of {limit} s"
+                                    + (f" (a stacked group of {len(unit)})" if len(unit) > 1
+                                       else ""), time.perf_counter() - t0)
                 out.status = "timeout"
-            except BrokenProcessPool:
-                self._kill_pool()
-                out = failed_output(job, "WorkerDied",
-                                    "the worker process died during the job (killed, or out of "
-                                    "memory)", time.perf_counter() - t0)
-            except KeyboardInterrupt:
-                self._kill_pool()
-                raise
-            done(job, out)
+                outs.append(out)
+            return outs
+        except BrokenProcessPool:
+            self._kill_pool()
+            return [failed_output(job, "WorkerDied", "the worker process died during the job "
+                                  "(killed, or out of memory)", time.perf_counter() - t0)
+                    for job in unit]
+        except KeyboardInterrupt:
+            self._kill_pool()
+            raise
 
     def close(self) -> None:
         if self._pool is not None:

@@ -626,6 +626,10 @@ def run_sealed(job: Any, split: Any, auxiliary: dict[str, Any], device: str,
         raise SealedJobError({k: str(err.get(k, "")) for k in ("type", "message", "traceback")},
                              prov, logtext)
     raw = decode_scores(rep.get("raw"), split.test)
+    got_snaps = rep.get("snapshots")
+    if isinstance(got_snaps, dict) and got_snaps:  # handed on to execute_job, which pops it
+        prov["_snapshots"] = {int(e): decode_scores(sc, split.test)
+                              for e, sc in got_snaps.items()}
     return raw, prov, logtext
 
 
@@ -755,8 +759,13 @@ def _serve(req: dict[str, Any]) -> dict[str, Any]:
 
         prov["resources"] = asdict(method.resources_for())
         prov["method_s"] = round(time.perf_counter() - t0, 4)
+        from occbench.harness.execute import snapshot_scores
+
+        snaps = snapshot_scores(method, test, ctx)  # per-epoch scores (Context.snapshot)
         return {"status": "ok", "pid": os.getpid(), "provenance": prov,
-                "raw": {k: _enc(v) for k, v in raw.items()}, "log": buf.getvalue()}
+                "raw": {k: _enc(v) for k, v in raw.items()}, "log": buf.getvalue(),
+                "snapshots": {str(e): {k: _enc(v) for k, v in sc.items()}
+                              for e, sc in snaps.items()}}
     except BaseException as exc:
         prov["method_s"] = round(time.perf_counter() - t0, 4)
         return {"status": "failed", "pid": os.getpid(), "provenance": prov,

@@ -67,6 +67,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 #: Channel widths of the Gong et al. 3D AE (encoder; the decoder mirrors them).
 BASE_CHANNELS = (96, 128, 256, 256)
+#: Training steps excluded from ``train_stats_["steady_clips_per_s_all"]`` (compile, autotune).
+TIMING_WARMUP_STEPS = 5
 #: Frame size and channel multiplier used under ``Context.fast`` (at most).
 FAST_SIZE = 32
 FAST_WIDTH = 0.125
@@ -567,7 +569,6 @@ class Ae3dMethod(Method):
                 mod.load_state_dict({k: v.detach() for k, v in state(i).items()})
                 m.model_ = mod.to(memory_format=m._fmt)  # type: ignore[call-overload]
                 m._step_model = m.model_  # scoring uses the plain module (no per-member compile)
-                m.train_stats_["stacked"] = len(ms)
 
     @torch.no_grad()
     def _score_model(self, model: nn.Module | object, bank: FrameBank) -> dict[str, np.ndarray]:
@@ -644,7 +645,7 @@ def _train_members(ms: Sequence[Ae3dMethod], contexts: Sequence[Context],
     for m in ms:
         m.snapshots_ = {}
     T.reset_peak_memory(dev)
-    t0 = time.perf_counter()
+    t0 = t_warm = time.perf_counter()
     done = epoch = 0
     loss_sums = torch.zeros(len(ms), device=dev)
     while done < total:
@@ -663,6 +664,9 @@ def _train_members(ms: Sequence[Ae3dMethod], contexts: Sequence[Context],
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             loss_sums += torch.stack(losses).detach()
+            if done + s + 1 == TIMING_WARMUP_STEPS:
+                T.synchronize(dev)  # once: compilation and autotuning end inside the warm-up
+                t_warm = time.perf_counter()
         done += n_ep
         epoch += 1
         rate = done * lead.batch_size / (time.perf_counter() - t0)
@@ -675,12 +679,18 @@ def _train_members(ms: Sequence[Ae3dMethod], contexts: Sequence[Context],
                 m.snapshots_[epoch] = {k: v.detach().to("cpu", copy=True)
                                        for k, v in state(i).items()}
     T.synchronize(dev)
-    wall = time.perf_counter() - t0
+    t_end = time.perf_counter()
+    wall = t_end - t0
+    steady = None  # clips/s of all stacked models together, after the warm-up steps
+    if done >= 2 * TIMING_WARMUP_STEPS:
+        steady = round((done - TIMING_WARMUP_STEPS) * lead.batch_size * len(ms)
+                       / max(t_end - t_warm, 1e-9), 2)
     for m, c in zip(ms, contexts, strict=True):
         m.train_stats_ = {
             "steps": done, "epochs": epoch, "clips": done * lead.batch_size,
             "train_s": round(wall, 3),
             "clips_per_s": round(done * lead.batch_size / max(wall, 1e-9), 2),
+            "steady_clips_per_s_all": steady, "stacked": len(ms),
             "peak_gpu_mb": T.peak_memory_mb(dev),
         }
         c.logger.info("trained: %s", m.train_stats_)
