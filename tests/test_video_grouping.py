@@ -165,8 +165,9 @@ def tick_jobs(costs: list[float], epochs: int = 1) -> list[Job]:
 
 def run_until(jobs: list[Job], store: RunStore, budget_s: float, costs: CostModel
               ) -> DeadlineRunner:
-    runner = DeadlineRunner(SerialRunner(in_process=True), CLOCK.now + budget_s, costs,
-                            clock=CLOCK)
+    # unsealed and in this process: the fake method advances this process's fake clock
+    runner = DeadlineRunner(SerialRunner(in_process=True, sealed="off"), CLOCK.now + budget_s,
+                            costs, clock=CLOCK)
     run_jobs(jobs, store, runner)
     return runner
 
@@ -238,3 +239,16 @@ def test_ped2_gpu_run_script_leaves_a_store(tmp_path: Path) -> None:
                            capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "0 to run" in again.stdout
+
+
+@pytest.mark.parametrize("sealed", ["auto", "off"])
+def test_job_snapshots_reach_the_job_output(sealed: str) -> None:
+    """One job, sealed (where this machine can) or not: the per-epoch snapshots come back."""
+    from occbench.harness.execute import execute_job
+
+    job, = jobs_of([{"name": "ae3d", "params": {**AE, "epochs": 2}}], seeds=[0])
+    out = execute_job(job, sealed=sealed)
+    assert out.status == "ok", out.error
+    assert sorted(out.snapshots) == [1, 2]
+    for vid, raw in out.raw.items():
+        np.testing.assert_array_equal(out.snapshots[2][vid], raw)
