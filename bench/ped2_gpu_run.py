@@ -11,10 +11,10 @@ parameters, else of the same dataset), else ``--overhead-s + epochs x --per-epoc
 variants with the same network and schedule) as one stacked computation.
 
     # on the GPU machine, a 15-minute slot: 8.5 minutes of jobs, the store comes back in $OUT
-    python bench/ped2_gpu_run.py --spec benchmarks/ped2-60.toml --data-root DATA \\
-        --store $OUT/store --done results/ped2 --deadline-s 510 --device cuda --group 3 \\
-        --per-epoch-s 7.0 --overhead-s 45
-    occbench store merge OUT/store --into results/ped2           # back here
+    python bench/ped2_gpu_run.py --spec benchmarks/reference/ped2-gpu.toml --data-root DATA \\
+        --store $OUT/store --done results --deadline-s 510 --device cuda --group 3 \\
+        --per-epoch-s PER_EPOCH --overhead-s 60     # from bench/bench_ae3d.py, until runs exist
+    occbench store merge OUT/store --into results                # back here
 
 Prints one line per finished job and a summary (``ran N``, ``not started: M``).
 """

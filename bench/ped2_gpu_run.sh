@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Superseded by bench/ped2_gpu_run.py (deadline-aware, one worker for the queue, stacked groups).
 # Run benchmarks/ped2.toml on one GPU machine with K concurrent serial drivers sharing one store
 # (each job is claimed by a lock, so nothing runs twice), each killed at DEADLINE seconds.
 # Usage (from the repo root; data under DATA_ROOT/ped2):

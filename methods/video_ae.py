@@ -126,7 +126,7 @@ def train_flops_per_clip(width: float = 1.0, clip_len: int = 16, size: int = 256
     Counted from the layer shapes on the meta device (nothing is computed); the default AE on a
     16x256x256 clip costs about 193 GFLOP, the figure the speed targets are quoted against.
     """
-    net = AE3D(width).to("meta")
+    net = AE3D(width).to("meta").eval()  # eval: BatchNorm accepts the 1-clip batch at any size
     macs = 0
 
     def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
