@@ -54,6 +54,17 @@ class OutFormat(str, Enum):
 
 
 StoreOpt = Annotated[Path, typer.Option("--store", "-s", help="Run store folder.")]
+TimeLimitOpt = Annotated[
+    str | None,
+    typer.Option("--time-limit", help="Time limit of every job, overriding the spec: seconds "
+                 "(7200) or 90s, 30m, 2h; 0 or none: no limit. Default: the spec's "
+                 "time_limit_s, else 2h."),
+]
+RetryFailedOpt = Annotated[
+    bool,
+    typer.Option("--retry-failed", help="Also rerun jobs that failed with an error of the "
+                 "method itself (not rerun by default: they fail the same way again)."),
+]
 DataRootOpt = Annotated[
     str | None,
     typer.Option("--data-root", help="Folder holding the datasets (else $OCCBENCH_DATA_ROOT, "
@@ -395,11 +406,22 @@ def run(
         "--sealed/--unsealed", help="Run methods in the bubblewrap sandbox (--sealed: fail if "
         "it is unavailable) or in the worker (--unsealed). Default: sealed where available, "
         "else unsealed with a warning.")] = None,
+    time_limit: TimeLimitOpt = None,
+    retry_failed: RetryFailedOpt = False,
 ) -> None:
     """Run the jobs of SPEC (or --methods × --datasets) not yet in the store; print the table.
 
-    Exit status: 0 all ok; 1 a job failed; 2 bad input.
+    Ctrl-C once: no new jobs, the running ones finish; twice: they are cancelled.
+    Exit status: 0 all ok; 1 a job failed (or was not rerun, see --retry-failed); 2 bad input.
     """
+    import dataclasses
+
+    from occbench.harness.limits import parse_duration
+
+    try:
+        job_limit = None if time_limit is None else parse_duration(time_limit, "--time-limit")
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     if limit is not None and limit < 1:
         raise _fail("--limit must be at least 1")
     if store.exists() and not store.is_dir():
@@ -407,6 +429,8 @@ def run(
                     "occbench store")
     root = _data_root(data_root)
     sp, plan = _load_plan(spec, methods, datasets, classes, seeds, root)
+    if job_limit is not None:  # not part of the job id: the same jobs, another limit
+        plan.jobs = [dataclasses.replace(j, time_limit_s=job_limit) for j in plan.jobs]
     for s in plan.skipped:
         console.print(f"[dim]skipped: {escape(s)}[/dim]")
     if address is None:  # an existing cluster may have GPUs this machine lacks
@@ -436,9 +460,10 @@ def run(
     t0 = time.perf_counter()
     if not jobs:  # nothing to run: no runner (starting Ray alone takes seconds), no driver
         summary: Any = SimpleNamespace(ran=0, ok=0, failed=0, already_done=0, skipped_locked=0,
-                                       failures=[], stop_reason=None)
+                                       failures=[], stop_reason=None, not_retried=0)
     else:
-        summary = _execute(jobs, st, root, runner, device, address, max_concurrent, seal_mode)
+        summary = _execute(jobs, st, root, runner, device, address, max_concurrent, seal_mode,
+                           retry_failed)
     wall = time.perf_counter() - t0
 
     console.print(f"ran {summary.ran} jobs in {wall:.1f} s: {summary.ok} ok, {summary.failed} "
@@ -448,11 +473,15 @@ def run(
                   + (f", {len(pending) - todo} left by --limit" if len(pending) > todo else ""))
     for disp, why in summary.failures:
         err.print(f"  [red]failed[/red] {escape(disp)}: {escape(_one_line(why))}")
+    if summary.not_retried:
+        err.print(f"[yellow]{summary.not_retried} job(s) not rerun:[/yellow] they failed with "
+                  "an error of the method itself, which the same method, data and seed repeat "
+                  "(`occbench store status` lists them); --retry-failed runs them again")
     if summary.stop_reason:
         err.print(f"[yellow]stopped:[/yellow] {escape(summary.stop_reason)}")
     if board:
         _print_board(st, cached=True)
-    if summary.failed or summary.stop_reason:
+    if summary.failed or summary.stop_reason or summary.not_retried:
         raise typer.Exit(1)
 
 
@@ -477,7 +506,8 @@ def seal_mode_checked(sealed: bool | None) -> str:
 
 
 def _execute(jobs: list[Any], st: Any, root: str | None, runner: str | None, device: str,
-             address: str | None, max_concurrent: int | None, seal_mode: str = "auto") -> Any:
+             address: str | None, max_concurrent: int | None, seal_mode: str = "auto",
+             retry_failed: bool = False) -> Any:
     """Run ``jobs`` with progress: a live bar on a terminal, plain lines otherwise."""
     from occbench.harness.driver import run_jobs
     from occbench.harness.runner import RunnerError
@@ -511,7 +541,7 @@ def _execute(jobs: list[Any], st: Any, root: str | None, runner: str | None, dev
         if hasattr(r, "connect"):
             r.connect()  # a cluster that cannot be reached fails here, before any progress
         if console.is_terminal:
-            summary = _run_live(jobs, st, r, root, todo, counts, status, count)
+            summary = _run_live(jobs, st, r, root, todo, counts, status, count, retry_failed)
         else:
             lines = LineProgress(console, todo)
 
@@ -522,7 +552,7 @@ def _execute(jobs: list[Any], st: Any, root: str | None, runner: str | None, dev
 
             if todo:
                 lines.update(0, status(), force=True)
-            summary = run_jobs(jobs, st, r, root, progress)
+            summary = run_jobs(jobs, st, r, root, progress, retry_failed=retry_failed)
     except RunnerError as exc:
         raise _fail(str(exc)) from None
     finally:
@@ -531,7 +561,7 @@ def _execute(jobs: list[Any], st: Any, root: str | None, runner: str | None, dev
 
 
 def _run_live(jobs: list[Any], st: Any, r: Any, root: str | None, todo: int,
-              counts: dict[str, int], status: Any, count: Any) -> Any:
+              counts: dict[str, int], status: Any, count: Any, retry_failed: bool = False) -> Any:
     """Run with rich's live progress bar (a terminal)."""
     from occbench.harness.driver import run_jobs
     from rich.progress import (
@@ -556,7 +586,7 @@ def _run_live(jobs: list[Any], st: Any, r: Any, root: str | None, todo: int,
                 prog.update(task, total=max(todo - counts["gone"], 0))
             prog.update(task, status=status())
 
-        return run_jobs(jobs, st, r, root, progress)
+        return run_jobs(jobs, st, r, root, progress, retry_failed=retry_failed)
 
 
 def _print_dry_run(sp: Any, jobs: list[Any], store: Path, limit: int | None) -> None:

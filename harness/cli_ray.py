@@ -9,7 +9,9 @@ from typing import Annotated, Any
 import typer
 from occbench.harness.cli import (
     DataRootOpt,
+    RetryFailedOpt,
     StoreOpt,
+    TimeLimitOpt,
     _data_root,
     _fail,
     console,
@@ -57,6 +59,8 @@ def refresh(
     require_sealed: Annotated[bool, typer.Option(
         "--require-sealed", help="Run jobs sealed (fail if the sandbox is unavailable) and "
         "refuse to publish a board with unsealed runs (the leaderboard CI entry).")] = False,
+    time_limit: TimeLimitOpt = None,
+    retry_failed: RetryFailedOpt = False,
 ) -> None:
     """Run the jobs of SPEC whose content hash is not in the store; rebuild the board.
 
@@ -118,7 +122,8 @@ def refresh(
         try:
             run_cmd(spec=spec, store=store, data_root=data_root, runner=runner, address=address,
                     max_concurrent=max_concurrent, device=device, board=False, check_data=True,
-                    sealed=True if require_sealed else None)
+                    sealed=True if require_sealed else None,
+                    time_limit=time_limit, retry_failed=retry_failed)
         except typer.Exit as exc:
             code = int(exc.exit_code or 0)
         if code not in (0, 1):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -36,13 +37,15 @@ class RunSummary:
     ok: int = 0
     failed: int = 0
     skipped_locked: int = 0
+    #: jobs whose last attempt failed with a method error (deterministic) and were not rerun
+    not_retried: int = 0
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)  # (display, message)
     stop_reason: str | None = None
 
     @property
     def remaining(self) -> int:
-        return self.planned - self.already_done - self.ok - self.failed
+        return self.planned - self.already_done - self.ok - self.failed - self.not_retried
 
 
 @lru_cache(maxsize=32)
@@ -78,16 +81,31 @@ def failure_record(job: Job, out: JobOutput, runner: str) -> dict[str, Any]:
 
 
 @contextmanager
-def _sigint_to_flag(summary: RunSummary) -> Iterator[None]:
-    """First Ctrl-C: stop scheduling after the running job. Second: abort now."""
+def _sigint_to_flag(summary: RunSummary, runner: Runner | None = None) -> Iterator[None]:
+    """First Ctrl-C: no new jobs, the running ones finish (their count is printed). Second: the
+    runner cancels the running jobs (:meth:`Runner.cancel`, from its own loop, so nothing is
+    interrupted half-way). Third, or a runner that cannot cancel: KeyboardInterrupt."""
     prev = signal.getsignal(signal.SIGINT)
+    presses = [0]
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if summary.interrupted:
-            signal.signal(signal.SIGINT, prev)
-            raise KeyboardInterrupt
-        summary.interrupted = True
-        summary.stop_reason = "interrupted (Ctrl-C): rerun the same command to resume"
+        presses[0] += 1
+        n = runner.running() if runner is not None else 0
+        jobs = f"{n} running job{'s' if n != 1 else ''}"
+        if presses[0] == 1:
+            summary.interrupted = True
+            summary.stop_reason = "interrupted (Ctrl-C): rerun the same command to resume"
+            print(f"Ctrl-C: no new jobs; finishing {jobs}; Ctrl-C again to cancel them"
+                  if n else "Ctrl-C: no new jobs; stopping", file=sys.stderr, flush=True)
+            return
+        if presses[0] == 2 and runner is not None and runner.cancel():
+            print(f"cancelling {jobs} (Ctrl-C again to quit at once)", file=sys.stderr,
+                  flush=True)
+            return
+        signal.signal(signal.SIGINT, prev)
+        if n:
+            print(f"cancelling {jobs}", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
 
     try:
         signal.signal(signal.SIGINT, handler)
@@ -102,15 +120,23 @@ def _sigint_to_flag(summary: RunSummary) -> Iterator[None]:
 
 def run_jobs(
     jobs: Sequence[Job], store: RunStore, runner: Runner, data_root: str | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None, retry_failed: bool = False,
 ) -> RunSummary:
-    """Run the jobs not yet in ``store``; safe against other drivers on the same store."""
+    """Run the jobs not yet in ``store``; safe against other drivers on the same store.
+
+    A job whose last failure was the method's own error (``error.origin == "method"``: same
+    method, data and seed raise the same way again) is not rerun unless ``retry_failed``;
+    timeouts, killed workers and harness errors are.
+    """
     store.init()
     summary = RunSummary(planned=len(jobs))
     todo = []
+    method_failed = set() if retry_failed else _method_failures(store)
     for j in jobs:
         if store.has(j.job_id):
             summary.already_done += 1
+        elif j.job_id in method_failed:
+            summary.not_retried += 1
         else:
             todo.append(j)
     locks: dict[str, FileLock] = {}
@@ -146,7 +172,7 @@ def run_jobs(
                 except (ValueError, OSError) as exc:
                     out = JobOutput(job.job_id, "failed", {}, out.provenance, out.log,
                                     {"type": type(exc).__name__, "message": str(exc),
-                                     "traceback": ""})
+                                     "traceback": "", "origin": "harness"})
                 else:
                     try:
                         store.write_run(record, out.raw, labels.per_video, out.log)
@@ -177,7 +203,7 @@ def run_jobs(
                 lock.release()
 
     with ExitStack() as stack:
-        stack.enter_context(_sigint_to_flag(summary))
+        stack.enter_context(_sigint_to_flag(summary, runner))
         try:
             runner.run(todo, data_root, claim, done, lambda: summary.stop_reason is not None)
         except KeyboardInterrupt:
@@ -187,6 +213,21 @@ def run_jobs(
             for lock in locks.values():
                 lock.release()
     return summary
+
+
+def _method_failures(store: RunStore) -> set[str]:
+    """Jobs whose recorded failure is a method error (not retried by a rerun)."""
+    out = set()
+    try:
+        fails = store.failures()
+    except (OSError, ValueError) as exc:  # an unreadable failure record never stops a run
+        print(f"warning: cannot read {store.failed_dir}: {exc}", file=sys.stderr)
+        return set()
+    for f in fails:
+        err = f.get("error") if isinstance(f, dict) else None
+        if isinstance(err, dict) and err.get("origin") == "method":
+            out.add(str(f.get("job_id")))
+    return out
 
 
 def verify_labels_match_raw(out: JobOutput, labels: Labels) -> None:

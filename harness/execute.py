@@ -41,6 +41,7 @@ from occbench.harness.api import (
     VideoData,
     labels_blocked,
 )
+from occbench.harness.capture import CappedHandler, CappedLog, capture_fds
 
 __all__ = ["JobOutput", "LabelAccessError", "RootHandle", "ScoreError", "enter_worker",
            "execute_group", "execute_job", "group_jobs", "label_guard", "run_method",
@@ -54,8 +55,18 @@ class ScoreError(ValueError):
 
 @dataclass
 class JobOutput:
+    """What a job hands back to the driver.
+
+    ``log``: what the method logged (``context.logger``) and printed (fd 1 and 2), capped
+    (:mod:`occbench.harness.capture`). ``error`` (failed jobs): ``type``, ``message``,
+    ``traceback`` and ``origin``: ``"method"`` (the method's own code raised: deterministic, so
+    never retried, not even by a rerun unless asked), ``"data"`` (loading the dataset failed),
+    ``"runner"`` (time limit, worker killed, out of memory, cancelled, no node fits) or
+    ``"harness"`` (the driver could not score or store it).
+    """
+
     job_id: str
-    status: str  # "ok" | "failed"
+    status: str  # "ok" | "failed" | "timeout"
     raw: dict[str, np.ndarray] = field(default_factory=dict)  # "" → (N,) for images
     provenance: dict[str, Any] = field(default_factory=dict)
     log: str = ""
@@ -142,11 +153,18 @@ def gpu_info(device: str) -> dict[str, Any]:
 
 
 class PeakRSS:
-    """Samples this process's resident memory in a thread; ``peak_mb`` after ``stop()``."""
+    """This process's peak resident memory during a block (bytes; ``peak_mb`` in MiB).
+
+    A thread samples ``/proc/self/statm`` every ``interval`` s; if the kernel's lifetime
+    high-water mark (``ru_maxrss``) rose during the block, the peak was that value exactly, so
+    a spike between two samples is not missed. (In a reused worker a lower high-water mark set
+    by an earlier job leaves only the samples.)
+    """
 
     def __init__(self, interval: float = 0.05) -> None:
         self.interval = interval
         self.peak = _rss_bytes()
+        self._maxrss0 = _maxrss_bytes()
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -162,10 +180,32 @@ class PeakRSS:
         self._stop.set()
         self._t.join()
         self.peak = max(self.peak, _rss_bytes())
+        maxrss = _maxrss_bytes()
+        if maxrss > self._maxrss0:
+            self.peak = max(self.peak, maxrss)
 
     @property
     def peak_mb(self) -> float:
         return round(self.peak / 2**20, 1)
+
+
+def _maxrss_bytes() -> int:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return 0
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+
+
+def memory_warnings(peak_mb: float, declared_mb: float) -> list[str]:
+    """A warning when the job's peak resident memory (MiB) exceeds what its method declares
+    (``Resources.memory_mb``), else nothing."""
+    if declared_mb and peak_mb > declared_mb:
+        return [f"peak memory {peak_mb:.0f} MiB is above the {declared_mb:g} MiB the method "
+                "declares (Resources.memory_mb): declare what it needs, or a scheduler may put "
+                "more jobs on a machine than fit"]
+    return []
 
 
 def _rss_bytes() -> int:
@@ -487,12 +527,15 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
     registered at run time (Ray ships it), for the sealed process.
 
     Never raises for a method's fault: failures come back as ``status="failed"`` with the
-    traceback, so the driver can record them.
+    traceback and the error's ``origin`` (see :class:`JobOutput`), so the driver can record
+    them. What the method logs and prints is captured, capped, into ``JobOutput.log``; a peak
+    resident memory (of the process the method ran in) above the method's declared
+    ``Resources.memory_mb`` is a string in ``provenance["warnings"]``.
     """
     from occbench.harness import sandbox
 
-    log_buf = io.StringIO()
-    handler = logging.StreamHandler(log_buf)
+    sink = CappedLog()
+    handler = CappedHandler(sink)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger(f"occbench.job.{job.job_id}")
     logger.setLevel(logging.INFO)
@@ -500,6 +543,7 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
     logger.propagate = False
     prov: dict[str, Any] = {**static_provenance(), "device": device, "pid": os.getpid(),
                             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    origin = "data"  # what a failure is blamed on: the loading phase, then the method
     t0 = time.perf_counter()
     root = _take_root(data_root)
     del data_root
@@ -507,15 +551,23 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
     probe = sandbox.probe() if mode != "off" else sandbox.Probe(False, why="--unsealed")
     seal = probe.ok
     prov.update(sealed=seal, sealed_by=probe.by if seal else None)
+    mem = PeakRSS()
+
+    def failed(error: dict[str, str]) -> JobOutput:
+        prov["wall_time_s"] = round(time.perf_counter() - t0, 3)
+        _memory_check(prov, None if seal else mem.peak_mb)
+        return JobOutput(job.job_id, "failed", {}, prov, sink.text(), error)
+
     try:
-        if not seal:
-            prov["unsealed_reason"] = probe.why
-            if mode == "require":
-                raise sandbox.SandboxUnavailable(
-                    f"sealed execution was required but is unavailable: {probe.why}")
-            if mode == "auto":
-                logger.warning("running UNSEALED: %s", probe.why)
-        with label_guard(), PeakRSS() as mem:
+        with capture_fds(sink) as write_out, label_guard(), mem:
+            handler.write = write_out  # records in order with what the method prints
+            if not seal:
+                prov["unsealed_reason"] = probe.why
+                if mode == "require":
+                    raise sandbox.SandboxUnavailable(
+                        f"sealed execution was required but is unavailable: {probe.why}")
+                if mode == "auto":
+                    logger.warning("running UNSEALED: %s", probe.why)
             if device.startswith("cuda") and not seal:
                 import torch
 
@@ -525,25 +577,22 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
             prov["load_time_s"] = round(time.perf_counter() - t_load, 3)
             prov["plugins"] = plugin_provenance(job)
             prov["data_cached"] = _last_load["cached"]
+            origin = "method"
             if seal:
                 try:
                     raw, sprov, mlog = sandbox.run_sealed(job, split, auxiliary, device, root,
                                                           probe, method_blob)
                 except sandbox.SealedProcessDied as exc:
-                    prov["wall_time_s"] = round(time.perf_counter() - t0, 3)
-                    return JobOutput(job.job_id, "failed", {}, prov, log_buf.getvalue(),
-                                     {"type": "WorkerDied", "message": str(exc),
-                                      "traceback": ""})
+                    return failed({"type": "WorkerDied", "message": str(exc), "traceback": "",
+                                   "origin": "runner"})
                 except sandbox.SealedJobError as exc:
                     prov.update(exc.provenance)
-                    log_buf.write(exc.log)
-                    prov["wall_time_s"] = round(time.perf_counter() - t0, 3)
-                    return JobOutput(job.job_id, "failed", {}, prov, log_buf.getvalue(),
-                                     exc.error)
+                    write_out(exc.log.encode("utf-8", errors="replace"))
+                    return failed({**exc.error, "origin": exc.error.get("origin", "method")})
                 root = None
                 snaps = sprov.pop("_snapshots", {})
                 prov.update(sprov)
-                log_buf.write(mlog)
+                write_out(mlog.encode("utf-8", errors="replace"))
             else:
                 root = None  # not reachable from the method's frames
                 with tempfile.TemporaryDirectory(prefix="occbench-job-") as wd:
@@ -554,16 +603,24 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
             prov["peak_rss_mb"] = mem.peak_mb
             prov.update(gpu_info(device))
         prov["wall_time_s"] = round(time.perf_counter() - t0, 3)
-        return JobOutput(job.job_id, "ok", raw, prov, log_buf.getvalue(), snapshots=snaps)
+        _memory_check(prov, None)
+        return JobOutput(job.job_id, "ok", raw, prov, sink.text(), snapshots=snaps)
     except Exception as exc:
-        prov["wall_time_s"] = round(time.perf_counter() - t0, 3)
-        return JobOutput(
-            job.job_id, "failed", {}, prov, log_buf.getvalue(),
-            {"type": type(exc).__name__, "message": str(exc),
-             "traceback": traceback.format_exc()},
-        )
+        return failed({"type": type(exc).__name__, "message": str(exc),
+                       "traceback": traceback.format_exc(), "origin": origin})
     finally:
+        handler.write = None
         logger.removeHandler(handler)
+
+
+def _memory_check(prov: dict[str, Any], peak_mb: float | None) -> None:
+    """Add ``provenance["warnings"]`` when the peak memory is above the declared one."""
+    if peak_mb is not None and "peak_rss_mb" not in prov:
+        prov["peak_rss_mb"] = peak_mb
+    declared = (prov.get("resources") or {}).get("memory_mb") or 0
+    found = memory_warnings(float(prov.get("peak_rss_mb") or 0), float(declared))
+    if found:
+        prov["warnings"] = [*prov.get("warnings", []), *found]
 
 
 def _run_here(job: Job, split: DatasetSplit, auxiliary: dict[str, ImageData], device: str,
@@ -575,6 +632,8 @@ def _run_here(job: Job, split: DatasetSplit, auxiliary: dict[str, ImageData], de
                   auxiliary=auxiliary)
     raw, fitted, prov = run_method(method, split.train, split.test, ctx, logger)
     prov["_snapshots"] = snapshot_scores(fitted, split.test, ctx)  # popped by execute_job
+    # what the method declares (sealed runs report it from inside the sandbox)
+    prov.setdefault("resources", dataclasses.asdict(method.resources_for()))
     return raw, prov
 
 

@@ -37,6 +37,7 @@ import importlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -46,6 +47,7 @@ import ray
 from occbench.harness import registry
 from occbench.harness.api import Resources
 from occbench.harness.execute import JobOutput, RootHandle, _load_split, enter_worker, execute_job
+from occbench.harness.limits import DEFAULT_TIME_LIMIT_S
 from occbench.harness.runner import (
     ClaimFn,
     DoneFn,
@@ -53,6 +55,7 @@ from occbench.harness.runner import (
     RunnerError,
     StopFn,
     failed_output,
+    timeout_output,
 )
 from occbench.harness.spec import Job
 from ray import cloudpickle
@@ -144,6 +147,19 @@ def run_in_worker(job: Job, data_root: str | RootHandle | None, device: str,
                    else asdict(resources_of(job))),
     )
     return out
+
+
+def _new_clock() -> Any:
+    """A :class:`JobClock` on the driver's own node (soft: anywhere if that node has no
+    room), so losing a worker node does not lose the clock."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        here = ray.get_runtime_context().get_node_id()
+        strategy: Any = NodeAffinitySchedulingStrategy(node_id=here, soft=True)
+    except Exception:  # e.g. Ray Client: no node of its own; let Ray place it
+        strategy = "DEFAULT"
+    return JobClock.options(scheduling_strategy=strategy).remote()  # type: ignore[attr-defined]
 
 
 def _cuda_available() -> bool:
@@ -268,13 +284,15 @@ class RayRunner(Runner):
     ``max_retries``: retries of a job whose worker or node died.
     ``sealed``: ``"auto"`` (default), ``"require"`` or ``"off"``: each task starts the sandbox
     on its node (see :mod:`occbench.harness.sandbox`).
+    ``default_time_limit_s``: limit of jobs without one of their own (0: none).
     """
 
     name = "ray"
 
     def __init__(self, address: str | None = None, max_concurrent: int | None = None,
                  device: str = "auto", max_retries: int = 2, num_cpus: int | None = None,
-                 num_gpus: int | None = None, sealed: str = "auto") -> None:
+                 num_gpus: int | None = None, sealed: str = "auto",
+                 default_time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> None:
         if max_concurrent is not None and max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -286,8 +304,18 @@ class RayRunner(Runner):
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
         self.sealed = sealed  # "auto" | "require" | "off": each task seals on its own node
+        self.default_time_limit_s = default_time_limit_s
         self._owns_ray = False
         self._clock: Any | None = None
+        self._inflight: dict[Any, _InFlight] = {}
+        self._cancel = threading.Event()
+
+    def running(self) -> int:
+        return len(self._inflight)
+
+    def cancel(self) -> bool:
+        self._cancel.set()  # seen by the loop within one poll (_POLL_S)
+        return True
 
     # -- cluster -------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -364,14 +392,20 @@ class RayRunner(Runner):
         nodes = self.nodes()
         cap = self.max_concurrent or max(1, int(sum(n.get("CPU", 0.0) for n in nodes)))
         gpu_task = _cpu_task if self._gpu_reuse_ok(nodes) else _gpu_task_fresh
-        if any(j.time_limit_s for j in jobs) and self._clock is None:
-            self._clock = JobClock.remote()  # type: ignore[attr-defined]
+        if any(self.time_limit(j) for j in jobs) and self._clock is None:
+            self._clock = _new_clock()
         blobs: dict[str, bytes | None] = {}
         queue = list(jobs)
         inflight: dict[Any, _InFlight] = {}
+        self._inflight = inflight
+        self._cancel.clear()
         last_clock = 0.0
         try:
             while queue or inflight:
+                if self._cancel.is_set():  # second Ctrl-C: kill the running jobs, stop
+                    for ref in inflight:
+                        ray.cancel(ref, force=True)
+                    return
                 while queue and len(inflight) < cap and not stopped():
                     job = queue.pop(0)
                     if not claim(job):
@@ -380,7 +414,8 @@ class RayRunner(Runner):
                         opts, infeasible = self.task_options(job, nodes)
                     except Exception as exc:  # a method whose resources_for() is broken
                         done(job, failed_output(job, type(exc).__name__,
-                                                f"resources_for() failed: {exc}", 0.0))
+                                                f"resources_for() failed: {exc}", 0.0,
+                                                origin="method"))
                         continue
                     if infeasible:
                         done(job, failed_output(job, "Infeasible", infeasible, 0.0))
@@ -388,7 +423,7 @@ class RayRunner(Runner):
                     if job.method not in blobs:
                         blobs[job.method] = self._method_blob(job)
                     fn = gpu_task if opts["num_gpus"] > 0 else _cpu_task
-                    clock = self._clock if job.time_limit_s else None
+                    clock = self._clock if self.time_limit(job) else None
                     ref = fn.options(**opts).remote(job, RootHandle(data_root), self.device,
                                                    blobs[job.method], clock, self.sealed)
                     inflight[ref] = _InFlight(job, time.monotonic())
@@ -404,10 +439,12 @@ class RayRunner(Runner):
                 if self._clock is not None and now - last_clock >= 4 * _POLL_S:
                     last_clock = now
                     self._check_time_limits(inflight, done)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # interrupted: cancel (kill) the running jobs
             for ref in inflight:
                 ray.cancel(ref, force=True)
             raise
+        finally:
+            self._inflight = {}
 
     def _result(self, ref: Any, item: _InFlight) -> JobOutput:
         job = item.job
@@ -445,26 +482,29 @@ class RayRunner(Runner):
             return failed_output(job, type(exc).__name__, str(exc)[:500], wall)
 
     def _check_time_limits(self, inflight: dict[Any, _InFlight], done: DoneFn) -> None:
-        limited = {ref: it for ref, it in inflight.items() if it.job.time_limit_s}
+        limited = {ref: it for ref, it in inflight.items() if self.time_limit(it.job)}
         if not limited or self._clock is None:
             return
         try:
             starts = ray.get(self._clock.starts.remote(), timeout=10)
         except ray.exceptions.GetTimeoutError:
             return
+        except ray.exceptions.RayActorError:
+            # the clock's node was lost: a new clock for new jobs; the running ones count from
+            # now (their limit may run a little long, never short)
+            log.warning("the job clock was lost with its node; restarting it")
+            self._clock = _new_clock()
+            starts = {it.job.job_id: 0.0 for it in limited.values()}
         now = time.monotonic()
         for ref, it in limited.items():
             if it.started is None and it.job.job_id in starts:
                 it.started = now  # the driver's own clock: immune to node clock skew
-            limit = float(it.job.time_limit_s or 0)
+            limit = float(self.time_limit(it.job) or 0)
             if it.started is not None and now - it.started > limit:
                 ray.cancel(ref, force=True)
                 inflight.pop(ref)
-                out = failed_output(it.job, "TimeLimitExceeded",
-                                    f"job exceeded its time limit of {limit:g} s and was stopped",
-                                    round(now - it.started, 3))
-                out.status = "timeout"
-                done(it.job, out)
+                done(it.job, timeout_output(it.job, limit, round(now - it.started, 3),
+                                            " and was stopped"))
 
     def close(self) -> None:
         if self._clock is not None and ray.is_initialized():

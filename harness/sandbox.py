@@ -710,16 +710,19 @@ def _load_data(spec: dict[str, Any]) -> Any:
 
 
 def _serve(req: dict[str, Any]) -> dict[str, Any]:
-    import io
     import pickle
 
     from occbench.harness import registry
     from occbench.harness.api import Context, ImageData
+    from occbench.harness.capture import CappedHandler, CappedLog, capture_fds
     from occbench.harness.execute import PeakRSS, gpu_info, run_method
 
-    buf = io.StringIO()
-    handler = logging.StreamHandler(buf)
+    # the method's log and prints (fd 1 and 2), in order and capped (occbench.harness.capture)
+    buf = CappedLog()
+    handler = CappedHandler(buf)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    capture = capture_fds(buf)
+    handler.write = capture.__enter__()
     logger = logging.getLogger(f"occbench.job.{req.get('job_id')}")
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
@@ -763,18 +766,26 @@ def _serve(req: dict[str, Any]) -> dict[str, Any]:
 
         snaps = snapshot_scores(method, test, ctx)  # per-epoch scores (Context.snapshot)
         return {"status": "ok", "pid": os.getpid(), "provenance": prov,
-                "raw": {k: _enc(v) for k, v in raw.items()}, "log": buf.getvalue(),
+                "raw": {k: _enc(v) for k, v in raw.items()}, "log": _log_text(capture, buf),
                 "snapshots": {str(e): {k: _enc(v) for k, v in sc.items()}
                               for e, sc in snaps.items()}}
     except BaseException as exc:
         prov["method_s"] = round(time.perf_counter() - t0, 4)
         return {"status": "failed", "pid": os.getpid(), "provenance": prov,
-                "log": buf.getvalue(),
+                "log": _log_text(capture, buf),
                 "error": {"type": type(exc).__name__, "message": str(exc),
-                          "traceback": traceback.format_exc()}}
+                          "traceback": traceback.format_exc(), "origin": "method"}}
     finally:
+        handler.write = None
+        capture.__exit__(None, None, None)  # a no-op when _log_text already ended it
         logger.removeHandler(handler)
         shutil.rmtree(wd, ignore_errors=True)
+
+
+def _log_text(capture: Any, buf: Any) -> str:
+    """End the request's output capture and return the capped log."""
+    capture.__exit__(None, None, None)
+    return str(buf.text())
 
 
 def _child_main() -> None:

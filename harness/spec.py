@@ -20,7 +20,10 @@ Example::
     name = "toy-video"
     params = { seed = 0 }
     protocol = "video-minmax@2" # overrides [protocols]
-    time_limit_s = 600
+    time_limit_s = 600          # seconds, or "30m", "2h"; overrides the top-level default
+
+A top-level ``time_limit_s`` is the default of every entry; without any, a job may run 2 h
+(``occbench.harness.limits``); ``0`` means no limit; ``occbench run --time-limit`` overrides all.
 
 A method that does not support a dataset's modality is skipped for it (reported, not an error).
 Every name is checked before any job starts.
@@ -144,6 +147,7 @@ class Spec:
     protocols: dict[str, str]
     path: str = "<memory>"
     fast: bool = False
+    time_limit_s: float | None = None  # default of the entries' time_limit_s (seconds)
     #: other specs this one includes (``include = ["a.toml", ...]``, relative to this file):
     #: the spec's jobs are the union of its own and theirs
     includes: list[Spec] = field(default_factory=list)
@@ -192,7 +196,8 @@ def _load_spec_file(p: Path, parents: tuple[Path, ...]) -> Spec:
 
 def spec_from_dict(data: Mapping[str, Any], path: str = "<memory>",
                    allow_empty: bool = False) -> Spec:
-    unknown = set(data) - {"name", "seeds", "methods", "datasets", "protocols", "fast"}
+    unknown = set(data) - {"name", "seeds", "methods", "datasets", "protocols", "fast",
+                           "time_limit_s"}
     if "include" in data:
         raise SpecError(f"{path}: `include` works in spec files only (load_spec)")
     if unknown:
@@ -216,11 +221,25 @@ def spec_from_dict(data: Mapping[str, Any], path: str = "<memory>",
         bad = set(d) - {"name", "params", "classes", "protocol", "time_limit_s"}
         if bad:
             raise SpecError(f"{path}: [[datasets]] {d['name']!r}: unknown keys {sorted(bad)}")
+        if d.get("time_limit_s") is not None:
+            _time_limit(d["time_limit_s"], f"{path}: [[datasets]] {d['name']!r}: time_limit_s")
+    default_limit = (None if data.get("time_limit_s") is None
+                     else _time_limit(data["time_limit_s"], f"{path}: time_limit_s"))
     protocols = {**DEFAULT_PROTOCOL, **dict(data.get("protocols") or {})}
     return Spec(
         name=str(data.get("name", Path(path).stem)), seeds=list(seeds), methods=list(methods),
         datasets=list(datasets), protocols=protocols, path=path, fast=bool(data.get("fast", False)),
+        time_limit_s=default_limit,
     )
+
+
+def _time_limit(value: Any, where: str) -> float:
+    from occbench.harness.limits import parse_duration
+
+    try:
+        return parse_duration(value, where)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
 
 
 @dataclass
@@ -358,6 +377,8 @@ def _expand_own(spec: Spec, data_root: str | Path | None) -> Plan:
             fingerprint = ds.fingerprint()
         except (OSError, ValueError) as exc:
             raise SpecError(f"{where}{exc}") from exc
+        limit = (spec.time_limit_s if d.get("time_limit_s") is None
+                 else _time_limit(d["time_limit_s"], f"{where}time_limit_s"))
         for m, cls, params, aux in resolved_methods:
             if modality not in cls.modalities:
                 skipped.append(f"{m['name']} does not support {modality} ({d['name']})")
@@ -371,7 +392,7 @@ def _expand_own(spec: Spec, data_root: str | Path | None) -> Plan:
                         normal_class=c, protocol=proto.id, seed=int(seed), modality=modality,
                         auxiliary=aux, fast=spec.fast,
                         selected_on_test=bool(m.get("selected_on_test", False)),
-                        time_limit_s=d.get("time_limit_s"), label=str(m.get("label", "")),
+                        time_limit_s=limit, label=str(m.get("label", "")),
                         requires_gpu=bool(m.get("requires_gpu", False)),
                     ))
     ids = [j.job_id for j in jobs]

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import ClassVar
 
 import numpy as np
 from occbench.harness import registry
-from occbench.harness.api import Context, Data, ImageData, Method, Modality, VideoData
+from occbench.harness.api import (
+    Context,
+    Data,
+    ImageData,
+    Method,
+    Modality,
+    Resources,
+    VideoData,
+)
 
 
 class _Base(Method):
@@ -114,6 +123,80 @@ class SlowOrDie(_Base):
         return super().fit(train, context)
 
 
+class Attempts(_Base):
+    """Appends its pid to ``pid_file`` on each attempt; dies by SIGKILL on the first
+    ``kill_attempts`` attempts (``exit_code``: exits with that status instead), then sleeps
+    ``sleep`` seconds: a job whose worker dies from outside, or by its own hand."""
+
+    name = "test-attempts"
+
+    def __init__(self, pid_file: str = "", kill_attempts: int = 0, exit_code: int = 0,
+                 sleep: float = 0.0) -> None:
+        self.pid_file = pid_file
+        self.kill_attempts = kill_attempts
+        self.exit_code = exit_code
+        self.sleep = sleep
+
+    def fit(self, train: Data, context: Context) -> Method:
+        with open(self.pid_file, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        with open(self.pid_file) as f:
+            attempt = len(f.read().split())
+        if attempt <= self.kill_attempts:
+            if self.exit_code:
+                os._exit(self.exit_code)
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(self.sleep)
+        return super().fit(train, context)
+
+
+class Chatty(_Base):
+    """Writes ``log_mb`` MiB through ``context.logger`` and ``print_mb`` MiB to stdout, plus a
+    line to fd 2 and one from a child process, each framed by FIRST/LAST marker lines."""
+
+    name = "test-chatty"
+
+    def __init__(self, log_mb: float = 0.0, print_mb: float = 0.0) -> None:
+        self.log_mb = log_mb
+        self.print_mb = print_mb
+
+    def fit(self, train: Data, context: Context) -> Method:
+        import subprocess
+        import sys
+
+        line = "x" * 1000
+        context.logger.info("FIRST-LOG-LINE")
+        print("FIRST-PRINT-LINE", flush=True)
+        os.write(2, b"FD2-LINE\n")
+        subprocess.run([sys.executable, "-c", "print('CHILD-LINE')"], check=True)
+        for _ in range(int(self.log_mb * 2**20 / 1000)):
+            context.logger.info(line)
+        for _ in range(int(self.print_mb * 2**20 / 1001)):
+            print(line)
+        context.logger.info("LAST-LOG-LINE")
+        print("LAST-PRINT-LINE", flush=True)
+        return super().fit(train, context)
+
+
+class MemoryUse(_Base):
+    """Holds ``alloc_mb`` MiB (pages written) during fit while declaring ``declared_mb``."""
+
+    name = "test-memory"
+
+    def __init__(self, alloc_mb: int = 0, declared_mb: int = 2048) -> None:
+        self.alloc_mb = alloc_mb
+        self.declared_mb = declared_mb
+
+    def resources_for(self) -> Resources:
+        return Resources(cpus=1, gpus=0, memory_mb=self.declared_mb)
+
+    def fit(self, train: Data, context: Context) -> Method:
+        block = np.ones(self.alloc_mb * 2**17)  # float64: 8 bytes each, all written
+        time.sleep(0.3)
+        del block
+        return super().fit(train, context)
+
+
 class AuxPool(_Base):
     """Scores by distance to the mean intensity of an auxiliary image dataset ``pool`` (a
     registered dataset name, handed over by the harness), not of its own training data."""
@@ -136,7 +219,7 @@ class AuxPool(_Base):
 
 
 ALL = [MeanDistance, NaNScores, WrongLength, ReadsLabels, Nondeterministic, Transductive,
-       SlowOrDie]
+       SlowOrDie, Attempts, Chatty, MemoryUse]
 
 
 def register_all() -> None:

@@ -98,23 +98,35 @@ class Boom(Method):
 
 
 class MemoryHog(Method):
-    """Allocates ``hog_mb`` MiB in fit (pages touched, 64 MiB at a time), appending its pid to
-    ``pid_file`` first, then holds it for ``hold_s``: a job Ray's memory monitor must kill."""
+    """Appends its pid to ``pid_file``, then allocates 64 MiB at a time (pages written) until
+    the machine's used memory, as Ray's memory monitor reads it, passes ``until_used_mb``
+    (0: no target), ``hog_mb`` are held, or under 1 GiB would be left; then holds it for
+    ``hold_s``: a job Ray's memory monitor must kill, whatever other processes do meanwhile."""
 
     name = "ray-memory-hog"
     modalities: ClassVar[frozenset[Modality]] = frozenset({"image"})
     resources: ClassVar[Resources] = Resources(cpus=0.5, gpus=0, memory_mb=64)  # an understatement
 
-    def __init__(self, pid_file: str = "", hog_mb: int = 4096, hold_s: float = 30.0) -> None:
+    def __init__(self, pid_file: str = "", hog_mb: int = 4096, hold_s: float = 30.0,
+                 until_used_mb: int = 0) -> None:
         self.pid_file = pid_file
         self.hog_mb = hog_mb
         self.hold_s = hold_s
+        self.until_used_mb = until_used_mb
 
     def fit(self, train: Data, context: Context) -> MemoryHog:
+        from ray._private import utils as ray_utils  # the figures the monitor reads
+
         with open(self.pid_file, "a") as f:
             f.write(f"{os.getpid()}\n")
+        total = ray_utils.get_system_memory()
         chunks = []
-        for _ in range(self.hog_mb // 64):
+        while len(chunks) * 64 < self.hog_mb:
+            used = ray_utils.get_used_memory()
+            if self.until_used_mb and used > self.until_used_mb * 2**20:
+                break
+            if total - used < 2**30:  # never push the machine itself out of memory
+                break
             chunks.append(np.ones(64 * 2**17))  # 64 MiB of float64, written so it is resident
             time.sleep(0.02)
         time.sleep(self.hold_s)
@@ -122,9 +134,6 @@ class MemoryHog(Method):
 
     def score(self, test: Data, context: Context) -> Any:  # pragma: no cover - killed first
         return _mean_score(test)
-
-
-
 
 class PathProbe(Method):
     """Logs whether the worker's working directory (the driver's, under Ray) is importable."""
@@ -144,4 +153,36 @@ class PathProbe(Method):
         return _mean_score(test)
 
 
-ALL = (SleepProbe, PidSleeper, Boom, MemoryHog, PathProbe)
+class Chatty(Method):
+    """Writes ``log_mb`` MiB through ``context.logger`` and ``print_mb`` MiB to stdout (and
+    ``print_mb`` to stderr), between FIRST/LAST marker lines: output that must stay out of
+    Ray's session folder."""
+
+    name = "ray-chatty"
+    modalities: ClassVar[frozenset[Modality]] = frozenset({"image"})
+    resources: ClassVar[Resources] = Resources(cpus=1, gpus=0, memory_mb=64)
+
+    def __init__(self, log_mb: float = 0.0, print_mb: float = 0.0) -> None:
+        self.log_mb = log_mb
+        self.print_mb = print_mb
+
+    def fit(self, train: Data, context: Context) -> Chatty:
+        import sys
+
+        line = "y" * 1000
+        context.logger.info("FIRST-LOG-LINE")
+        print("FIRST-PRINT-LINE", flush=True)
+        for _ in range(int(self.log_mb * 2**20 / 1000)):
+            context.logger.info(line)
+        for _ in range(int(self.print_mb * 2**20 / 1001)):
+            print(line)
+            print(line, file=sys.stderr)
+        context.logger.info("LAST-LOG-LINE")
+        print("LAST-PRINT-LINE", flush=True)
+        return self
+
+    def score(self, test: Data, context: Context) -> Any:
+        return _mean_score(test)
+
+
+ALL = (SleepProbe, PidSleeper, Boom, MemoryHog, PathProbe, Chatty)

@@ -6,6 +6,11 @@ threshold), so this module never shares an instance with the others.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -114,27 +119,138 @@ def test_job_on_a_lost_node_is_retried_on_another(tmp_path: Path) -> None:
 
 def test_job_killed_by_the_memory_monitor_is_recorded_out_of_memory(tmp_path: Path) -> None:
     """A job that allocates far more than it declared is killed by Ray's memory monitor, retried
-    OOM_RETRIES times, then recorded ``OutOfMemory``; the rest of the grid finishes."""
+    OOM_RETRIES times, then recorded ``OutOfMemory``; the rest of the grid finishes.
+
+    Independent of other processes' memory: the hog allocates until the machine's used memory
+    (as the monitor reads it, measured live) is 1 GiB past the threshold, however much that
+    takes, so memory others free meanwhile cannot save it; the threshold sits 3 GiB above the
+    use measured just before Ray starts, and jobs run one at a time (the probe before the hog,
+    each retry after the previous attempt's memory is freed), so only growth by others of
+    more than the headroom minus Ray's own processes within those seconds could touch the
+    probe.
+    """
     from ray._private import utils as ray_utils  # the memory figures the monitor itself reads
 
+    headroom = 3 * 2**30
     total, used = ray_utils.get_system_memory(), ray_utils.get_used_memory()
-    headroom = 1.5 * 2**30  # Ray's processes and the workers' imports fit in this
     if used + headroom + 2 * 2**30 > 0.9 * total:
         pytest.skip(f"this machine has too little free memory ({(total - used) / 2**30:.1f} GiB)")
-    init_local_ray(num_cpus=2, system_config={"memory_usage_threshold": (used + headroom) / total,
+    threshold = used + headroom
+    init_local_ray(num_cpus=2, system_config={"memory_usage_threshold": threshold / total,
                                               "memory_monitor_refresh_ms": 100})
     pids = tmp_path / "pids"
-    hog_mb = int((headroom + 2 * 2**30) / 2**20)  # always crosses the threshold
     jobs = jobs_of([{"name": "ray-probe"},
-                    {"name": "ray-memory-hog", "params": {"pid_file": str(pids),
-                                                           "hog_mb": hog_mb}}])
+                    {"name": "ray-memory-hog",
+                     "params": {"pid_file": str(pids), "hog_mb": int(total / 2**20),
+                                "until_used_mb": int((threshold + 2**30) / 2**20)}},
+                    {"name": "ray-probe", "params": {"tag": "after"}}])
     store = RunStore(tmp_path / "store")
-    s = run_jobs(jobs, store, RayRunner(max_retries=1))
-    assert (s.ok, s.failed) == (1, 1)
-    assert store.job_ids() == [jobs[0].job_id]
+    s = run_jobs(jobs, store, RayRunner(max_retries=1, max_concurrent=1))
+    assert (s.ok, s.failed) == (2, 1), store.failures()
+    assert store.job_ids() == sorted([jobs[0].job_id, jobs[2].job_id])
     (fail,) = store.failures()
     assert fail["job_id"] == jobs[1].job_id
     assert fail["error"]["type"] == "OutOfMemory"
     assert "memory_mb=64" in fail["error"]["message"]
     # killed for memory on its first run and on each of its OOM retries, then given up
     assert len(set(pids.read_text().split())) == OOM_RETRIES + 1
+
+
+# --------------------------------------------------------------------------------------------
+# `occbench run --runner ray` as a terminal runs it: Ctrl-C to the process group, kill -9
+# --------------------------------------------------------------------------------------------
+
+
+def _ray_cli(tmp_path: Path, sleeps: list[float]) -> tuple[subprocess.Popen[str], list[Path]]:
+    """Start `occbench run --runner ray` (own session, like a terminal's job) on one sleeping
+    job per entry of ``sleeps``; return once every job is running in a worker."""
+    files = [tmp_path / f"pids{i}" for i in range(len(sleeps))]
+    spec = tmp_path / "spec.toml"
+    spec.write_text('name = "sig"\nseeds = [0]\n' + "".join(
+        f'[[methods]]\nname = "test-attempts"\nparams = {{ pid_file = "{f}", sleep = {t} }}\n'
+        for f, t in zip(files, sleeps, strict=True))
+        + '[[datasets]]\nname = "digits"\nclasses = ["0"]\n')
+    tests = Path(__file__).parent
+    env = {**os.environ, "OCCBENCH_PLUGIN_MODULES": "plugins_for_tests",
+           "PYTHONPATH": str(tests) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "occbench.harness", "run", str(spec), "--store",
+           str(tmp_path / "s"), "--runner", "ray", "--no-board",
+           "--max-concurrent", str(len(sleeps))]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
+    t0 = time.monotonic()
+    while not all(f.exists() and f.read_text().strip() for f in files):
+        if p.poll() is not None or time.monotonic() - t0 > 240:
+            p.kill()
+            raise AssertionError(p.communicate(timeout=30)[0])
+        time.sleep(0.2)
+    return p, files
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _session_pids(pgid: int) -> list[int]:
+    """Processes still in process group ``pgid`` (Ray's own start in the driver's group)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(d.name))
+    return out
+
+
+def test_ctrl_c_under_ray_first_finishes_running_jobs_second_cancels(tmp_path: Path) -> None:
+    """First Ctrl-C to the process group: the count is shown, no job is lost to the signal and
+    the short one finishes and is stored; second: the long one is cancelled, the command exits
+    within 10 s and no worker is left."""
+    p, files = _ray_cli(tmp_path, [4.0, 600.0])
+    workers = [int(f.read_text().split()[0]) for f in files]
+    os.killpg(p.pid, signal.SIGINT)
+    store = RunStore(tmp_path / "s")
+    t0 = time.monotonic()
+    while len(store.job_ids()) < 1 and time.monotonic() - t0 < 60:
+        time.sleep(0.2)
+    assert len(store.job_ids()) == 1 and p.poll() is None  # the short job finished, stored
+    assert _pid_alive(workers[1])  # the long one still runs
+    os.killpg(p.pid, signal.SIGINT)
+    t1 = time.monotonic()
+    out = p.communicate(timeout=60)[0]
+    assert time.monotonic() - t1 < 10, out
+    assert "finishing 2 running jobs; Ctrl-C again to cancel them" in out
+    assert "cancelling 1 running job" in out
+    assert p.returncode in (1, 130), out
+    assert not store.failures() and len(store.job_ids()) == 1
+    t2 = time.monotonic()
+    while any(_pid_alive(w) for w in workers) and time.monotonic() - t2 < 10:
+        time.sleep(0.2)
+    assert not any(_pid_alive(w) for w in workers)
+
+
+def test_a_killed_ray_driver_leaves_no_worker(tmp_path: Path) -> None:
+    """``kill -9`` of `occbench run --runner ray`: its workers (and Ray's raylet and GCS) go
+    with it. (Ray's per-node dashboard and runtime-env agents notice later, within about a
+    minute; they run no job.)"""
+    p, files = _ray_cli(tmp_path, [600.0, 600.0])
+    workers = [int(f.read_text().split()[0]) for f in files]
+    p.kill()
+    p.communicate(timeout=30)
+    t0 = time.monotonic()
+    while any(_pid_alive(w) for w in workers) and time.monotonic() - t0 < 20:
+        time.sleep(0.2)
+    assert not any(_pid_alive(w) for w in workers)
+    left = [Path(f"/proc/{q}/cmdline").read_text().replace("\0", " ")[:120]
+            for q in _session_pids(p.pid) if _pid_alive(q)]
+    assert not [c for c in left if "raylet" in c or "gcs_server" in c or "run_in_worker" in c], left
+    for q in _session_pids(p.pid):  # tidy up the agents rather than wait for them
+        with contextlib.suppress(OSError):
+            os.kill(q, signal.SIGKILL)

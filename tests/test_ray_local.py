@@ -162,6 +162,56 @@ def test_time_limit_stops_job(tmp_path: Path) -> None:
     assert 1.5 <= fail["provenance"]["wall_time_s"] < 10
 
 
+def test_default_time_limit_and_cli_override_on_ray(tmp_path: Path) -> None:
+    """Without any limit in the spec a job gets the built-in 2 h; ``--time-limit`` overrides the
+    spec, a hanging job is recorded ``timeout`` and the rest of the grid runs."""
+    from occbench.harness.cli import app
+    from typer.testing import CliRunner
+
+    (job,) = jobs_of([{"name": "ray-probe"}])
+    assert job.time_limit_s is None and RayRunner().time_limit(job) == 7200
+    assert RayRunner(default_time_limit_s=0).time_limit(job) is None
+    spec = tmp_path / "spec.toml"
+    spec.write_text('name = "hang"\nseeds = [0]\ntime_limit_s = "1h"\n'
+                    '[[methods]]\nname = "ray-probe"\nparams = { sleep_s = 3600.0 }\n'
+                    '[[methods]]\nname = "ray-probe"\nparams = { tag = "quick" }\n'
+                    '[[datasets]]\nname = "digits"\nclasses = ["0"]\n')
+    t0 = time.perf_counter()
+    r = CliRunner().invoke(app, ["run", str(spec), "--store", str(tmp_path / "s"), "--runner",
+                                 "ray", "--no-board", "--time-limit", "20s"])
+    assert time.perf_counter() - t0 < 120, r.output
+    assert r.exit_code == 1, r.output
+    store = RunStore(tmp_path / "s")
+    assert len(store.job_ids()) == 1
+    (fail,) = store.failures()
+    assert fail["status"] == "timeout" and "time limit of 20 s" in fail["error"]["message"]
+    assert fail["error"]["origin"] == "runner"
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_method_output_is_capped_in_the_run_log_not_in_ray_session_logs(tmp_path: Path) -> None:
+    from ray._private.worker import global_worker
+
+    logs = Path(global_worker.node.get_logs_dir_path())
+    before = _tree_bytes(logs)
+    (job,) = jobs_of([{"name": "ray-chatty", "params": {"log_mb": 100, "print_mb": 50}}])
+    store = RunStore(tmp_path / "store")
+    s = run_jobs([job], store, RayRunner(max_concurrent=1))
+    assert s.ok == 1
+    grown = _tree_bytes(logs) - before
+    assert grown < 4 * 2**20, f"Ray's session logs grew by {grown} bytes"
+    size = (store.runs_dir / job.job_id / "log.txt").stat().st_size
+    assert size <= 2**20 + 1024  # of about 210 MiB written
+    log = store.log(job.job_id)
+    assert "FIRST-LOG-LINE" in log[:4096] and "FIRST-PRINT-LINE" in log[:4096]
+    assert "LAST-LOG-LINE" in log[-4096:] and "LAST-PRINT-LINE" in log[-4096:]
+    assert "bytes of this job's output cut here" in log
+    assert "warnings" in store.record(job.job_id)["provenance"]  # declares 64 MiB, uses more
+
+
 def test_ctrl_c_stops_scheduling_and_rerun_resumes(tmp_path: Path) -> None:
     jobs = jobs_of([{"name": "ray-probe", "params": {"sleep_s": 0.6, "tag": str(i)}}
                     for i in range(6)])

@@ -177,19 +177,58 @@ def test_store_refuses_foreign_folder_and_merges(tmp_path: Path) -> None:
     assert isinstance(DiskFullError("x"), StoreError)
 
 
-def _slow_grid_cli(tmp_path: Path, seeds: int, classes: int, sleep: float
+def _slow_grid_cli(tmp_path: Path, seeds: int, classes: int, sleep: float,
+                   method: str = "test-slow", params: str = ""
                    ) -> tuple[list[str], dict[str, str]]:
     """An `occbench run` command line (and its environment) for a grid of sleeping jobs."""
     spec_file = tmp_path / "spec.toml"
     spec_file.write_text(
-        f'name = "slow"\nseeds = {list(range(seeds))}\n[[methods]]\nname = "test-slow"\n'
-        f'params = {{ sleep = {sleep} }}\n[[datasets]]\nname = "digits"\n'
+        f'name = "slow"\nseeds = {list(range(seeds))}\n[[methods]]\nname = "{method}"\n'
+        f'params = {{ sleep = {sleep}{params} }}\n[[datasets]]\nname = "digits"\n'
         f'classes = {[str(c) for c in range(classes)]}\n'.replace("'", '"'))
     env = {**os.environ, "OCCBENCH_PLUGIN_MODULES": "plugins_for_tests",
            "PYTHONPATH": str(Path(__file__).parent)}
     cmd = [sys.executable, "-m", "occbench.harness", "run", str(spec_file), "--store",
            str(tmp_path / "s"), "--runner", "serial", "--no-board"]
     return cmd, env
+
+
+def _children(pid: int) -> set[int]:
+    """Live descendants of ``pid`` (Linux /proc)."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out.update(kids)
+        todo += kids
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_until(cond: object, timeout: float, step: float = 0.1) -> bool:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():  # type: ignore[operator]
+            return True
+        time.sleep(step)
+    return bool(cond())  # type: ignore[operator]
 
 
 def test_two_drivers_never_run_a_job_twice(tmp_path: Path) -> None:
@@ -212,9 +251,14 @@ def test_interrupt_then_rerun_finishes_only_what_was_missing(tmp_path: Path) -> 
     deadline = time.time() + 120
     while len(store.job_ids()) < 3 and time.time() < deadline:
         time.sleep(0.2)
+    spawned = _children(p.pid)  # the worker and multiprocessing's resource_tracker
+    assert len(spawned) >= 2, spawned
     p.send_signal(signal.SIGKILL)  # the harshest stop: no cleanup at all
     p.wait(timeout=30)
     log.close()
+    # nothing the driver spawned outlives it (the worker dies with it, the tracker follows)
+    assert _wait_until(lambda: not [c for c in spawned if _alive(c)], 10), \
+        [Path(f"/proc/{c}/cmdline").read_text() for c in spawned if _alive(c)]
     done_before = set(store.job_ids())
     assert 3 <= len(done_before) < 12
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -223,6 +267,199 @@ def test_interrupt_then_rerun_finishes_only_what_was_missing(tmp_path: Path) -> 
     assert len(store.job_ids()) == 12
     for jid in done_before:  # earlier results untouched
         assert json.loads((store.runs_dir / jid / "record.json").read_text())["job_id"] == jid
+
+
+def _start_grid(tmp_path: Path, sleep: float, jobs: int = 2) -> tuple[subprocess.Popen[str], Path]:
+    """`occbench run` (serial) of ``jobs`` sleeping jobs in its own session, as a terminal
+    would run it; returns once the first job is running in the worker."""
+    pids = tmp_path / "pids"
+    cmd, env = _slow_grid_cli(tmp_path, seeds=jobs, classes=1, sleep=sleep,
+                              method="test-attempts", params=f', pid_file = "{pids}"')
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
+    assert _wait_until(lambda: pids.exists() and pids.read_text().strip(), 120), \
+        p.communicate(timeout=30)[0] if p.poll() is not None else "never started"
+    return p, pids
+
+
+def test_ctrl_c_to_the_process_group_lets_the_running_job_finish(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches every process of the group: the worker ignores it, the
+    running job finishes and is stored, no further job starts, the count is shown."""
+    p, pids = _start_grid(tmp_path, sleep=3.0)
+    os.killpg(p.pid, signal.SIGINT)
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == 1, out
+    assert "finishing 1 running job; Ctrl-C again to cancel them" in out
+    assert "interrupted (Ctrl-C): rerun the same command to resume" in out
+    store = RunStore(tmp_path / "s")
+    assert len(store.job_ids()) == 1 and not store.failures()  # finished, nothing else began
+    assert len(pids.read_text().split()) == 1
+
+
+def test_second_ctrl_c_cancels_the_running_job_and_exits_fast(tmp_path: Path) -> None:
+    p, pids = _start_grid(tmp_path, sleep=600.0)
+    worker = int(pids.read_text().split()[0])
+    os.killpg(p.pid, signal.SIGINT)
+    time.sleep(1.5)
+    assert p.poll() is None and _alive(worker)  # first press: the job goes on
+    os.killpg(p.pid, signal.SIGINT)
+    t0 = time.monotonic()
+    out = p.communicate(timeout=60)[0]
+    assert time.monotonic() - t0 < 10, out
+    assert p.returncode in (1, 130), out
+    assert "cancelling 1 running job" in out
+    assert _wait_until(lambda: not _alive(worker), 5)
+    assert RunStore(tmp_path / "s").job_ids() == []
+
+
+def test_time_limits_spec_default_entry_and_builtin() -> None:
+    from occbench.harness.limits import DEFAULT_TIME_LIMIT_S, parse_duration
+
+    d = small_spec([{"name": "test-mean"}], time_limit_s="90s")
+    d["time_limit_s"] = "1h30m"  # the spec-wide default; toy-video overrides it
+    jobs = expand(spec_from_dict(d)).jobs
+    assert {j.dataset: j.time_limit_s for j in jobs} == {"digits": 5400.0, "toy-video": 90.0}
+    plain = expand(spec_from_dict(small_spec([{"name": "test-mean"}]))).jobs[0]
+    assert plain.time_limit_s is None and DEFAULT_TIME_LIMIT_S == 7200
+    runner = SerialRunner()
+    assert runner.time_limit(plain) == 7200
+    from dataclasses import replace
+
+    assert runner.time_limit(replace(plain, time_limit_s=0)) is None  # 0: no limit
+    assert SerialRunner(default_time_limit_s=0).time_limit(plain) is None
+    assert [parse_duration(v) for v in (7200, "7200", "30m", "2h", "1h30m", "45s", "none")] == \
+        [7200, 7200, 1800, 7200, 5400, 45, 0]
+    for bad in ("10x", "-5", "", True, "1h-3m"):
+        with pytest.raises(ValueError, match="seconds"):
+            parse_duration(bad)
+    with pytest.raises(SpecError, match=r"time_limit_s.*30 minutes"):
+        expand(spec_from_dict({**small_spec([{"name": "test-mean"}]),
+                               "time_limit_s": "30 minutes"}))
+
+
+def test_cli_time_limit_stops_a_hanging_job_and_the_grid_goes_on(tmp_path: Path) -> None:
+    from occbench.harness.cli import app
+    from typer.testing import CliRunner
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text('name = "hang"\nseeds = [0]\n[[methods]]\nname = "test-slow"\n'
+                    'params = { sleep = 3600.0 }\n[[methods]]\nname = "test-mean"\n'
+                    '[[datasets]]\nname = "digits"\nclasses = ["0"]\ntime_limit_s = 3600\n')
+    t0 = time.monotonic()
+    r = CliRunner().invoke(app, ["run", str(spec), "--store", str(tmp_path / "s"),
+                                 "--runner", "serial", "--no-board", "--time-limit", "15s"])
+    assert time.monotonic() - t0 < 150, r.output
+    assert r.exit_code == 1, r.output
+    store = RunStore(tmp_path / "s")
+    assert len(store.job_ids()) == 1  # test-mean ran after the hanging job was stopped
+    (fail,) = store.failures()
+    assert fail["status"] == "timeout" and fail["error"]["type"] == "TimeLimitExceeded"
+    assert "time limit of 15 s" in fail["error"]["message"]
+    assert 15 <= fail["provenance"]["wall_time_s"] < 60
+    r = CliRunner().invoke(app, ["run", str(spec), "--time-limit", "soon"])
+    assert r.exit_code == 2 and "--time-limit must be seconds" in r.output
+
+
+def test_killed_worker_is_retried_its_own_exit_and_errors_are_not(tmp_path: Path) -> None:
+    f1, f2, f3 = tmp_path / "once", tmp_path / "always", tmp_path / "exit"
+    spec = small_spec([
+        {"name": "test-attempts", "params": {"pid_file": str(f1), "kill_attempts": 1}},
+        {"name": "test-attempts", "params": {"pid_file": str(f2), "kill_attempts": 99}},
+        {"name": "test-attempts", "params": {"pid_file": str(f3), "kill_attempts": 99,
+                                             "exit_code": 3}},
+    ])
+    spec["datasets"] = spec["datasets"][:1]
+    spec["datasets"][0]["classes"] = ["0"]
+    store = RunStore(tmp_path / "s")
+    runner = SerialRunner(max_retries=1)
+    try:
+        s = run_jobs(expand(spec_from_dict(spec)).jobs, store, runner)
+    finally:
+        runner.close()
+    assert (s.ok, s.failed) == (1, 2)
+    assert len(f1.read_text().split()) == 2  # killed once, the retry in a fresh worker ran
+    (ok,) = store.records()
+    assert ok["provenance"]["worker_deaths"] == ["killed by SIGKILL"]
+    assert len(f2.read_text().split()) == 2  # killed each time: 1 + 1 retry, then recorded
+    assert len(f3.read_text().split()) == 1  # exited by itself: a result, not retried
+    fails = {f["job"]["method_params"]["pid_file"]: f["error"] for f in store.failures()}
+    assert fails[str(f2)]["type"] == "WorkerDied" and "2 attempts" in fails[str(f2)]["message"]
+    assert fails[str(f3)]["type"] == "WorkerDied" and "status 3" in fails[str(f3)]["message"]
+
+
+def test_rerun_does_not_repeat_method_errors_unless_asked(tmp_path: Path) -> None:
+    spec = spec_from_dict(small_spec([{"name": "test-nan"}, {"name": "test-mean"}]))
+    store = RunStore(tmp_path / "s")
+    runner = SerialRunner(in_process=True)
+    s1 = run_jobs(expand(spec).jobs, store, runner)
+    assert (s1.ok, s1.failed) == (3, 3)
+    assert {f["error"]["origin"] for f in store.failures()} == {"method"}
+    s2 = run_jobs(expand(spec).jobs, store, runner)  # same method, data, seeds: same errors
+    assert (s2.ran, s2.already_done, s2.not_retried) == (0, 3, 3)
+    assert {f["attempts"] for f in store.failures()} == {1}
+    s3 = run_jobs(expand(spec).jobs, store, runner, retry_failed=True)
+    assert (s3.ran, s3.failed) == (3, 3)
+    assert {f["attempts"] for f in store.failures()} == {2}
+    # a failure that is not the method's own (a time limit) is retried by a plain rerun
+    slow = small_spec([{"name": "test-slow", "params": {"sleep": 30.0}}])
+    slow["datasets"] = [{"name": "digits", "classes": ["0"], "time_limit_s": 1}]
+    jobs = expand(spec_from_dict(slow)).jobs
+    store2 = RunStore(tmp_path / "s2")
+    r = SerialRunner()
+    try:
+        assert run_jobs(jobs, store2, r).failed == 1
+        assert store2.failures()[0]["error"]["origin"] == "runner"
+        assert run_jobs(jobs, store2, r).ran == 1
+    finally:
+        r.close()
+
+
+def test_method_output_is_captured_capped_and_kept_off_the_terminal(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    spec = small_spec([{"name": "test-chatty", "params": {"log_mb": 100, "print_mb": 20}}])
+    spec["datasets"] = [{"name": "digits", "classes": ["0"]}]
+    store = RunStore(tmp_path / "s")
+    runner = SerialRunner()
+    try:
+        s = run_jobs(expand(spec_from_dict(spec)).jobs, store, runner)
+    finally:
+        runner.close()
+    assert s.ok == 1
+    (jid,) = store.job_ids()
+    size = (store.runs_dir / jid / "log.txt").stat().st_size
+    assert size <= 2**20 + 1024  # 1 MiB and the note, of 120 MiB written
+    log = store.log(jid)
+    for head in ("FIRST-LOG-LINE", "FIRST-PRINT-LINE", "FD2-LINE", "CHILD-LINE"):
+        assert head in log[:2**19]
+    assert "LAST-LOG-LINE" in log[-2**19:] and "LAST-PRINT-LINE" in log[-2**19:]
+    note = next(ln for ln in log.splitlines() if ln.startswith("[occbench: "))
+    cut = int(note.split()[1])
+    assert 120 * 2**20 < cut + size < 140 * 2**20  # the note counts what is missing (120 MiB
+    # of messages, plus the logger's timestamp and name on each record)
+    assert "bytes of this job's output cut here" in note
+    out, err = capfd.readouterr()
+    assert len(out) + len(err) < 10_000  # none of it reached the driver's terminal
+
+
+def test_peak_memory_above_the_declared_is_a_warning(tmp_path: Path) -> None:
+    spec = small_spec([{"name": "test-memory", "params": {"alloc_mb": 600, "declared_mb": 256}},
+                       {"name": "test-memory", "params": {"alloc_mb": 100,
+                                                          "declared_mb": 4096}}])
+    spec["datasets"] = [{"name": "digits", "classes": ["0"]}]
+    store = RunStore(tmp_path / "s")
+    runner = SerialRunner()
+    try:
+        s = run_jobs(expand(spec_from_dict(spec)).jobs, store, runner)
+    finally:
+        runner.close()
+    assert s.ok == 2
+    by_decl = {r["job"]["method_params"]["declared_mb"]: r["provenance"]
+               for r in store.records()}
+    over = by_decl[256]
+    assert over["peak_rss_mb"] > 600
+    (w,) = over["warnings"]
+    assert "above the 256 MiB the method declares" in w and f"{over['peak_rss_mb']:.0f}" in w
+    assert by_decl[4096]["peak_rss_mb"] < 4096 and "warnings" not in by_decl[4096]
 
 
 def test_scores_deterministic_across_processes(tmp_path: Path) -> None:
