@@ -533,8 +533,11 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
     ``Resources.memory_mb`` is a string in ``provenance["warnings"]``.
     """
     from occbench.harness import sandbox
+    from occbench.harness.capture import log_cap_bytes
 
-    sink = CappedLog()
+    # sealed: the method's log arrives capped by the sealed process; this sink keeps it whole
+    # plus 64 KiB of the worker's own lines (one cut, one note)
+    sink = CappedLog(log_cap_bytes() + 2**16)
     handler = CappedHandler(sink)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger(f"occbench.job.{job.job_id}")

@@ -102,7 +102,7 @@ def test_job_on_a_lost_node_is_retried_on_another(tmp_path: Path) -> None:
         killer = threading.Thread(target=lose_the_node, daemon=True)
         killer.start()
         store = RunStore(tmp_path / "store")
-        s = run_jobs(jobs, store, RayRunner(max_retries=2))
+        s = run_jobs(jobs, store, RayRunner(max_retries=2, sealed="off"))  # pid file in tmp
         killer.join(timeout=5)
         assert (s.ok, s.failed) == (2, 0)
         assert len(pids.read_text().split()) == 2  # the first attempt died with its node
@@ -145,7 +145,8 @@ def test_job_killed_by_the_memory_monitor_is_recorded_out_of_memory(tmp_path: Pa
                                 "until_used_mb": int((threshold + 2**30) / 2**20)}},
                     {"name": "ray-probe", "params": {"tag": "after"}}])
     store = RunStore(tmp_path / "store")
-    s = run_jobs(jobs, store, RayRunner(max_retries=1, max_concurrent=1))
+    # unsealed: the pid file is in tmp (a sandbox hides it), and the monitor kills the worker
+    s = run_jobs(jobs, store, RayRunner(max_retries=1, max_concurrent=1, sealed="off"))
     assert (s.ok, s.failed) == (2, 1), store.failures()
     assert store.job_ids() == sorted([jobs[0].job_id, jobs[2].job_id])
     (fail,) = store.failures()
@@ -175,7 +176,7 @@ def _ray_cli(tmp_path: Path, sleeps: list[float]) -> tuple[subprocess.Popen[str]
            "PYTHONPATH": str(tests) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "occbench.harness", "run", str(spec), "--store",
            str(tmp_path / "s"), "--runner", "ray", "--no-board",
-           "--max-concurrent", str(len(sleeps))]
+           "--max-concurrent", str(len(sleeps)), "--unsealed"]  # pid files in tmp
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, start_new_session=True)
     t0 = time.monotonic()

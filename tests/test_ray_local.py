@@ -96,7 +96,7 @@ def test_method_error_recorded_not_retried(tmp_path: Path) -> None:
     jobs = jobs_of([{"name": "ray-boom", "params": {"count_file": str(count)}},
                     {"name": "ray-probe"}])
     store = RunStore(tmp_path / "store")
-    s = run_jobs(jobs, store, RayRunner(max_retries=3))
+    s = run_jobs(jobs, store, RayRunner(max_retries=3, sealed="off"))  # count file in tmp
     assert (s.ok, s.failed) == (1, 1)
     assert count.read_text().split() == ["x"]  # ran exactly once
     (fail,) = store.failures()
@@ -130,7 +130,7 @@ def test_killed_worker_is_retried_then_recorded(tmp_path: Path) -> None:
     killer = threading.Thread(target=_kill_pids, args=({b: 2}, stop), daemon=True)
     killer.start()
     try:
-        s = run_jobs(jobs, store, RayRunner(max_retries=1))
+        s = run_jobs(jobs, store, RayRunner(max_retries=1, sealed="off"))  # pid file in tmp
     finally:
         stop.set()
         killer.join()
