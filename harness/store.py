@@ -143,9 +143,16 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    # pyarrow directly (no pandas metadata): smaller, faster, and byte-stable for equal input
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None),
-                   path, compression="zstd")
+    # pyarrow directly (no pandas metadata): smaller, faster, and byte-stable for equal input.
+    # Dictionary-encode only the repetitive columns and delta-encode the frame index: a
+    # dictionary of 10,000 distinct scores costs more than the scores (a Fashion-MNIST run:
+    # 77 KB instead of 123 KB; as dense ranks, 23 KB instead of 68 KB)
+    t = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
+    names = set(t.column_names)
+    pq.write_table(t, path, compression="zstd",
+                   use_dictionary=[c for c in ("video_id", "label") if c in names],
+                   column_encoding={c: e for c, e in (("frame", "DELTA_BINARY_PACKED"),
+                                                      ("raw", "PLAIN")) if c in names})
 
 
 def raw_frame(raw: Mapping[str, np.ndarray]) -> pd.DataFrame:
