@@ -46,17 +46,21 @@ def headline(store: RunStore | str | Path, published: str | Path | None = None) 
     for r in agg.itertuples(index=False):
         metric = "auc" if r.modality == "image" else "auc_micro"
         rows.append({
-            "dataset": r.dataset, "method": r.method, "protocol": r.protocol,
+            "dataset": r.dataset,
+            "method": str(r.method) + (" [unsealed]" if getattr(r, "unsealed", False) else "")
+            + (" [transductive]" if getattr(r, "transductive", False) else ""),
+            "protocol": r.protocol,
             "seeds": int(r.seeds),
             "AUC %": _pct(r.auc_mean, r.auc_std),
-            "published AUC %": _pct(_published(pub, str(r.method), str(r.dataset), metric)),
+            "published AUC % (paper)": _pct(_published(pub, str(r.method), str(r.dataset), metric)),
             "EER %": _pct(r.eer_mean, r.eer_std),
             "runs": r.origin,
         })
     df = pd.DataFrame(rows)
     note = ("AUC: class-mean one-vs-rest AUROC for images, frame-level micro AUC for video; "
-            "mean ± std over seeds. Generated from the committed run store by "
-            "`occbench board --store results --readme README.md`.")
+            "mean ± std over seeds (a seed counts once it covers every class). [unsealed]: the "
+            "method ran outside the sandbox (docs/plugins.md). Generated from the committed run "
+            "store by `occbench board --store results --readme README.md`.")
     return markdown(df) + "\n\n" + note
 
 

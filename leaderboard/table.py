@@ -64,11 +64,16 @@ def _params_text(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
 
 
-def _disambiguate(df: pd.DataFrame, name: str, params: str, also: str | None = None) -> None:
+def _disambiguate(df: pd.DataFrame, name: str, params: str, also: str | None = None,
+                  within: str | None = None) -> None:
     """Where one ``name`` (a method label, a dataset) covers runs with different parameters
     (or different ``also`` values), append what differs, e.g. ``ocsvm (gamma=0.5)``: runs of
-    different configurations must never be averaged as one entry."""
-    for value, g in df.groupby(name, sort=False):
+    different configurations must never be averaged as one entry. With ``within`` (the
+    dataset, for method labels) only runs sharing that value are compared: a method set up
+    differently for another dataset is still the same entry name there."""
+    keys = [name] + ([within] if within else [])
+    for gkey, g in df.groupby(keys, sort=False):
+        value = gkey[0] if isinstance(gkey, tuple) else gkey
         cols = [params] + ([also] if also else [])
         combos = g[cols].drop_duplicates()
         if len(combos) < 2:
@@ -104,8 +109,8 @@ def resolve_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if df.empty:
         return df, df.iloc[0:0]
     df = df.copy()
-    _disambiguate(df, "label", "method_params", also="method")
     _disambiguate(df, "dataset", "dataset_params")
+    _disambiguate(df, "label", "method_params", also="method", within="dataset")
     df["_n"] = pd.to_numeric(df["n_items"], errors="coerce").fillna(-1)
     df = df.sort_values(["_n", "started_at", "job_id"], kind="stable", na_position="first")
     df = df.drop(columns="_n")
