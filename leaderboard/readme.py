@@ -50,6 +50,7 @@ def headline(store: RunStore | str | Path, published: str | Path | None = None) 
             "method": str(r.method) + (" [unsealed]" if getattr(r, "unsealed", False) else "")
             + (" [transductive]" if getattr(r, "transductive", False) else ""),
             "protocol": r.protocol,
+            "classes": int(r.classes) if r.modality == "image" else "—",
             "seeds": int(r.seeds),
             "AUC %": _pct(r.auc_mean, r.auc_std),
             "published AUC % (paper)": _pct(_published(pub, str(r.method), str(r.dataset), metric)),
