@@ -48,7 +48,8 @@ def headline(store: RunStore | str | Path, published: str | Path | None = None) 
         rows.append({
             "dataset": r.dataset,
             "method": str(r.method) + (" [unsealed]" if getattr(r, "unsealed", False) else "")
-            + (" [transductive]" if getattr(r, "transductive", False) else ""),
+            + (" [transductive]" if getattr(r, "transductive", False) else "")
+            + (" [memory > declared]" if getattr(r, "over_memory", False) else ""),
             "protocol": r.protocol,
             "classes": int(r.classes) if r.modality == "image" else "—",
             "seeds": int(r.seeds),

@@ -25,7 +25,7 @@ RUN_COLUMNS = [
     "modality", "selected_on_test", "auc", "auc_macro", "eer", "n_items", "wall_time_s",
     "peak_rss_mb", "peak_gpu_mb", "n_parameters", "device", "git_sha", "gpus", "gpu_hours",
     "method_params", "dataset_params", "dataset_fingerprint", "started_at", "origin",
-    "unsealed", "transductive",
+    "unsealed", "transductive", "over_memory",
 ]
 #: What one entry of the board is measured on: a run is one seed of one class of it.
 SLOT = ["label", "dataset", "protocol", "normal_class", "seed", "selected_on_test"]
@@ -152,6 +152,8 @@ def runs_frame(store: RunStore | str | Path, include_superseded: bool = False) -
             "unsealed": not prov.get("sealed", False),
             # its scores changed when the rest of the test set did (execute.run_method's check)
             "transductive": prov.get("test_independent") is False,
+            # peak memory above what the method declared (provenance.warnings, the runners)
+            "over_memory": any("memory" in str(w) for w in (prov.get("warnings") or [])),
         })
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     for c in ("auc", "auc_macro", "eer", "wall_time_s", "peak_rss_mb", "peak_gpu_mb",
@@ -161,6 +163,7 @@ def runs_frame(store: RunStore | str | Path, include_superseded: bool = False) -
     df["normal_class"] = df["normal_class"].astype(object)
     df["selected_on_test"] = df["selected_on_test"].astype(bool)  # also when there are no runs
     df["unsealed"] = df["unsealed"].astype(bool)
+    df["over_memory"] = df["over_memory"].astype(bool)
     df["transductive"] = df["transductive"].astype(bool)
     cur, old = resolve_runs(df)
     if include_superseded:
@@ -207,6 +210,7 @@ AGG_COLUMNS = [
     "auc_mean", "auc_std", "auc_lo", "auc_hi", "auc_macro_mean", "auc_macro_std", "auc_macro_lo",
     "auc_macro_hi", "eer_mean", "eer_std", "eer_lo", "eer_hi", "wall_time_s", "gpu_hours",
     "peak_rss_mb", "peak_gpu_mb", "n_parameters", "origin", "unsealed", "transductive",
+    "over_memory",
 ]
 
 
@@ -241,7 +245,7 @@ def aggregate(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     org = src.groupby(keys, dropna=False)["origin"].agg(_origin).rename("origin")
     out = out.merge(org.reset_index(), on=keys, how="left")
     # an entry is unsealed / transductive when any of its runs is
-    for flag in ("unsealed", "transductive"):
+    for flag in ("unsealed", "transductive", "over_memory"):
         col = df[flag] if flag in df.columns else pd.Series(False, index=df.index)
         f = df.assign(_f=col.astype(bool)).groupby(keys, dropna=False)["_f"].any()
         out = out.merge(f.rename(flag).reset_index(), on=keys, how="left")
@@ -289,7 +293,8 @@ def display_table(agg: pd.DataFrame) -> pd.DataFrame:
         "dataset": agg["dataset"], "method": agg["method"]
         + np.where(agg["selected_on_test"], " [selected on test]", "")
         + np.where(agg.get("unsealed", False), " [unsealed]", "")
-        + np.where(agg.get("transductive", False), " [transductive]", ""),
+        + np.where(agg.get("transductive", False), " [transductive]", "")
+        + np.where(agg.get("over_memory", False), " [memory > declared]", ""),
         "protocol": agg["protocol"], "seeds": agg["seeds"],
         "AUC (micro) %": [_pm(m, s) for m, s in zip(agg["auc_mean"], agg["auc_std"], strict=True)],
         "AUC (macro) %": [_pm(m, s) for m, s in zip(agg["auc_macro_mean"], agg["auc_macro_std"],

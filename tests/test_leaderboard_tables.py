@@ -10,7 +10,14 @@ import pytest
 from occbench.leaderboard import published as pub
 from occbench.leaderboard.analysis import analyze, write_tables
 from occbench.leaderboard.synthetic import SynthMethod, make_store
-from occbench.leaderboard.table import aggregate, per_class, per_seed, runs_frame, write_board
+from occbench.leaderboard.table import (
+    aggregate,
+    display_table,
+    per_class,
+    per_seed,
+    runs_frame,
+    write_board,
+)
 from scipy import stats
 
 METHODS = (SynthMethod("alpha", 2.0), SynthMethod("beta", 1.2), SynthMethod("gamma", 0.6))
@@ -258,3 +265,19 @@ def test_a_seed_missing_classes_is_left_out_of_the_mean(tmp_path: Path) -> None:
     row = aggregate(runs).iloc[0]
     assert row["seeds"] == 1
     assert row["auc_mean"] == pytest.approx(runs[runs.seed == 0]["auc"].mean())
+
+
+def test_peak_memory_above_the_declared_is_flagged_on_the_board(tmp_path: Path) -> None:
+    from occbench.harness.execute import memory_warnings
+    from occbench.harness.store import RunStore
+    from occbench.leaderboard.synthetic import SynthMethod, derive_run, make_store
+
+    st = make_store(tmp_path / "s", [SynthMethod("m", 1.0)], video_datasets=(), seeds=(0,),
+                    classes=2, n_images=40)
+    assert not display_table(aggregate(runs_frame(st)))["method"].str.contains("memory").any()
+    warn = memory_warnings(3000.0, 256.0)
+    assert warn
+    derive_run(RunStore(st.path), st.job_ids()[0], {"method_version": "2"},
+               {"warnings": warn, "started_at": "2999-01-01T00:00:00Z"})
+    shown = display_table(aggregate(runs_frame(st)))["method"]
+    assert shown.str.contains(r"\[memory > declared\]").any()
