@@ -245,13 +245,20 @@ def test_a_killed_ray_driver_leaves_no_worker(tmp_path: Path) -> None:
     workers = [int(f.read_text().split()[0]) for f in files]
     p.kill()
     p.communicate(timeout=30)
+    def left() -> list[str]:
+        out = []
+        for q in _session_pids(p.pid):
+            with contextlib.suppress(OSError):
+                if _pid_alive(q):
+                    out.append(Path(f"/proc/{q}/cmdline").read_text().replace("\0", " ")[:120])
+        return [c for c in out if "raylet" in c or "gcs_server" in c or "run_in_worker" in c]
+
+    # Ray notices its driver's death by heartbeats: allow for a loaded 2-core machine
     t0 = time.monotonic()
-    while any(_pid_alive(w) for w in workers) and time.monotonic() - t0 < 20:
-        time.sleep(0.2)
+    while (any(_pid_alive(w) for w in workers) or left()) and time.monotonic() - t0 < 90:
+        time.sleep(0.5)
     assert not any(_pid_alive(w) for w in workers)
-    left = [Path(f"/proc/{q}/cmdline").read_text().replace("\0", " ")[:120]
-            for q in _session_pids(p.pid) if _pid_alive(q)]
-    assert not [c for c in left if "raylet" in c or "gcs_server" in c or "run_in_worker" in c], left
+    assert not left(), left()
     for q in _session_pids(p.pid):  # tidy up the agents rather than wait for them
         with contextlib.suppress(OSError):
             os.kill(q, signal.SIGKILL)
