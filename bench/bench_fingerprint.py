@@ -60,8 +60,8 @@ def _timed(fn: Callable[[], object]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default=os.environ.get("OCCBENCH_DATA", "/work/shared/data"),
-                    help="data root holding ped2/ (default $OCCBENCH_DATA or /work/shared/data)")
+    ap.add_argument("--root", default=os.environ.get("OCCBENCH_DATA", "../shared/data"),
+                    help="data root holding ped2/ (default $OCCBENCH_DATA or ../shared/data)")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     root = Path(args.root)

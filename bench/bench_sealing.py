@@ -7,8 +7,8 @@ process's one-time start per worker is reported separately (``sandbox_start_s``)
 
     python bench/bench_sealing.py quick                  # the quick grid (99 jobs, CPU)
     python bench/bench_sealing.py quick --jobs 30
-    python bench/bench_sealing.py ped2 --data-root /work/shared/data
-    python bench/bench_sealing.py ped2 --data-root /work/shared/data --no-cache   # copies
+    python bench/bench_sealing.py ped2 --data-root ../shared/data
+    python bench/bench_sealing.py ped2 --data-root ../shared/data --no-cache   # copies
     python bench/bench_sealing.py ped2 --data-root D --params '{"max_steps": 200}' --json o.json
 
 Per job: ``extra_ms`` = sealed wall − unsealed wall (median and mean over jobs; the goal is
