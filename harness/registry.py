@@ -202,6 +202,19 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._scan() and name not in self._broken
 
+    def snapshot(self) -> object:
+        """The registry's state (entry points listed, classes loaded or registered, broken
+        plugins), for :meth:`restore`: tests that reset the registry put it back exactly, so
+        classes registered at import time by other test modules survive."""
+        return (None if self._eps is None else dict(self._eps), dict(self._loaded),
+                dict(self._broken))
+
+    def restore(self, state: object) -> None:
+        """Put back a state taken by :meth:`snapshot`."""
+        eps, loaded, broken = state  # type: ignore[misc]
+        self._eps = None if eps is None else dict(eps)
+        self._loaded, self._broken = dict(loaded), dict(broken)
+
     def reset(self) -> None:
         """Forget what was loaded (re-read entry points on next use)."""
         self._eps = None

@@ -177,6 +177,11 @@ class Chatty(Method):
         for _ in range(int(self.print_mb * 2**20 / 1001)):
             print(line)
             print(line, file=sys.stderr)
+        # stdout to a pipe is block-buffered: flush it first, or up to 8 KiB of its "y" lines
+        # would arrive after LAST-LOG-LINE (the log keeps arrival order) and push it out of the
+        # 4 KiB tail the test reads
+        sys.stdout.flush()
+        sys.stderr.flush()
         context.logger.info("LAST-LOG-LINE")
         print("LAST-PRINT-LINE", flush=True)
         return self

@@ -177,11 +177,13 @@ class Mine(OCSVM):
 @pytest.fixture
 def fresh_registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
     monkeypatch.syspath_prepend(str(tmp_path))
+    # put back exactly what was there: other test modules register classes at import time
+    # (test-cheater, test-ticks, ...) and a plain reset would lose them for later tests
+    saved = registry.methods.snapshot()
     registry.methods.reset()
     yield tmp_path
     monkeypatch.undo()
-    registry.methods.reset()
-    plugins_for_tests.register_all()
+    registry.methods.restore(saved)
 
 
 def test_duplicate_entry_point_is_one_line(fresh_registry: Path) -> None:
