@@ -92,18 +92,23 @@ def _fail(msg: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def store_for_reading(path: Path, protocol: list[str] | None = None) -> Any:
-    """The run store at ``path`` (viewed under ``protocol``: ids, one per modality), or a clean
-    exit naming the fix when there is none."""
-    from occbench.harness.store import RunStore
+def store_for_reading(path: Path, protocol: list[str] | None = None, **kw: Any) -> Any:
+    """The run store at ``path`` (viewed under ``protocol``: ids, one per modality; ``kw`` go
+    to :class:`RunStore`), or a clean exit naming the fix when there is none or its format is
+    not this version's. Every command that reads a store opens it here."""
+    from occbench.harness.store import RunStore, StoreError
 
     if path.exists() and not path.is_dir():
         raise _fail(f"--store {path} is a file, not a run store folder; give the folder that "
                     "`occbench run --store` wrote")
-    st = RunStore(path, protocol=protocol) if protocol else RunStore(path)
+    st = RunStore(path, protocol=protocol, **kw) if protocol else RunStore(path, **kw)
     if not st.runs_dir.is_dir():
         raise _fail(f"{path} is not a run store (no runs/ folder); run `occbench run SPEC "
                     f"--store {path}` first, or fix --store")
+    try:
+        st.check_schema()
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
     return st
 
 
@@ -965,13 +970,11 @@ def store_merge(
 ) -> None:
     """Copy good runs missing from --into out of each source store, with their labels and
     metrics (content-addressed: no repeats; bad entries are reported and not copied)."""
-    from occbench.harness.store import RunStore, StoreError
+    from occbench.harness.store import StoreError
 
-    dst = RunStore(into)
+    dst = store_for_writing(into)
     for s in sources:
-        src = RunStore(s)
-        if not src.runs_dir.exists():
-            raise _fail(f"{s} is not a run store (no runs/ folder)")
+        src = store_for_reading(s)
         try:
             copied, present = dst.merge_from(src, compact=compact, self_reported=self_reported)
         except StoreError as exc:
@@ -997,12 +1000,9 @@ def store_prune(
     from collections import Counter
 
     from occbench.harness.spec import SpecError, spec_job_ids
-    from occbench.harness.store import RunStore
     from occbench.leaderboard.table import runs_frame
 
-    st = RunStore(store)
-    if not st.runs_dir.exists():
-        raise _fail(f"{store} is not a run store (no runs/ folder)")
+    st = store_for_reading(store)
     runs = runs_frame(st, include_superseded=True)
     why = {j: "superseded by a newer run" for j in runs.loc[runs["superseded"], "job_id"]}
     if spec:

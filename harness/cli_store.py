@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from occbench.harness.cli import StoreOpt, _fail, console, store_app
+from occbench.harness.cli import StoreOpt, _fail, console, store_app, store_for_reading
 from rich.markup import escape
 
 
@@ -17,16 +17,8 @@ def register(app: typer.Typer) -> None:  # the commands hang off `store_app` at 
 
 
 def _open(store: Path):  # type: ignore[no-untyped-def]
-    from occbench.harness.store import RunStore, StoreError
-
-    st = RunStore(store, on_bad=lambda b: None)
-    if not st.path.is_dir() or not (st.path / "occbench-store.json").exists():
-        raise _fail(f"{store} is not a run store (no occbench-store.json); pass --store DIR")
-    try:
-        st.check_schema()
-    except StoreError as exc:
-        raise _fail(str(exc)) from None
-    return st
+    # bad entries are listed by the command itself, not as they are met
+    return store_for_reading(store, on_bad=lambda b: None)
 
 
 @store_app.command("verify")
