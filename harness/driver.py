@@ -18,13 +18,12 @@ from functools import lru_cache
 from types import FrameType
 from typing import Any
 
-from filelock import FileLock, Timeout
 from occbench.harness.api import Labels, verify_labels_match
 from occbench.harness.execute import JobOutput
 from occbench.harness.protocols import get_protocol
 from occbench.harness.runner import Runner
 from occbench.harness.spec import Job, make_dataset
-from occbench.harness.store import RECORD_SCHEMA, DiskFullError, RunStore
+from occbench.harness.store import RECORD_SCHEMA, DiskFullError, JobLock, RunStore
 
 ProgressFn = Callable[[str, Job, JobOutput | None], None]
 
@@ -139,15 +138,13 @@ def run_jobs(
             summary.not_retried += 1
         else:
             todo.append(j)
-    locks: dict[str, FileLock] = {}
+    locks: dict[str, JobLock] = {}
 
     def claim(job: Job) -> bool:
         if summary.stop_reason:
             return False
-        lock = FileLock(str(store.locks_dir / f"{job.job_id}.lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
+        lock = store.job_lock(job.job_id)
+        if not lock.acquire():
             summary.skipped_locked += 1
             if progress:
                 progress("locked", job, None)

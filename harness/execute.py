@@ -41,7 +41,13 @@ from occbench.harness.api import (
     VideoData,
     labels_blocked,
 )
-from occbench.harness.capture import CappedHandler, CappedLog, capture_fds
+from occbench.harness.capture import (
+    CappedHandler,
+    CappedLog,
+    capture_fds,
+    job_logger,
+    release_job_logger,
+)
 
 __all__ = ["JobOutput", "LabelAccessError", "RootHandle", "ScoreError", "enter_worker",
            "execute_group", "execute_job", "group_jobs", "label_guard", "run_method",
@@ -540,10 +546,7 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
     sink = CappedLog(log_cap_bytes() + 2**16)
     handler = CappedHandler(sink)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger(f"occbench.job.{job.job_id}")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    logger.propagate = False
+    logger = job_logger(job.job_id, handler)
     prov: dict[str, Any] = {**static_provenance(), "device": device, "pid": os.getpid(),
                             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     origin = "data"  # what a failure is blamed on: the loading phase, then the method
@@ -613,7 +616,7 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
                        "traceback": traceback.format_exc(), "origin": origin})
     finally:
         handler.write = None
-        logger.removeHandler(handler)
+        release_job_logger(logger, handler)
 
 
 def _memory_check(prov: dict[str, Any], peak_mb: float | None) -> None:
@@ -706,10 +709,7 @@ def execute_group(jobs: Sequence[Job], data_root: str | Path | RootHandle | None
     for job, buf in zip(jobs, bufs, strict=True):
         h = logging.StreamHandler(buf)
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        lg = logging.getLogger(f"occbench.job.{job.job_id}")
-        lg.setLevel(logging.INFO)
-        lg.addHandler(h)
-        lg.propagate = False
+        lg = job_logger(job.job_id, h)
         loggers.append(lg)
         handlers.append(h)
     ids = [j.job_id for j in jobs]
@@ -802,4 +802,4 @@ def execute_group(jobs: Sequence[Job], data_root: str | Path | RootHandle | None
         return fail_all(exc)
     finally:
         for lg, h in zip(loggers, handlers, strict=True):
-            lg.removeHandler(h)
+            release_job_logger(lg, h)

@@ -9,7 +9,7 @@ Layout (schema ``occbench.store/2``, see docs/store-format.md)::
     STORE/labels/<sha>.parquet                a test set's labels, once: video_id, frame, label
     STORE/metrics/<protocol_id>/<job_id>.json metrics of a run under a protocol (derived, redoable)
     STORE/failed/<job_id>.json                the last failure of a job that has not succeeded
-    STORE/locks/<job_id>.lock                 held while a driver runs that job
+    STORE/locks/<job_id>.lock                 exists while a driver runs that job
     STORE/quarantine/...                      bad entries set aside by ``store verify --quarantine``
 
 A **run** is what was computed (method, data content, class, seed): its folder never changes once
@@ -181,6 +181,84 @@ def _split(df: pd.DataFrame, col: str) -> dict[str, np.ndarray]:
             x = x[np.argsort(f, kind="stable")]
         out[v] = x
     return out
+
+
+#: How often :meth:`JobLock.acquire` retries when the file it locked was deleted by the holder
+#: releasing it in between (a race with a release, not contention: a few tries settle it).
+_LOCK_TRIES = 8
+
+
+class JobLock:
+    """A driver's claim on one job: an exclusive ``flock`` on ``STORE/locks/<job_id>.lock``,
+    never waited for, and the file is deleted when the claim is released, so a store does not
+    keep one lock file per job it ever ran.
+
+    Deleting a lock file is safe only with a check: a driver may open the file just before the
+    holder deletes it and lock that deleted file afterwards. So a claim counts only if the file
+    locked is still the one at the path (same device and inode) once locked, and only the
+    holder deletes it, while it still holds it; any other outcome retries on the new file.
+    Where ``fcntl`` is missing (Windows) it falls back to :class:`filelock.FileLock`, which
+    leaves the file.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+        self._fallback: FileLock | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None or self._fallback is not None
+
+    def acquire(self) -> bool:
+        """Take the claim without waiting: True if taken, False if another driver holds it."""
+        if self.held:
+            raise RuntimeError(f"{self.path}: already held by this JobLock")
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            lock = FileLock(str(self.path))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                return False
+            self._fallback = lock
+            return True
+        for _ in range(_LOCK_TRIES):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                now = os.stat(self.path)
+                mine = os.fstat(fd)
+                same = (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                return True
+            os.close(fd)  # we locked a file its holder deleted on release: try the new one
+        return False
+
+    def release(self) -> None:
+        """Give the claim up and delete the file (a no-op when not held)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.unlink(self.path)  # while still held: see the class docstring
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)  # releases the flock
+        fb, self._fallback = self._fallback, None
+        if fb is not None:  # pragma: no cover - Windows
+            fb.release()
 
 
 @dataclass(frozen=True)
@@ -578,16 +656,18 @@ class RunStore:
     def claim(self, job_id: str) -> Iterator[bool]:
         """Try to take the job's lock without waiting; yields False if another driver holds it."""
         self.locks_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.locks_dir / f"{check_job_id(job_id)}.lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
+        lock = self.job_lock(job_id)
+        if not lock.acquire():
             yield False
             return
         try:
             yield True
         finally:
             lock.release()
+
+    def job_lock(self, job_id: str) -> JobLock:
+        """The (not yet taken) claim on ``job_id``; see :class:`JobLock`."""
+        return JobLock(self.locks_dir / f"{check_job_id(job_id)}.lock")
 
     def write_labels(self, labels: Mapping[str, np.ndarray]) -> str:
         """Store a test set's labels once (content-addressed); returns their digest."""
