@@ -288,21 +288,43 @@ def normalise_scores(method: Method, test: Data, out: Any) -> dict[str, np.ndarr
 # --------------------------------------------------------------------------------------------
 
 
+_controller: tuple[int, Any] | None = None  # (len(sys.modules) at the scan, controller)
+
+
+def threadpool_controller() -> Any:
+    """This process's ``threadpoolctl.ThreadpoolController``, reused between jobs.
+
+    Building one scans every loaded shared library (``threadpool_limits`` does it on each
+    call: the issue measured 2.4 ms of a no-op job's 3.0 ms in the worker). The scan is
+    redone only when modules were imported since, because a new BLAS/OpenMP library (torch,
+    a plugin's extension) arrives with an import; the limits themselves are applied afresh on
+    every use, so they are the same as before.
+    """
+    global _controller
+    n = len(sys.modules)
+    if _controller is None or _controller[0] != n:
+        from threadpoolctl import ThreadpoolController
+
+        ctl = ThreadpoolController()
+        _controller = (len(sys.modules), ctl)  # the scan itself may import
+    return _controller[1]
+
+
 @contextmanager
 def cpu_threads(n: int) -> Iterator[None]:
     """Run with ``n`` BLAS/OpenMP/torch threads: the CPUs the method declared.
 
     Thread counts change floating-point summation order, so fixing them to the declared
     resources makes scores identical whichever runner (serial or Ray) executes the job.
+    The libraries are found by :func:`threadpool_controller` (one scan per process, not per
+    job).
     """
-    from threadpoolctl import threadpool_limits
-
     torch = sys.modules.get("torch")
     old = torch.get_num_threads() if torch is not None else None
     if torch is not None:
         torch.set_num_threads(n)
     try:
-        with threadpool_limits(limits=n):
+        with threadpool_controller().limit(limits=n):
             yield
     finally:
         if torch is not None and old is not None:

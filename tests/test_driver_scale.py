@@ -207,3 +207,34 @@ def test_fast_auc_and_eer_equal_sklearn_bit_for_bit(name: str, y: np.ndarray,
         want = float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
     assert eer(y, s) == want
 
+
+# -- thread limits ---------------------------------------------------------------------------
+
+
+def test_thread_limits_are_applied_with_one_library_scan(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    import sys
+    import types
+
+    import threadpoolctl
+    from occbench.harness import execute
+
+    monkeypatch.setattr(execute, "_controller", None)
+    before = threadpoolctl.threadpool_info()
+    seen = []
+    for n in (1, 2, 1):
+        with execute.cpu_threads(n):
+            info = threadpoolctl.threadpool_info()  # a fresh scan: what really is in force
+            assert info and all(lib["num_threads"] == n for lib in info)
+        assert execute._controller is not None
+        seen.append(execute._controller[1])
+    assert threadpoolctl.threadpool_info() == before  # restored after each job
+    assert seen[0] is seen[1] is seen[2]  # one scan for the three jobs
+    # a new import (it may bring a BLAS of its own) rescans once
+    monkeypatch.setitem(sys.modules, "occbench_fake_ext", types.ModuleType("occbench_fake_ext"))
+    with execute.cpu_threads(1):
+        pass
+    again = execute._controller[1]
+    with execute.cpu_threads(1):
+        pass
+    assert again is not seen[0] and execute._controller[1] is again
