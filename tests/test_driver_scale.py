@@ -238,3 +238,45 @@ def test_thread_limits_are_applied_with_one_library_scan(monkeypatch: pytest.Mon
     with execute.cpu_threads(1):
         pass
     assert again is not seen[0] and execute._controller[1] is again
+
+
+# -- store writes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [
+    {"": np.random.default_rng(0).normal(size=719)},
+    {"a": np.r_[np.nan, np.arange(50.0), np.nan], "b": np.ones(3), "c": np.array([])},
+    {},
+    {f"v{i}": np.r_[[np.nan] * 7, np.random.default_rng(i).normal(size=40 * i + 1)]
+     for i in range(12)},
+], ids=["image", "video-nan-empty", "none", "many-videos"])
+def test_raw_parquet_is_byte_identical_to_the_dataframe_path(tmp_path: Path,
+                                                              raw: dict[str, np.ndarray]) -> None:
+    from occbench.harness.store import _raw_table, _write_parquet, raw_frame
+
+    _write_parquet(raw_frame(raw), tmp_path / "old.parquet")
+    _write_parquet(_raw_table(raw), tmp_path / "new.parquet")
+    assert (tmp_path / "old.parquet").read_bytes() == (tmp_path / "new.parquet").read_bytes()
+
+
+def test_a_store_written_by_the_fast_path_verifies_and_reads_back(tmp_path: Path) -> None:
+    jobs = _jobs(6)
+    store = RunStore(tmp_path / "s")
+    assert run_jobs(jobs, store, SerialRunner(in_process=True, sealed="off")).ok == 6
+    fresh = RunStore(tmp_path / "s")  # a reader with no cache of what was written
+    assert fresh.verify() == []
+    for j in jobs:
+        m = fresh.metrics(j.job_id)
+        assert m is not None and 0.0 <= m["auc"] <= 1.0
+        assert fresh.scores(j.job_id)["raw"].notna().all()
+
+
+def test_damaged_labels_are_rewritten_although_this_store_wrote_them(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "s").init()
+    labels = {"": np.array([0, 1, 1, 0], dtype=np.int8)}
+    digest = store.write_labels(labels)
+    p = store.labels_dir / f"{digest}.parquet"
+    good = p.read_bytes()
+    p.write_bytes(b"garbage")  # changed on disk after this object verified it
+    assert store.write_labels(labels) == digest
+    assert p.read_bytes() == good
