@@ -111,13 +111,17 @@ def labels_digest(labels: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write ``path`` whole or not at all (a temporary file renamed over it). ``durable``:
+    fsync before the rename (several ms on a busy disk); derived files that a reader verifies
+    and recomputes when damaged skip it."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         _raise_disk_full(exc, path)
@@ -127,8 +131,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode())
+def _atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    _atomic_write_bytes(path, text.encode(), durable)
 
 
 def _raise_disk_full(exc: OSError, where: Path) -> None:
@@ -139,7 +143,8 @@ def _raise_disk_full(exc: OSError, where: Path) -> None:
         ) from exc
 
 
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+def _write_parquet(df: pd.DataFrame | Any, path: Path) -> None:
+    """Write a table (a DataFrame, or a ``pyarrow.Table`` built by :func:`_raw_table`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -147,7 +152,8 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     # Dictionary-encode only the repetitive columns and delta-encode the frame index: a
     # dictionary of 10,000 distinct scores costs more than the scores (a Fashion-MNIST run:
     # 77 KB instead of 123 KB; as dense ranks, 23 KB instead of 68 KB)
-    t = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
+    t = df if isinstance(df, pa.Table) else \
+        pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
     names = set(t.column_names)
     pq.write_table(t, path, compression="zstd",
                    use_dictionary=[c for c in ("video_id", "label") if c in names],
@@ -164,6 +170,27 @@ def raw_frame(raw: Mapping[str, np.ndarray]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         {"video_id": pd.Series([], dtype="string"), "frame": np.array([], np.int64),
          "raw": np.array([], np.float64)})
+
+
+def _raw_table(raw: Mapping[str, np.ndarray]) -> Any:
+    """:func:`raw_frame` as a ``pyarrow.Table``, built without pandas (a DataFrame and its
+    conversion cost the driver about 1.5 ms a run). Same columns and types as the DataFrame
+    converts to (``video_id`` large_string, ``frame`` int64, ``raw`` float64), so the
+    parquet file is byte for byte what writing :func:`raw_frame` gives
+    (``tests/test_driver_scale.py`` checks)."""
+    import pyarrow as pa
+
+    vids = list(raw)
+    arrs = [np.asarray(raw[v], dtype=np.float64) for v in vids]
+    lens = np.array([len(a) for a in arrs], dtype=np.int64)
+    video_id = np.repeat(np.array(vids, dtype=object), lens) if vids else np.array([], object)
+    frame = (np.arange(int(lens.sum()), dtype=np.int64)
+             - np.repeat(np.cumsum(lens) - lens, lens))  # index within each video
+    return pa.table({"video_id": pa.array(video_id, type=pa.large_string()),
+                     "frame": pa.array(frame, type=pa.int64()),
+                     # NaN (unscored border frames) stored as null, as from a DataFrame
+                     "raw": pa.array(np.concatenate(arrs) if arrs else np.array([], np.float64),
+                                     type=pa.float64(), from_pandas=True)})
 
 
 def _split(df: pd.DataFrame, col: str) -> dict[str, np.ndarray]:
@@ -288,6 +315,10 @@ class RunStore:
         self.on_bad = on_bad
         self._verified: dict[str, tuple[Any, ...]] = {}
         self._labels_ok: dict[str, str] = {}  # labels digest -> "" (good) or why bad
+        #: labels digest -> (size, mtime_ns, inode) of the labels file this object wrote or
+        #: read and verified: every run of a test set writes its labels, and re-reading the
+        #: parquet to see that it is intact cost 3 ms a run
+        self._labels_file: dict[str, tuple[int, int, int]] = {}
         self._reported: set[Path] = set()
         self.skipped: list[BadEntry] = []
 
@@ -674,8 +705,11 @@ class RunStore:
         digest = labels_digest(labels)
         p = self.labels_dir / f"{digest}.parquet"
         if p.exists():
+            if self._labels_file.get(digest) == _stat_key(p):
+                return digest  # the very file this object verified, unchanged since
             try:
                 self.labels_by_digest(digest)
+                self._labels_file[digest] = _stat_key(p)
                 return digest
             except StoreError:
                 pass  # damaged copy: rewrite it from the labels we hold
@@ -695,6 +729,7 @@ class RunStore:
             if tmp.exists():
                 tmp.unlink()
         self._labels_ok.pop(digest, None)
+        self._labels_file[digest] = _stat_key(p)
         return digest
 
     def write_run(self, record: Mapping[str, Any], raw: Mapping[str, np.ndarray],
@@ -712,7 +747,7 @@ class RunStore:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{job_id}.", dir=self.runs_dir))
         try:
-            _write_parquet(raw_frame(raw), tmp / "raw.parquet")
+            _write_parquet(_raw_table(raw), tmp / "raw.parquet")
             (tmp / "log.txt").write_text(log)
             rec = {k: v for k, v in record.items() if k not in ("metrics", "protocol", "sha256")}
             rec.update(schema=RECORD_SCHEMA, job_id=job_id, labels=digest, files={
@@ -727,6 +762,11 @@ class RunStore:
                 if final.exists():  # another driver won the race: keep its result
                     return False
                 raise exc
+            # verified as written (the checksums were just taken of these files): reading the
+            # run back (write_metrics, has) need not hash them again
+            self._verified[job_id] = tuple(
+                _stat_key(final / n) for n in ("record.json", *RUN_FILES))
+            self._labels_ok[digest] = ""
         except OSError as exc:
             _raise_disk_full(exc, final)
             raise
@@ -740,10 +780,14 @@ class RunStore:
 
     def write_metrics(self, job_id: str, protocol: str | None = None,
                       raw: Mapping[str, np.ndarray] | None = None,
-                      labels: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+                      labels: Mapping[str, np.ndarray] | None = None,
+                      processed: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]
+                      | None = None) -> dict[str, Any]:
         """Compute the run's metrics under ``protocol`` (default: its own) from its raw scores
         and labels and store them; returns the metrics. Raises ProtocolError/ValueError when
-        the protocol cannot evaluate the scores."""
+        the protocol cannot evaluate the scores. ``processed``: that protocol's
+        ``process(raw, labels)``, when the caller has it already (the driver validates with
+        it), so it is not computed twice."""
         from occbench.harness.protocols import get_protocol
 
         rec = self.run_record(job_id)
@@ -753,7 +797,7 @@ class RunStore:
                              f"{rec['job']['modality']}")
         raw = self.raw(job_id) if raw is None else raw
         labels = self.labels(job_id) if labels is None else labels
-        metrics = proto.evaluate(raw, labels)
+        metrics = proto.evaluate(raw, labels, processed=processed)
         doc = {"schema": METRICS_SCHEMA, "job_id": job_id, "protocol_id": proto.id,
                "protocol": proto.describe(), "protocol_digest": proto.digest,
                "raw_sha256": rec["files"]["raw.parquet"]["sha256"], "labels": rec["labels"],
@@ -763,7 +807,10 @@ class RunStore:
         doc["sha256"] = self_digest(doc)
         p = self.metrics_path(job_id, proto.id)
         p.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(p, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        # not fsynced (it was 6 ms of a run's 17 on a loaded machine): metrics are derived and
+        # checksummed; one torn by a crash fails its checksum, readers recompute it on the fly
+        # and `store rescore` rewrites it (the run's own files are not fsynced either)
+        _atomic_write_text(p, json.dumps(doc, indent=1, sort_keys=True) + "\n", durable=False)
         return dict(doc["metrics"])
 
     def rescore(self, protocols: list[str] | None = None, force: bool = False
@@ -967,6 +1014,12 @@ class RunStore:
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     _atomic_write_bytes(dst, mp.read_bytes())
         return copied, present
+
+
+def _stat_key(p: Path) -> tuple[int, int, int]:
+    """What tells a file changed: size, mtime (ns) and inode (as :meth:`RunStore.check_run`)."""
+    st = os.stat(p)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _read_failure(p: Path) -> dict[str, Any] | None:
