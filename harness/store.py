@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import locale
 import os
 import re
 import shutil
@@ -143,8 +144,10 @@ def _raise_disk_full(exc: OSError, where: Path) -> None:
         ) from exc
 
 
-def _write_parquet(df: pd.DataFrame | Any, path: Path) -> None:
-    """Write a table (a DataFrame, or a ``pyarrow.Table`` built by :func:`_raw_table`)."""
+def _write_parquet(df: pd.DataFrame | Any, path: Path) -> bytes:
+    """Write a table (a DataFrame, or a ``pyarrow.Table`` built by :func:`_raw_table`) to
+    ``path``; returns the file's bytes (encoded in memory, then written with one plain write,
+    so the caller can checksum them without reading the file back)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -155,10 +158,15 @@ def _write_parquet(df: pd.DataFrame | Any, path: Path) -> None:
     t = df if isinstance(df, pa.Table) else \
         pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
     names = set(t.column_names)
-    pq.write_table(t, path, compression="zstd",
+    buf = pa.BufferOutputStream()
+    pq.write_table(t, buf, compression="zstd",
                    use_dictionary=[c for c in ("video_id", "label") if c in names],
                    column_encoding={c: e for c, e in (("frame", "DELTA_BINARY_PACKED"),
                                                       ("raw", "PLAIN")) if c in names})
+    data = buf.getvalue().to_pybytes()
+    with open(path, "wb") as f:
+        f.write(data)
+    return data
 
 
 def raw_frame(raw: Mapping[str, np.ndarray]) -> pd.DataFrame:
@@ -319,6 +327,9 @@ class RunStore:
         #: read and verified: every run of a test set writes its labels, and re-reading the
         #: parquet to see that it is intact cost 3 ms a run
         self._labels_file: dict[str, tuple[int, int, int]] = {}
+        #: (job id, stat key, record) of the run write_run wrote last, for run_record once
+        self._just_written: tuple[str, tuple[Any, ...], dict[str, Any]] | None = None
+        self._dirs_made: set[Path] = set()  # metrics folders known to exist
         self._reported: set[Path] = set()
         self.skipped: list[BadEntry] = []
 
@@ -523,6 +534,11 @@ class RunStore:
         if why is not None:
             raise StoreError(f"{self.runs_dir / str(job_id)}: {why}; run `occbench store verify "
                              "--quarantine` and rerun")
+        jw, self._just_written = self._just_written, None
+        if jw is not None and jw[0] == job_id and self._verified.get(job_id) == jw[1]:
+            # the record write_run just wrote, files unchanged since: not read back (used once,
+            # so no caller shares the dict with a later one)
+            return jw[2]
         return dict(json.loads((self.runs_dir / job_id / "record.json").read_text()))
 
     # -- reads ---------------------------------------------------------------------------------
@@ -747,11 +763,15 @@ class RunStore:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{job_id}.", dir=self.runs_dir))
         try:
-            _write_parquet(_raw_table(raw), tmp / "raw.parquet")
-            (tmp / "log.txt").write_text(log)
+            # checksums of the bytes as written, not of a read-back: two opens fewer a run
+            data = {"raw.parquet": _write_parquet(_raw_table(raw), tmp / "raw.parquet"),
+                    # the encoding Path.write_text used (readers use read_text)
+                    "log.txt": log.encode(locale.getpreferredencoding(False))}
+            with open(tmp / "log.txt", "wb") as f:
+                f.write(data["log.txt"])
             rec = {k: v for k, v in record.items() if k not in ("metrics", "protocol", "sha256")}
             rec.update(schema=RECORD_SCHEMA, job_id=job_id, labels=digest, files={
-                n: {"size": (tmp / n).stat().st_size, "sha256": file_sha256(tmp / n)}
+                n: {"size": len(data[n]), "sha256": hashlib.sha256(data[n]).hexdigest()}
                 for n in RUN_FILES})
             rec = json.loads(canonical(rec))  # what is hashed is exactly what is read back
             rec["sha256"] = self_digest(rec)
@@ -764,9 +784,10 @@ class RunStore:
                 raise exc
             # verified as written (the checksums were just taken of these files): reading the
             # run back (write_metrics, has) need not hash them again
-            self._verified[job_id] = tuple(
+            self._verified[job_id] = key = tuple(
                 _stat_key(final / n) for n in ("record.json", *RUN_FILES))
             self._labels_ok[digest] = ""
+            self._just_written = (job_id, key, rec)
         except OSError as exc:
             _raise_disk_full(exc, final)
             raise
@@ -806,11 +827,18 @@ class RunStore:
         doc = json.loads(canonical(doc))
         doc["sha256"] = self_digest(doc)
         p = self.metrics_path(job_id, proto.id)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.parent not in self._dirs_made:  # one mkdir per protocol, not per run
+            p.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs_made.add(p.parent)
         # not fsynced (it was 6 ms of a run's 17 on a loaded machine): metrics are derived and
         # checksummed; one torn by a crash fails its checksum, readers recompute it on the fly
         # and `store rescore` rewrites it (the run's own files are not fsynced either)
-        _atomic_write_text(p, json.dumps(doc, indent=1, sort_keys=True) + "\n", durable=False)
+        text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
+        try:
+            _atomic_write_text(p, text, durable=False)
+        except FileNotFoundError:  # its folder was removed since: make it again
+            p.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(p, text, durable=False)
         return dict(doc["metrics"])
 
     def rescore(self, protocols: list[str] | None = None, force: bool = False
