@@ -147,6 +147,9 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--node-cpus", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--driver-only", action="store_true",
+                    help="measurement 1's driver cost and 3 only (no Ray): e.g. to compare two "
+                         "checkouts run one after the other")
     args = ap.parse_args()
     import ray
     from ray.cluster_utils import Cluster
@@ -157,6 +160,14 @@ def main() -> None:
     if template.status != "ok":
         raise RuntimeError(f"the no-op job failed: {template.error}")
     out["driver"] = driver_cost(template, args.jobs)
+    if args.driver_only:
+        import occbench.harness
+
+        out["source"] = str(Path(occbench.harness.__file__).parent)
+        print(json.dumps(out, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1) + "\n")
+        return
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": args.node_cpus, "object_store_memory": 80 * 2**20})
