@@ -97,6 +97,50 @@ class CappedHandler(logging.Handler):
             self.handleError(record)
 
 
+#: Prefix of every job's logger (``context.logger``): ``occbench.job.<job_id>``.
+JOB_LOGGER_PREFIX = "occbench.job."
+
+
+def job_logger(job_id: object, handler: logging.Handler) -> logging.Logger:
+    """The job's own logger (``occbench.job.<job_id>``, INFO, not propagating), writing to
+    ``handler`` only. Through :func:`logging.getLogger`, so a method's ``logger.getChild(...)``
+    loggers still reach the handler; :func:`release_job_logger` forgets it again."""
+    logger = logging.getLogger(f"{JOB_LOGGER_PREFIX}{job_id}")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    logger.propagate = False
+    return logger
+
+
+def release_job_logger(logger: logging.Logger, *handlers: logging.Handler) -> None:
+    """Detach and close ``handlers`` and take ``logger`` and its children out of logging's
+    manager, so a worker that runs thousands of jobs does not keep a logger per job.
+
+    (``logging.getLogger`` registers every logger for good: the issue counted 436 after 300
+    jobs, and each ``setLevel`` walks all of them, so keeping them made a job's cost grow with
+    the jobs before it.) A method that kept a reference to its logger still has a working
+    object; a later ``getLogger`` of the same name makes a fresh one.
+    """
+    for h in handlers:
+        logger.removeHandler(h)
+        h.close()
+    mgr = logger.manager
+    name = logger.name
+    prefix = name + "."
+    lock = getattr(logging, "_lock", None)  # the module's own lock, guarding loggerDict
+    with lock if lock is not None else contextlib.nullcontext():
+        gone = [n for n in mgr.loggerDict if n == name or n.startswith(prefix)]
+        dropped = [mgr.loggerDict.pop(n) for n in gone]
+        # placeholders of the names above (``occbench.job``, ``occbench``) list their children
+        parts = name.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            ph = mgr.loggerDict.get(".".join(parts[:i]))
+            if isinstance(ph, logging.PlaceHolder):
+                for obj in dropped:
+                    if isinstance(obj, logging.Logger):
+                        ph.loggerMap.pop(obj, None)
+
+
 def _flush_std() -> None:
     for s in (sys.stdout, sys.stderr):
         try:

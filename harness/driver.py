@@ -11,20 +11,20 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import FrameType
 from typing import Any
 
-from filelock import FileLock, Timeout
+import numpy as np
 from occbench.harness.api import Labels, verify_labels_match
 from occbench.harness.execute import JobOutput
 from occbench.harness.protocols import get_protocol
 from occbench.harness.runner import Runner
 from occbench.harness.spec import Job, make_dataset
-from occbench.harness.store import RECORD_SCHEMA, DiskFullError, RunStore
+from occbench.harness.store import RECORD_SCHEMA, DiskFullError, JobLock, RunStore
 
 ProgressFn = Callable[[str, Job, JobOutput | None], None]
 
@@ -59,12 +59,17 @@ def job_labels(job: Job, data_root: str | None) -> Labels:
                    job.normal_class)
 
 
-def finalize(job: Job, out: JobOutput, labels: Labels, runner: str) -> dict[str, Any]:
+def finalize(job: Job, out: JobOutput, labels: Labels, runner: str,
+             processed: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None
+             ) -> dict[str, Any]:
     """The run record of a worker's output (no metrics: they are derived, see
     :meth:`RunStore.write_metrics`). Raises ProtocolError/ValueError when the job's protocol
-    cannot evaluate the raw scores, so nothing unscorable is stored as done."""
-    protocol = get_protocol(job.protocol)
-    protocol.process(out.raw, labels.per_video)  # validates: NaN/inf/length against labels
+    cannot evaluate the raw scores, so nothing unscorable is stored as done. ``processed``:
+    the protocol's ``process(out.raw, labels.per_video)`` if the caller already has it (that
+    is the check)."""
+    if processed is None:
+        # validates: NaN/inf/length against labels
+        get_protocol(job.protocol).process(out.raw, labels.per_video)
     prov = dict(out.provenance)
     prov.update(runner=runner, driver_host=socket.gethostname(), label_source=labels.source)
     return {"schema": RECORD_SCHEMA, "job_id": job.job_id, "status": "ok",
@@ -139,15 +144,13 @@ def run_jobs(
             summary.not_retried += 1
         else:
             todo.append(j)
-    locks: dict[str, FileLock] = {}
+    locks: dict[str, JobLock] = {}
 
     def claim(job: Job) -> bool:
         if summary.stop_reason:
             return False
-        lock = FileLock(str(store.locks_dir / f"{job.job_id}.lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
+        lock = store.job_lock(job.job_id)
+        if not lock.acquire():
             summary.skipped_locked += 1
             if progress:
                 progress("locked", job, None)
@@ -168,7 +171,9 @@ def run_jobs(
                 try:
                     labels = job_labels(job, data_root)
                     verify_labels_match_raw(out, labels)
-                    record = finalize(job, out, labels, runner.name)
+                    # processed once: the check before storing, and the metrics after
+                    processed = get_protocol(job.protocol).process(out.raw, labels.per_video)
+                    record = finalize(job, out, labels, runner.name, processed)
                 except (ValueError, OSError) as exc:
                     out = JobOutput(job.job_id, "failed", {}, out.provenance, out.log,
                                     {"type": type(exc).__name__, "message": str(exc),
@@ -176,7 +181,8 @@ def run_jobs(
                 else:
                     try:
                         store.write_run(record, out.raw, labels.per_video, out.log)
-                        store.write_metrics(job.job_id, job.protocol, out.raw, labels.per_video)
+                        store.write_metrics(job.job_id, job.protocol, out.raw, labels.per_video,
+                                            processed)
                     except DiskFullError as exc:
                         summary.stop_reason = str(exc)
                         summary.failed += 1

@@ -41,7 +41,13 @@ from occbench.harness.api import (
     VideoData,
     labels_blocked,
 )
-from occbench.harness.capture import CappedHandler, CappedLog, capture_fds
+from occbench.harness.capture import (
+    CappedHandler,
+    CappedLog,
+    capture_fds,
+    job_logger,
+    release_job_logger,
+)
 
 __all__ = ["JobOutput", "LabelAccessError", "RootHandle", "ScoreError", "enter_worker",
            "execute_group", "execute_job", "group_jobs", "label_guard", "run_method",
@@ -113,8 +119,16 @@ def plugin_provenance(job: Job) -> dict[str, dict[str, str | None]]:
         source = reg.source_of(name)  # from the entry point: the plugin is not imported here
         if source is None:
             continue
-        out[role] = {"name": name, "package": source, "version": registry.dist_version(source)}
+        out[role] = {"name": name, "package": source, "version": _dist_version(source)}
     return out
+
+
+@lru_cache(maxsize=256)
+def _dist_version(dist: str) -> str | None:
+    # cached per process, like static_provenance's versions: importlib.metadata parses the
+    # distribution's METADATA on every call (two per job: a quarter of a no-op job's time in
+    # the worker)
+    return registry.dist_version(dist)
 
 
 def git_sha() -> str | None:
@@ -282,21 +296,43 @@ def normalise_scores(method: Method, test: Data, out: Any) -> dict[str, np.ndarr
 # --------------------------------------------------------------------------------------------
 
 
+_controller: tuple[int, Any] | None = None  # (len(sys.modules) at the scan, controller)
+
+
+def threadpool_controller() -> Any:
+    """This process's ``threadpoolctl.ThreadpoolController``, reused between jobs.
+
+    Building one scans every loaded shared library (``threadpool_limits`` does it on each
+    call: the issue measured 2.4 ms of a no-op job's 3.0 ms in the worker). The scan is
+    redone only when modules were imported since, because a new BLAS/OpenMP library (torch,
+    a plugin's extension) arrives with an import; the limits themselves are applied afresh on
+    every use, so they are the same as before.
+    """
+    global _controller
+    n = len(sys.modules)
+    if _controller is None or _controller[0] != n:
+        from threadpoolctl import ThreadpoolController
+
+        ctl = ThreadpoolController()
+        _controller = (len(sys.modules), ctl)  # the scan itself may import
+    return _controller[1]
+
+
 @contextmanager
 def cpu_threads(n: int) -> Iterator[None]:
     """Run with ``n`` BLAS/OpenMP/torch threads: the CPUs the method declared.
 
     Thread counts change floating-point summation order, so fixing them to the declared
     resources makes scores identical whichever runner (serial or Ray) executes the job.
+    The libraries are found by :func:`threadpool_controller` (one scan per process, not per
+    job).
     """
-    from threadpoolctl import threadpool_limits
-
     torch = sys.modules.get("torch")
     old = torch.get_num_threads() if torch is not None else None
     if torch is not None:
         torch.set_num_threads(n)
     try:
-        with threadpool_limits(limits=n):
+        with threadpool_controller().limit(limits=n):
             yield
     finally:
         if torch is not None and old is not None:
@@ -540,10 +576,7 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
     sink = CappedLog(log_cap_bytes() + 2**16)
     handler = CappedHandler(sink)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger(f"occbench.job.{job.job_id}")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    logger.propagate = False
+    logger = job_logger(job.job_id, handler)
     prov: dict[str, Any] = {**static_provenance(), "device": device, "pid": os.getpid(),
                             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     origin = "data"  # what a failure is blamed on: the loading phase, then the method
@@ -613,7 +646,7 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
                        "traceback": traceback.format_exc(), "origin": origin})
     finally:
         handler.write = None
-        logger.removeHandler(handler)
+        release_job_logger(logger, handler)
 
 
 def _memory_check(prov: dict[str, Any], peak_mb: float | None) -> None:
@@ -706,10 +739,7 @@ def execute_group(jobs: Sequence[Job], data_root: str | Path | RootHandle | None
     for job, buf in zip(jobs, bufs, strict=True):
         h = logging.StreamHandler(buf)
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        lg = logging.getLogger(f"occbench.job.{job.job_id}")
-        lg.setLevel(logging.INFO)
-        lg.addHandler(h)
-        lg.propagate = False
+        lg = job_logger(job.job_id, h)
         loggers.append(lg)
         handlers.append(h)
     ids = [j.job_id for j in jobs]
@@ -802,4 +832,4 @@ def execute_group(jobs: Sequence[Job], data_root: str | Path | RootHandle | None
         return fail_all(exc)
     finally:
         for lg, h in zip(loggers, handlers, strict=True):
-            lg.removeHandler(h)
+            release_job_logger(lg, h)

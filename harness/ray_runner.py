@@ -68,6 +68,8 @@ DEFAULT_OBJECT_STORE_MB = 512
 _POLL_S = 0.25
 #: Retries of a job killed by Ray's memory monitor (embedded Ray; clusters: RAY_task_oom_retries).
 OOM_RETRIES = 2
+#: Serialises :meth:`RayRunner._method_blob` (cloudpickle's by-value registry is global).
+_BY_VALUE_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,13 +377,16 @@ class RayRunner(Runner):
             return None
         mod = sys.modules.get(entry.obj.__module__)
         by_value = mod is not None and not entry.obj.__module__.startswith("occbench.")
-        if by_value:
-            cloudpickle.register_pickle_by_value(mod)
-        try:
-            return bytes(cloudpickle.dumps(entry.obj))
-        finally:
+        # cloudpickle's by-value registry is process-wide: two drivers in one process (threads)
+        # would unregister each other's module mid-dump, or twice ("not registered")
+        with _BY_VALUE_LOCK:
             if by_value:
-                cloudpickle.unregister_pickle_by_value(mod)
+                cloudpickle.register_pickle_by_value(mod)
+            try:
+                return bytes(cloudpickle.dumps(entry.obj))
+            finally:
+                if by_value:
+                    cloudpickle.unregister_pickle_by_value(mod)
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, jobs: Sequence[Job], data_root: str | None, claim: ClaimFn, done: DoneFn,

@@ -714,7 +714,13 @@ def _serve(req: dict[str, Any]) -> dict[str, Any]:
 
     from occbench.harness import registry
     from occbench.harness.api import Context, ImageData
-    from occbench.harness.capture import CappedHandler, CappedLog, capture_fds
+    from occbench.harness.capture import (
+        CappedHandler,
+        CappedLog,
+        capture_fds,
+        job_logger,
+        release_job_logger,
+    )
     from occbench.harness.execute import PeakRSS, gpu_info, run_method
 
     # the method's log and prints (fd 1 and 2), in order and capped (occbench.harness.capture)
@@ -723,10 +729,7 @@ def _serve(req: dict[str, Any]) -> dict[str, Any]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     capture = capture_fds(buf)
     handler.write = capture.__enter__()
-    logger = logging.getLogger(f"occbench.job.{req.get('job_id')}")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    logger.propagate = False
+    logger = job_logger(req.get("job_id"), handler)
     prov: dict[str, Any] = {}
     wd = tempfile.mkdtemp(prefix="job-", dir="/tmp/work")
     t0 = time.perf_counter()
@@ -778,7 +781,7 @@ def _serve(req: dict[str, Any]) -> dict[str, Any]:
     finally:
         handler.write = None
         capture.__exit__(None, None, None)  # a no-op when _log_text already ended it
-        logger.removeHandler(handler)
+        release_job_logger(logger, handler)
         shutil.rmtree(wd, ignore_errors=True)
 
 

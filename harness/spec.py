@@ -36,6 +36,7 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +114,11 @@ class Job:
         d["id_scheme"] = self.ID_SCHEME
         return d
 
-    @property
+    @cached_property
     def job_id(self) -> str:
+        # cached: the driver asks about ten times per job, and each hash walks the whole
+        # identity (asdict + canonical JSON, ~0.1 ms). A Job is never changed after it is made
+        # (frozen; its dicts are not mutated), and dataclasses.replace makes a new one.
         return hashlib.sha256(canonical_json(self.identity()).encode()).hexdigest()[:20]
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,213 @@
+"""The driver's cost per job, as ratios measured side by side in one run (issue 13, "Scale").
+
+Three measurements, on no-op jobs (``test-mean`` of ``tests/plugins_for_tests.py`` on one
+``digits`` class: 719 test items, well under a millisecond of work):
+
+1. **Driver cost per job** (ms): what ``run_jobs`` spends per job in the driver alone —
+   claim, label check, protocol, metrics, ``write_run``, ``write_metrics``, release — with a
+   runner that replays one precomputed worker output (so no worker time is in it), into a fresh
+   store. Its baseline is a **bare Ray task** on the same cluster: ``--jobs`` no-op tasks
+   submitted at once and fetched with ``ray.get`` (wall / tasks, ms).
+2. **Jobs/s through ``RayRunner``** on a simulated cluster (``ray.cluster_utils.Cluster``,
+   ``--nodes`` nodes of ``--node-cpus`` CPUs each), after a warm-up that starts the workers,
+   against bare Ray tasks/s on the same cluster.
+3. **Driver memory**: resident memory (``/proc/self/statm``) after N and after 2N replayed jobs
+   (after a warm-up), and what is left per job: job loggers in ``logging``'s manager and lock
+   files.
+
+Absolute figures depend on the machine and its load; the ratios are what to compare. Run from
+the repository root::
+
+    nice -n 10 python bench/bench_driver.py --jobs 300 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TESTS = HERE.parent / "tests"
+# the no-op method lives with the tests; workers import it through these (set before Ray)
+os.environ["OCCBENCH_PLUGIN_MODULES"] = "plugins_for_tests"
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+sys.path.insert(0, str(TESTS))
+
+from occbench.harness.driver import run_jobs  # noqa: E402
+from occbench.harness.execute import JobOutput, execute_job  # noqa: E402
+from occbench.harness.runner import ClaimFn, DoneFn, Runner, StopFn  # noqa: E402
+from occbench.harness.spec import Job, expand, spec_from_dict  # noqa: E402
+from occbench.harness.store import RunStore  # noqa: E402
+
+
+def noop_jobs(n: int, offset: int = 0) -> list[Job]:
+    """``n`` distinct no-op jobs (``test-mean`` on digits class 0, one seed each)."""
+    spec = spec_from_dict({"name": "noop", "seeds": list(range(offset, offset + n)),
+                           "methods": [{"name": "test-mean"}],
+                           "datasets": [{"name": "digits", "classes": ["0"]}]})
+    return expand(spec).jobs
+
+
+class ReplayRunner(Runner):
+    """Hands every claimed job the same precomputed worker output (under the job's id): what
+    remains of ``run_jobs`` is the driver's own cost."""
+
+    name = "replay"
+
+    def __init__(self, template: JobOutput) -> None:
+        self.template = template
+
+    def run(self, jobs: Sequence[Job], data_root: str | None, claim: ClaimFn, done: DoneFn,
+            stopped: StopFn) -> None:
+        for j in jobs:
+            if claim(j):
+                done(j, dataclasses.replace(self.template, job_id=j.job_id,
+                                            provenance=dict(self.template.provenance)))
+
+
+def rss_mib() -> float:
+    """This process's resident memory now (MiB)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def job_loggers() -> int:
+    return sum(1 for n in logging.Logger.manager.loggerDict if n.startswith("occbench.job."))
+
+
+def driver_cost(template: JobOutput, n: int) -> dict[str, Any]:
+    """ms per job of run_jobs with the replay runner, and memory after N and 2N jobs."""
+    with tempfile.TemporaryDirectory(prefix="occbench-bench-") as d:
+        store = RunStore(Path(d) / "store")
+        run_jobs(noop_jobs(20, 10**6), store, ReplayRunner(template))  # warm-up: imports, caches
+        rss0 = rss_mib()
+        t0 = time.perf_counter()
+        s1 = run_jobs(noop_jobs(n), store, ReplayRunner(template))
+        wall = time.perf_counter() - t0
+        rss1 = rss_mib()
+        s2 = run_jobs(noop_jobs(n, n), store, ReplayRunner(template))
+        rss2 = rss_mib()
+        locks = len(list(store.locks_dir.iterdir()))
+    if s1.ok != n or s2.ok != n:
+        raise RuntimeError(f"replayed jobs failed: {(s1.failures + s2.failures)[:3]}")
+    return {"jobs": n, "ms_per_job": round(wall / n * 1e3, 3),
+            "rss_mib_after_warmup": round(rss0, 1), "rss_mib_after_n": round(rss1, 1),
+            "rss_mib_after_2n": round(rss2, 1),
+            "rss_kib_per_job_second_n": round((rss2 - rss1) * 1024 / n, 2),
+            "job_loggers_left": job_loggers(), "lock_files_left": locks}
+
+
+def bare_ray_tasks(n: int) -> dict[str, Any]:
+    """A no-op Ray task's cost: n submitted at once, fetched together (ms per task)."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def noop(i: int) -> int:
+        return i
+
+    ray.get([noop.remote(i) for i in range(4 * 8)])  # warm-up: workers started
+    t0 = time.perf_counter()
+    ray.get([noop.remote(i) for i in range(n)])
+    wall = time.perf_counter() - t0
+    return {"tasks": n, "ms_per_task": round(wall / n * 1e3, 3),
+            "tasks_per_s": round(n / wall, 1)}
+
+
+def ray_runner_throughput(n: int) -> dict[str, Any]:
+    """No-op jobs/s through RayRunner on the running cluster, after a warm-up."""
+    from occbench.harness.ray_runner import RayRunner
+
+    with tempfile.TemporaryDirectory(prefix="occbench-bench-") as d:
+        store = RunStore(Path(d) / "store")
+        runner = RayRunner(sealed="off")
+        warm = run_jobs(noop_jobs(16, 10**6), store, runner)  # starts a worker on every node
+        t0 = time.perf_counter()
+        s = run_jobs(noop_jobs(n), store, runner)
+        wall = time.perf_counter() - t0
+        nodes = {store.run_record(j)["provenance"].get("ray_node_id") for j in store.job_ids()}
+    if s.ok != n or warm.ok != 16:
+        raise RuntimeError(f"jobs failed through RayRunner: {(warm.failures + s.failures)[:3]}")
+    return {"jobs": n, "wall_s": round(wall, 2), "jobs_per_s": round(n / wall, 1),
+            "ms_per_job": round(wall / n * 1e3, 3), "nodes_used": len(nodes)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, default=300, help="N (memory: N and 2N)")
+    ap.add_argument("--nodes", type=int, default=4)
+    ap.add_argument("--node-cpus", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--driver-only", action="store_true",
+                    help="measurement 1's driver cost and 3 only (no Ray): e.g. to compare two "
+                         "checkouts run one after the other")
+    args = ap.parse_args()
+    import ray
+    from ray.cluster_utils import Cluster
+
+    out: dict[str, Any] = {"cpus": os.cpu_count(), "load_avg": os.getloadavg()}
+    jobs = noop_jobs(1)
+    template = execute_job(jobs[0], None, "cpu", "off")  # one real worker output
+    if template.status != "ok":
+        raise RuntimeError(f"the no-op job failed: {template.error}")
+    out["driver"] = driver_cost(template, args.jobs)
+    if args.driver_only:
+        import occbench.harness
+
+        out["source"] = str(Path(occbench.harness.__file__).parent)
+        print(json.dumps(out, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1) + "\n")
+        return
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": args.node_cpus, "object_store_memory": 80 * 2**20})
+    for _ in range(args.nodes - 1):
+        cluster.add_node(num_cpus=args.node_cpus, object_store_memory=80 * 2**20)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        out["bare_ray"] = bare_ray_tasks(args.jobs)
+        out["ray_runner"] = ray_runner_throughput(args.jobs)
+        out["bare_ray_after"] = bare_ray_tasks(args.jobs)  # the load may have changed meanwhile
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    bare = min(out["bare_ray"]["ms_per_task"], out["bare_ray_after"]["ms_per_task"])
+    d = out["driver"]
+    out["ratios"] = {
+        "driver_cost_vs_bare_ray_task": round(d["ms_per_job"] / bare, 2),
+        "ray_runner_job_vs_bare_ray_task": round(out["ray_runner"]["ms_per_job"] / bare, 2),
+        "driver_share_of_ray_runner_job": round(d["ms_per_job"]
+                                                / out["ray_runner"]["ms_per_job"], 2),
+        "rss_growth_2n_vs_n": round((d["rss_mib_after_2n"] - d["rss_mib_after_warmup"])
+                                    / max(d["rss_mib_after_n"] - d["rss_mib_after_warmup"],
+                                          1e-9), 2),
+    }
+    print(f"driver cost per job:        {d['ms_per_job']:8.3f} ms  "
+          f"({out['ratios']['driver_cost_vs_bare_ray_task']}x a bare Ray task, "
+          f"{bare:.3f} ms)")
+    print(f"RayRunner, {args.nodes} nodes x {args.node_cpus} CPU: "
+          f"{out['ray_runner']['jobs_per_s']:8.1f} jobs/s  "
+          f"(bare Ray tasks: {out['bare_ray']['tasks_per_s']} / "
+          f"{out['bare_ray_after']['tasks_per_s']} tasks/s before / after)")
+    print(f"driver RSS: {d['rss_mib_after_warmup']} MiB after warm-up, {d['rss_mib_after_n']} "
+          f"after N={args.jobs}, {d['rss_mib_after_2n']} after 2N "
+          f"({d['rss_kib_per_job_second_n']} KiB/job over the second N); left behind: "
+          f"{d['job_loggers_left']} job loggers, {d['lock_files_left']} lock files")
+    print(json.dumps(out, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
