@@ -42,7 +42,7 @@ def cluster() -> Iterator[dict[str, Any]]:
 
 def test_fractional_gpu_jobs_are_placed_by_resources_and_pack(
         cluster: dict[str, Any], tmp_path: Path) -> None:
-    methods = [{"name": "ray-probe", "params": {"sleep_s": 2.0, "gpus": 0.5, "cpus": 0.5,
+    methods = [{"name": "ray-probe", "params": {"sleep_s": 5.0, "gpus": 0.5, "cpus": 0.5,
                                                  "tag": f"g{i}"}} for i in range(4)]
     spec = spec_from_dict({"name": "c", "seeds": [0], "methods": methods,
                            "datasets": [{"name": "digits", "classes": ["0"]}]})

@@ -118,9 +118,10 @@ def test_reads_labels_fails_in_the_worker(tmp_path: Path) -> None:
 
 def test_killed_worker_and_timeout_are_recorded(tmp_path: Path) -> None:
     spec = small_spec([{"name": "test-slow", "params": {"die": True}},
-                       {"name": "test-slow", "params": {"sleep": 30.0}},
+                       {"name": "test-slow", "params": {"sleep": 120.0}},
                        {"name": "test-mean"}])
-    spec["datasets"] = [{"name": "digits", "classes": ["0"], "time_limit_s": 8}]
+    # a limit with room for a quick job's worker start on a loaded 2-core machine
+    spec["datasets"] = [{"name": "digits", "classes": ["0"], "time_limit_s": 20}]
     store = RunStore(tmp_path / "s")
     runner = SerialRunner(sealed="off")  # the worker itself dies (sealed: its sandbox does)
     try:
