@@ -189,6 +189,15 @@ def _signal_name(code: int | None) -> str:
     return f"exited with status {code}"
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's or ``taskset``'s
+    share; ``os.cpu_count()`` where there is none), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 # --------------------------------------------------------------------------------------------
 # The serial runner
 # --------------------------------------------------------------------------------------------
@@ -206,15 +215,25 @@ class SerialRunner(Runner):
     ``Method.stack_key``) are fitted as one stacked computation
     (:func:`~occbench.harness.execute.execute_group`, unsealed), still one output per job; the
     group's time limit is the sum of its jobs'.
+    ``threads``: BLAS/OpenMP/torch threads each job runs with (``provenance["threads"]``);
+    ``None`` (default): every core this process may run on (:func:`available_cores`), since
+    jobs run one at a time. A method's declared ``Resources.cpus`` sizes its Ray tasks (and is
+    often 1 so GPU jobs pack), not what it gets here. Torch on CPU sums in a thread-dependent
+    order: scores are bit-identical for the same seed *and* thread count, and differ in the
+    last digits between thread counts (see docs/ray.md).
     """
 
     name = "serial"
 
     def __init__(self, device: str = "cpu", in_process: bool = False, max_retries: int = 2,
                  default_time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
-                 sealed: str = "auto", group: int = 1) -> None:
+                 sealed: str = "auto", group: int = 1, threads: int | None = None) -> None:
         if group < 1:
             raise ValueError(f"group must be >= 1 (jobs fitted together), got {group}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        #: CPU threads per job (all available cores unless told)
+        self.threads = threads or available_cores()
         #: up to this many compatible jobs are fitted as one stacked computation
         self.group = group
         #: wall-clock time (``time.time()``) no job may run past; None = no deadline
@@ -283,9 +302,10 @@ class SerialRunner(Runner):
             if not unit:
                 continue
             if self.in_process:
-                outs = ([execute_job(unit[0], data_root, self.device, self.sealed)]
+                outs = ([execute_job(unit[0], data_root, self.device, self.sealed,
+                                     threads=self.threads)]
                         if len(unit) == 1 else
-                        execute_group(unit, data_root, self.device, self.sealed))
+                        execute_group(unit, data_root, self.device, self.sealed, self.threads))
                 for job, out in zip(unit, outs, strict=True):
                     done(job, out)
                 continue
@@ -320,10 +340,10 @@ class SerialRunner(Runner):
             fut: Future[Any]
             if len(unit) == 1:
                 fut = pool.submit(execute_job, unit[0], RootHandle(data_root), self.device,
-                                  self.sealed)
+                                  self.sealed, None, self.threads)
             else:
                 fut = pool.submit(execute_group, unit, RootHandle(data_root), self.device,
-                                  self.sealed)
+                                  self.sealed, self.threads)
             try:
                 # polled, so a cancel (set from the signal handler) is seen within 0.2 s
                 while True:
@@ -369,5 +389,5 @@ class SerialRunner(Runner):
 
 
 __all__ = ["ClaimFn", "DoneFn", "Runner", "RunnerError", "SerialRunner", "StopFn",
-           "failed_output",
+           "available_cores", "failed_output",
            "timeout_output"]

@@ -578,7 +578,8 @@ def _data_spec(data: Any, d: Path, inner: str, name: str, how: list[str]) -> dic
 
 
 def run_sealed(job: Any, split: Any, auxiliary: dict[str, Any], device: str,
-               data_root: str | None, p: Probe, method_blob: bytes | None = None
+               data_root: str | None, p: Probe, method_blob: bytes | None = None,
+               threads: int | None = None
                ) -> tuple[dict[str, np.ndarray], dict[str, Any], str]:
     """Run ``job``'s method on ``split`` in this worker's sealed process.
 
@@ -595,7 +596,7 @@ def run_sealed(job: Any, split: Any, auxiliary: dict[str, Any], device: str,
         how: list[str] = []
         req: dict[str, Any] = {
             "job_id": job.job_id, "method": job.method, "params": job.method_params,
-            "seed": job.seed, "fast": job.fast, "device": device,
+            "seed": job.seed, "fast": job.fast, "device": device, "threads": threads,
             "train": _data_spec(split.train, d, inner, "train", how),
             "test": _data_spec(split.test, d, inner, "test", how),
             "auxiliary": {role: _data_spec(a, d, inner, f"aux_{i}", how)["file"]
@@ -754,7 +755,8 @@ def _serve(req: dict[str, Any]) -> dict[str, Any]:
         ctx = Context(seed=int(req["seed"]), device=device, logger=logger, workdir=Path(wd),
                       fast=bool(req["fast"]), auxiliary=aux)
         with PeakRSS() as mem:  # the method's process: its memory is the job's
-            raw, method, mprov = run_method(method, train, test, ctx, logger)
+            raw, method, mprov = run_method(method, train, test, ctx, logger,
+                                            req.get("threads"))
         prov.update(mprov)
         prov["peak_rss_mb"] = mem.peak_mb
         prov.update(gpu_info(device))
