@@ -142,10 +142,11 @@ def run_in_worker(job: Job, data_root: str | RootHandle | None, device: str,
     # (A GPU resource without CUDA, e.g. a simulated cluster's fake GPUs, runs on cpu.)
     dev = "cpu"
     if index is not None and _cuda_available():
-        import torch
-
-        torch.cuda.set_device(index)  # for code (and threads) that say plain "cuda"
         dev = f"cuda:{index}"
+        if not seal:  # (sealed: the sealed process does it; here it would cost a CUDA context)
+            import torch
+
+            torch.cuda.set_device(index)  # for code that says plain "cuda"
     if device.startswith("cuda") and dev == "cpu":
         log.warning("job %s asked for cuda but got no usable GPU; running on cpu", job.job_id)
     hits = _load_split.cache_info().hits

@@ -509,7 +509,9 @@ def sealed_process(lay: Layout, device: str, p: Probe) -> tuple[SealedProcess, b
     """This worker's sealed process for ``(layout, device)``; ``True`` when just started."""
     key = "cuda" if device.startswith("cuda") else "cpu"
     sp = _current.get(key)
-    if sp is not None and (sp.layout != lay or sp.device != device or not sp.alive()):
+    # any GPU of the node: the worker's (hence this process's) CUDA_VISIBLE_DEVICES lists them
+    # all, and each request names its "cuda:N"
+    if sp is not None and (sp.layout != lay or not sp.alive()):
         sp.close()
         sp = None
     if sp is None:
@@ -747,6 +749,9 @@ def _serve(req: dict[str, Any]) -> dict[str, Any]:
                     "CUDA is not available inside the sandbox (device nodes bound: "
                     f"{sorted(glob.glob('/dev/nvidia*'))}); refusing to fall back to the CPU "
                     "silently")
+            # "cuda:N" from a reused Ray worker that sees all its node's GPUs: plain "cuda" in
+            # the method's code (and its peak memory below) must mean that GPU too
+            torch.cuda.set_device(torch.device(device))
             torch.cuda.reset_peak_memory_stats()
         method = cls(**req["params"])
         train, test = _load_data(req["train"]), _load_data(req["test"])
@@ -782,6 +787,18 @@ def _serve(req: dict[str, Any]) -> dict[str, Any]:
         capture.__exit__(None, None, None)  # a no-op when _log_text already ended it
         logger.removeHandler(handler)
         shutil.rmtree(wd, ignore_errors=True)
+        _release_cuda_cache()
+
+
+def _release_cuda_cache() -> None:
+    """Hand back the GPU memory torch's caching allocator kept from the finished job, so the
+    next job on the card (this process's or another's) can use it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        import gc
+
+        gc.collect()  # the method's modules and tensors may sit in reference cycles
+        torch.cuda.empty_cache()
 
 
 def _log_text(capture: Any, buf: Any) -> str:
