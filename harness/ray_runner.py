@@ -53,6 +53,7 @@ from occbench.harness.api import Resources
 from occbench.harness.execute import JobOutput, RootHandle, _load_split, enter_worker, execute_job
 from occbench.harness.limits import DEFAULT_TIME_LIMIT_S
 from occbench.harness.runner import (
+    WORKER_ENV,
     ClaimFn,
     DoneFn,
     Runner,
@@ -240,7 +241,8 @@ def _cuda_available() -> bool:
 #: ``max_calls`` of GPU tasks: reused workers, retired early by :func:`_retire_worker` (a
 #: number no worker reaches otherwise; Ray only counts calls of functions with a limit).
 GPU_MAX_CALLS = 1_000_000
-_cpu_task = ray.remote(max_calls=0)(run_in_worker)  # reused workers keep the data cache warm
+# reused workers keep the data cache warm; their OpenMP threads wait passively (WORKER_ENV)
+_cpu_task = ray.remote(max_calls=0, runtime_env={"env_vars": dict(WORKER_ENV)})(run_in_worker)
 # GPU jobs run in reused workers too (their own pool: a runtime_env of their own). Ray is told
 # not to narrow CUDA_VISIBLE_DEVICES per task: a CUDA context, once made, cannot follow that
 # variable to another GPU, which is why each GPU job on a multi-GPU node used to get a fresh
@@ -248,7 +250,8 @@ _cpu_task = ray.remote(max_calls=0)(run_in_worker)  # reused workers keep the da
 # task's GPU by index instead.
 _gpu_task = ray.remote(
     max_calls=GPU_MAX_CALLS,
-    runtime_env={"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}},
+    runtime_env={"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1",
+                              **WORKER_ENV}},
 )(run_in_worker)
 # One GPU job per process, Ray narrowing CUDA_VISIBLE_DEVICES to it: RayRunner(
 # reuse_gpu_workers=False), the baseline of bench/bench_scheduling.py --gpu-reuse.
