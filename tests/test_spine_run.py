@@ -506,6 +506,19 @@ def test_serial_jobs_use_the_cores_given_and_scores_depend_only_on_seed_and_thre
     assert len({r["job_id"] for r in rec.values()}) == 1
 
 
+def test_serial_worker_openmp_threads_wait_passively() -> None:
+    from occbench.harness.runner import WORKER_ENV
+
+    expected = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")  # the user's choice stands
+    runner = SerialRunner()
+    try:
+        got = runner._get_pool().submit(os.getenv, "OMP_WAIT_POLICY").result(timeout=120)
+    finally:
+        runner.close()
+    assert got == expected
+    assert os.environ.get("OMP_WAIT_POLICY") == (None if WORKER_ENV else expected)  # restored
+
+
 def test_spec_include_is_a_union_and_gpu_jobs_are_never_attempted_without_one(
         tmp_path: Path) -> None:
     from dataclasses import replace
