@@ -506,16 +506,28 @@ def _probe_subset(test: Data) -> tuple[Data, Any] | None:
     return VideoData((v,)), v.video_id
 
 
-def run_method(method: Method, train: Data, test: Data, ctx: Context, logger: logging.Logger
+def job_threads(method: Method, given: int | None) -> int:
+    """BLAS/OpenMP/torch threads for a job: ``given`` (the CPU cores the runner gave the job:
+    all of the machine's for the serial runner, the CPUs Ray assigned for a Ray task), else the
+    CPUs the method declares (its ``Resources.cpus``, at least 1)."""
+    if given is not None and given >= 1:
+        return int(given)
+    return max(1, int(method.resources_for().cpus))
+
+
+def run_method(method: Method, train: Data, test: Data, ctx: Context, logger: logging.Logger,
+               threads: int | None = None
                ) -> tuple[dict[str, np.ndarray], Method, dict[str, Any]]:
     """Fit on ``train``, score ``test``; returns ``(raw scores, fitted method, provenance)``.
+
+    ``threads``: CPU threads to run with (:func:`job_threads`; ``provenance["threads"]``).
 
     Also scores a reordered part of the test set again (after the real scores, so they are not
     affected): ``test_independent`` False means an item's score changed with the rest of the
     test set (a transductive method, marked on the board).
     """
     prov: dict[str, Any] = {}
-    threads = max(1, int(method.resources_for().cpus))
+    threads = job_threads(method, threads)
     prov["threads"] = threads
     with cpu_threads(threads):
         t_fit = time.perf_counter()
@@ -552,7 +564,7 @@ def run_method(method: Method, train: Data, test: Data, ctx: Context, logger: lo
 
 def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
                 device: str = "cpu", sealed: str | bool | None = "auto",
-                method_blob: bytes | None = None) -> JobOutput:
+                method_blob: bytes | None = None, threads: int | None = None) -> JobOutput:
     """Run one job: fit on normal training data, score the unlabelled test split.
 
     ``sealed``: ``"auto"`` (default) runs the method in the sealed process
@@ -560,7 +572,8 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
     warning in the job's log; ``"require"`` (or ``True``) fails the job when it cannot be
     sealed; ``"off"`` (or ``False``) runs the method in this process. The provenance says
     ``sealed`` (bool) and ``sealed_by``. ``method_blob``: a pickled method class the driver
-    registered at run time (Ray ships it), for the sealed process.
+    registered at run time (Ray ships it), for the sealed process. ``threads``: the CPU cores
+    the runner gave the job (``None``: the CPUs its method declares; see :func:`job_threads`).
 
     Never raises for a method's fault: failures come back as ``status="failed"`` with the
     traceback and the error's ``origin`` (see :class:`JobOutput`), so the driver can record
@@ -617,7 +630,7 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
             if seal:
                 try:
                     raw, sprov, mlog = sandbox.run_sealed(job, split, auxiliary, device, root,
-                                                          probe, method_blob)
+                                                          probe, method_blob, threads)
                 except sandbox.SealedProcessDied as exc:
                     return failed({"type": "WorkerDied", "message": str(exc), "traceback": "",
                                    "origin": "runner"})
@@ -632,7 +645,8 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
             else:
                 root = None  # not reachable from the method's frames
                 with tempfile.TemporaryDirectory(prefix="occbench-job-") as wd:
-                    raw, prov_m = _run_here(job, split, auxiliary, device, logger, Path(wd))
+                    raw, prov_m = _run_here(job, split, auxiliary, device, logger, Path(wd),
+                                            threads)
                 snaps = prov_m.pop("_snapshots", {})
                 prov.update(prov_m)
         if not seal:
@@ -660,13 +674,14 @@ def _memory_check(prov: dict[str, Any], peak_mb: float | None) -> None:
 
 
 def _run_here(job: Job, split: DatasetSplit, auxiliary: dict[str, ImageData], device: str,
-              logger: logging.Logger, wd: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+              logger: logging.Logger, wd: Path, threads: int | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     # the unsealed path: the method runs in this process, from a frame without the data root
     cls = registry.methods.get(job.method)
     method = cls(**job.method_params)
     ctx = Context(seed=job.seed, device=device, logger=logger, workdir=wd, fast=job.fast,
                   auxiliary=auxiliary)
-    raw, fitted, prov = run_method(method, split.train, split.test, ctx, logger)
+    raw, fitted, prov = run_method(method, split.train, split.test, ctx, logger, threads)
     prov["_snapshots"] = snapshot_scores(fitted, split.test, ctx)  # popped by execute_job
     # what the method declares (sealed runs report it from inside the sandbox)
     prov.setdefault("resources", dataclasses.asdict(method.resources_for()))
@@ -710,7 +725,8 @@ def group_jobs(jobs: Sequence[Job], max_size: int) -> list[list[Job]]:
 
 
 def execute_group(jobs: Sequence[Job], data_root: str | Path | RootHandle | None = None,
-                  device: str = "cpu", sealed: str | bool | None = "auto") -> list[JobOutput]:
+                  device: str = "cpu", sealed: str | bool | None = "auto",
+                  threads: int | None = None) -> list[JobOutput]:
     """Run jobs of one :func:`group_jobs` unit: load the data once, fit all methods with
     ``fit_stacked``, score each on its own. One :class:`JobOutput` per job, in order.
 
@@ -722,12 +738,13 @@ def execute_group(jobs: Sequence[Job], data_root: str | Path | RootHandle | None
 
     Not sealed yet: the stacked fit runs in this (worker) process, like ``sealed="off"``; with
     ``sealed="require"`` every job of the group fails (run those with ``group=1``), with
-    ``"auto"`` each job's log says it ran unsealed and its provenance says why.
+    ``"auto"`` each job's log says it ran unsealed and its provenance says why. ``threads``: as
+    for :func:`execute_job` (``None``: the most any of the group's methods declares).
     """
     from occbench.harness import sandbox
 
     if len(jobs) == 1:
-        return [execute_job(jobs[0], data_root, device, sealed)]
+        return [execute_job(jobs[0], data_root, device, sealed, threads=threads)]
     root = _take_root(data_root)
     del data_root
     mode = sandbox.normalise_mode(sealed)
@@ -795,7 +812,7 @@ def execute_group(jobs: Sequence[Job], data_root: str | Path | RootHandle | None
                 raise ValueError(f"execute_group: methods {[j.method for j in jobs]} do not "
                                  "share one stack_key(); group them with group_jobs()")
             load_s = round(time.perf_counter() - t_load, 3)
-            threads = max(max(1, int(m.resources_for().cpus)) for m in methods)
+            threads = max(job_threads(m, threads) for m in methods)
             with cpu_threads(threads):
                 t_fit = time.perf_counter()
                 type(methods[0]).fit_stacked(methods, split.train, ctxs)

@@ -5,8 +5,8 @@ This is the only module of occbench that imports :mod:`ray`.
 How a job runs
     Each job is one Ray task calling :func:`~occbench.harness.execute.execute_job`, with the
     resources its method declares (``Method.resources_for()``: CPUs, fractional GPUs, memory).
-    Ray sets ``CUDA_VISIBLE_DEVICES`` for the task, so a GPU job sees only its GPU and gets
-    ``device="cuda"``; a job given no GPU runs with ``device="cpu"``. The task returns the raw
+    A GPU job gets ``device="cuda:N"``, the GPU Ray assigned it (see Data preparation); a job
+    given no GPU runs with ``device="cpu"``. The task returns the raw
     scores; the driver fetches finished results one at a time (``ray.wait`` then ``ray.get`` of
     that ref), computes metrics with the labels only it loads, and writes the store, so worker
     nodes need no shared file system and score arrays travel through Ray's object store.
@@ -16,8 +16,12 @@ Data preparation
     decode into the per-node frame cache (``occbench.datasets.cache``, memmapped by every worker),
     and CPU workers are reused between tasks so ``execute._load_split``'s in-process cache serves
     later jobs on the same split (recorded as ``provenance["data_cache"]``: ``hit``/``miss``).
-    GPU workers are reused too when every GPU node has a single GPU; on multi-GPU nodes each GPU
-    job gets a fresh process (a CUDA context cannot follow a changed ``CUDA_VISIBLE_DEVICES``).
+    GPU workers are reused too, on every node: they see all GPUs of their node (Ray is told not
+    to narrow ``CUDA_VISIBLE_DEVICES`` for them, since a CUDA context cannot follow a changed
+    one) and run each task on ``cuda:N``, N the index of the GPU Ray assigned it. After each
+    GPU job the worker empties torch's CUDA cache; a GPU job that fails retires its worker
+    (fresh process for the next job). Jobs run with the CPU cores Ray assigned them as their
+    BLAS/OpenMP/torch thread count (``provenance["threads"]``).
 
 Faults
     A worker or node that dies mid-job (``kill -9``, the kernel's OOM killer, a lost node) is
@@ -49,6 +53,7 @@ from occbench.harness.api import Resources
 from occbench.harness.execute import JobOutput, RootHandle, _load_split, enter_worker, execute_job
 from occbench.harness.limits import DEFAULT_TIME_LIMIT_S
 from occbench.harness.runner import (
+    WORKER_ENV,
     ClaimFn,
     DoneFn,
     Runner,
@@ -128,27 +133,90 @@ def run_in_worker(job: Job, data_root: str | RootHandle | None, device: str,
     seal = sandbox.normalise_mode(sealed) != "off" and sandbox.probe().ok
     if not seal:  # sealed: the class is unpickled inside the sandbox, never here
         _ensure_method(job, method_blob)
-    gpu_ids = ray.get_gpu_ids()
-    # Ray narrowed CUDA_VISIBLE_DEVICES to this task's GPU(s), so "cuda" is the right device.
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    rc = ray.get_runtime_context()
+    assigned = rc.get_assigned_resources()
+    # The job runs with the CPU cores Ray gave it (its declared CPUs, capped at the node).
+    threads = max(1, int(assigned.get("CPU", 0.0)))
+    # GPU workers see every GPU of their node (Ray leaves CUDA_VISIBLE_DEVICES alone in them,
+    # see _gpu_task), so the task's GPU is picked by index: a reused worker whose CUDA context
+    # was made for one job's GPU serves the next job on another GPU of the node.
+    index = cuda_index(gpu_ids, os.environ.get("CUDA_VISIBLE_DEVICES")) if gpu_ids else None
     # (A GPU resource without CUDA, e.g. a simulated cluster's fake GPUs, runs on cpu.)
-    dev = "cuda" if gpu_ids and _cuda_available() else "cpu"
+    dev = "cpu"
+    if index is not None and _cuda_available():
+        dev = f"cuda:{index}"
+        if not seal:  # (sealed: the sealed process does it; here it would cost a CUDA context)
+            import torch
+
+            torch.cuda.set_device(index)  # for code that says plain "cuda"
     if device.startswith("cuda") and dev == "cpu":
         log.warning("job %s asked for cuda but got no usable GPU; running on cpu", job.job_id)
     hits = _load_split.cache_info().hits
     t0 = time.time()
-    out = execute_job(job, data_root, dev, sealed, method_blob if seal else None)
-    rc = ray.get_runtime_context()
+    out = execute_job(job, data_root, dev, sealed, method_blob if seal else None, threads)
     out.provenance.update(
         ray_task_start=round(t0, 3), ray_task_end=round(time.time(), 3),  # epoch s: overlap
         ray_node_id=rc.get_node_id(), ray_worker_pid=os.getpid(),
-        ray_gpu_ids=[str(g) for g in gpu_ids], ray_resources=rc.get_assigned_resources(),
+        ray_gpu_ids=gpu_ids, ray_resources=assigned, ray_cuda_index=index,
         cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
         data_cache="hit" if _load_split.cache_info().hits > hits else "miss",
         # sealed: what the method declared inside the sandbox (no plugin code runs here)
         resources=(out.provenance.get("resources") if out.provenance.get("sealed")
                    else asdict(resources_of(job))),
     )
+    if gpu_ids:
+        # A failed GPU job may leave its CUDA context broken (illegal access, device-side
+        # assert) or its memory held (tensors kept alive by the traceback): its worker is
+        # retired and the next job gets a fresh process. A job that succeeded hands its cached
+        # GPU memory back, so jobs sharing the card can use it.
+        out.provenance["ray_worker_retired"] = out.status != "ok" and _retire_worker()
+        _release_gpu_memory()
     return out
+
+
+def cuda_index(gpu_ids: Sequence[str], visible: str | None) -> int:
+    """The CUDA device index, in a process that sees ``visible`` (``CUDA_VISIBLE_DEVICES`` as
+    the node's Ray was started with, ``None``: every GPU), of the task's first GPU
+    ``gpu_ids[0]`` (Ray's id: an entry of ``visible``, or the GPU's number when unset)."""
+    first = str(gpu_ids[0])
+    if visible is None or not visible.strip():
+        return int(first)
+    listed = [v.strip() for v in visible.split(",")]
+    return listed.index(first) if first in listed else int(first)
+
+
+def _release_gpu_memory() -> None:
+    """Free what the finished job left in torch's CUDA caching allocator (no-op without CUDA)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return
+    import gc
+
+    gc.collect()  # a method's modules and tensors may sit in reference cycles
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
+def _retire_worker() -> bool:
+    """Make Ray end this worker once the current task's result is stored, exactly as on the
+    last call of a ``max_calls`` function (Ray counts calls per function and exits the worker,
+    after replying, when the count reaches ``max_calls``). True if arranged; False if this
+    Ray's internals differ, then the worker stays (the next job may see a broken CUDA state).
+    """
+    try:
+        fam: Any = ray._private.worker.global_worker.function_actor_manager
+        infos: dict[Any, Any] = fam._function_execution_info
+        counts: dict[Any, int] = fam._num_task_executions
+        done = False
+        for fid, info in list(infos.items()):
+            if getattr(info, "max_calls", 0) == GPU_MAX_CALLS and fid in counts:
+                counts[fid] = GPU_MAX_CALLS - 1  # this call's increment reaches max_calls
+                done = True
+        return done
+    except Exception:  # a private Ray structure: never fail a job over it
+        log.warning("could not retire this Ray worker after a failed GPU job", exc_info=True)
+        return False
 
 
 def _new_clock() -> Any:
@@ -172,8 +240,24 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-_cpu_task = ray.remote(max_calls=0)(run_in_worker)  # reused workers keep the data cache warm
-_gpu_task_fresh = ray.remote(max_calls=1)(run_in_worker)  # one job per process (multi-GPU)
+#: ``max_calls`` of GPU tasks: reused workers, retired early by :func:`_retire_worker` (a
+#: number no worker reaches otherwise; Ray only counts calls of functions with a limit).
+GPU_MAX_CALLS = 1_000_000
+# reused workers keep the data cache warm; their OpenMP threads wait passively (WORKER_ENV)
+_cpu_task = ray.remote(max_calls=0, runtime_env={"env_vars": dict(WORKER_ENV)})(run_in_worker)
+# GPU jobs run in reused workers too (their own pool: a runtime_env of their own). Ray is told
+# not to narrow CUDA_VISIBLE_DEVICES per task: a CUDA context, once made, cannot follow that
+# variable to another GPU, which is why each GPU job on a multi-GPU node used to get a fresh
+# process (max_calls=1, 2.4 s instead of 0.7 s per short job). run_in_worker selects the
+# task's GPU by index instead.
+_gpu_task = ray.remote(
+    max_calls=GPU_MAX_CALLS,
+    runtime_env={"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1",
+                              **WORKER_ENV}},
+)(run_in_worker)
+# One GPU job per process, Ray narrowing CUDA_VISIBLE_DEVICES to it: RayRunner(
+# reuse_gpu_workers=False), the baseline of bench/bench_scheduling.py --gpu-reuse.
+_gpu_task_fresh = ray.remote(max_calls=1)(run_in_worker)
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,6 +371,9 @@ class RayRunner(Runner):
     ``sealed``: ``"auto"`` (default), ``"require"`` or ``"off"``: each task starts the sandbox
     on its node (see :mod:`occbench.harness.sandbox`).
     ``default_time_limit_s``: limit of jobs without one of their own (0: none).
+    ``reuse_gpu_workers``: True (default) runs GPU jobs in reused workers that pick their
+    task's GPU by index; False gives each GPU job a fresh process (the old behaviour, kept for
+    comparison: ``bench/bench_scheduling.py --gpu-reuse``).
     """
 
     name = "ray"
@@ -294,7 +381,8 @@ class RayRunner(Runner):
     def __init__(self, address: str | None = None, max_concurrent: int | None = None,
                  device: str = "auto", max_retries: int = 2, num_cpus: int | None = None,
                  num_gpus: int | None = None, sealed: str = "auto",
-                 default_time_limit_s: float | None = DEFAULT_TIME_LIMIT_S) -> None:
+                 default_time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
+                 reuse_gpu_workers: bool = True) -> None:
         if max_concurrent is not None and max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -311,6 +399,7 @@ class RayRunner(Runner):
         self._clock: Any | None = None
         self._inflight: dict[Any, _InFlight] = {}
         self._cancel = threading.Event()
+        self._gpu_task = _gpu_task if reuse_gpu_workers else _gpu_task_fresh
 
     def running(self) -> int:
         return len(self._inflight)
@@ -334,9 +423,6 @@ class RayRunner(Runner):
     def nodes() -> list[dict[str, float]]:
         """Total resources of each alive node (``CPU``, ``GPU``, ``memory`` in bytes, ...)."""
         return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
-
-    def _gpu_reuse_ok(self, nodes: Sequence[Mapping[str, float]]) -> bool:
-        return all(n.get("GPU", 0) <= 1 for n in nodes)
 
     def task_options(self, job: Job, nodes: Sequence[Mapping[str, float]]
                      ) -> tuple[dict[str, Any], str | None]:
@@ -396,7 +482,6 @@ class RayRunner(Runner):
         self.connect()
         nodes = self.nodes()
         cap = self.max_concurrent or max(1, int(sum(n.get("CPU", 0.0) for n in nodes)))
-        gpu_task = _cpu_task if self._gpu_reuse_ok(nodes) else _gpu_task_fresh
         if any(self.time_limit(j) for j in jobs) and self._clock is None:
             self._clock = _new_clock()
         blobs: dict[str, bytes | None] = {}
@@ -427,7 +512,7 @@ class RayRunner(Runner):
                         continue
                     if job.method not in blobs:
                         blobs[job.method] = self._method_blob(job)
-                    fn = gpu_task if opts["num_gpus"] > 0 else _cpu_task
+                    fn = self._gpu_task if opts["num_gpus"] > 0 else _cpu_task
                     clock = self._clock if self.time_limit(job) else None
                     ref = fn.options(**opts).remote(job, RootHandle(data_root), self.device,
                                                    blobs[job.method], clock, self.sealed)

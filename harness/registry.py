@@ -211,6 +211,9 @@ class Registry(Generic[T]):
 
     def restore(self, state: object) -> None:
         """Put back a state taken by :meth:`snapshot`."""
+        eps: dict[str, tuple[EntryPoint | None, str]] | None
+        loaded: dict[str, Entry[T]]
+        broken: dict[str, str]
         eps, loaded, broken = state  # type: ignore[misc]
         self._eps = None if eps is None else dict(eps)
         self._loaded, self._broken = dict(loaded), dict(broken)

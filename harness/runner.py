@@ -189,6 +189,39 @@ def _signal_name(code: int | None) -> str:
     return f"exited with status {code}"
 
 
+#: Environment of processes that run jobs with several threads: OpenMP threads (torch's, MKL's)
+#: that sleep while waiting instead of spinning. On a machine busy with other work a spinning
+#: thread holds a core the others need: ADACL on 2 loaded cores ran 14 s with 2 spinning
+#: threads against 1.5 s with one, and 0.43 s with 2 passive ones. Set only where the user
+#: has not chosen (``$OMP_WAIT_POLICY``).
+WORKER_ENV: dict[str, str] = ({} if "OMP_WAIT_POLICY" in os.environ
+                              else {"OMP_WAIT_POLICY": "PASSIVE"})
+
+
+@contextmanager
+def worker_environ() -> Iterator[None]:
+    """Start worker processes inside this: their environment has :data:`WORKER_ENV`."""
+    saved = {k: os.environ.get(k) for k in WORKER_ENV}
+    os.environ.update(WORKER_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's or ``taskset``'s
+    share; ``os.cpu_count()`` where there is none), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 # --------------------------------------------------------------------------------------------
 # The serial runner
 # --------------------------------------------------------------------------------------------
@@ -206,15 +239,25 @@ class SerialRunner(Runner):
     ``Method.stack_key``) are fitted as one stacked computation
     (:func:`~occbench.harness.execute.execute_group`, unsealed), still one output per job; the
     group's time limit is the sum of its jobs'.
+    ``threads``: BLAS/OpenMP/torch threads each job runs with (``provenance["threads"]``);
+    ``None`` (default): every core this process may run on (:func:`available_cores`), since
+    jobs run one at a time. A method's declared ``Resources.cpus`` sizes its Ray tasks (and is
+    often 1 so GPU jobs pack), not what it gets here. Torch on CPU sums in a thread-dependent
+    order: scores are bit-identical for the same seed *and* thread count, and differ in the
+    last digits between thread counts (see docs/ray.md).
     """
 
     name = "serial"
 
     def __init__(self, device: str = "cpu", in_process: bool = False, max_retries: int = 2,
                  default_time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
-                 sealed: str = "auto", group: int = 1) -> None:
+                 sealed: str = "auto", group: int = 1, threads: int | None = None) -> None:
         if group < 1:
             raise ValueError(f"group must be >= 1 (jobs fitted together), got {group}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        #: CPU threads per job (all available cores unless told)
+        self.threads = threads or available_cores()
         #: up to this many compatible jobs are fitted as one stacked computation
         self.group = group
         #: wall-clock time (``time.time()``) no job may run past; None = no deadline
@@ -246,7 +289,7 @@ class SerialRunner(Runner):
                                        initializer=_worker_init,
                                        initargs=(os.getpid(), kernel))
             # the worker is forked inside this first submit; its environment names no data root
-            with _sigint_blocked(), scrubbed_environ(self._root):
+            with _sigint_blocked(), scrubbed_environ(self._root), worker_environ():
                 warm = pool.submit(_warm_up, job, self.device, self.sealed)
             self._pool = pool
             self._procs = list(getattr(pool, "_processes", {}).values())
@@ -283,9 +326,10 @@ class SerialRunner(Runner):
             if not unit:
                 continue
             if self.in_process:
-                outs = ([execute_job(unit[0], data_root, self.device, self.sealed)]
+                outs = ([execute_job(unit[0], data_root, self.device, self.sealed,
+                                     threads=self.threads)]
                         if len(unit) == 1 else
-                        execute_group(unit, data_root, self.device, self.sealed))
+                        execute_group(unit, data_root, self.device, self.sealed, self.threads))
                 for job, out in zip(unit, outs, strict=True):
                     done(job, out)
                 continue
@@ -320,10 +364,10 @@ class SerialRunner(Runner):
             fut: Future[Any]
             if len(unit) == 1:
                 fut = pool.submit(execute_job, unit[0], RootHandle(data_root), self.device,
-                                  self.sealed)
+                                  self.sealed, None, self.threads)
             else:
                 fut = pool.submit(execute_group, unit, RootHandle(data_root), self.device,
-                                  self.sealed)
+                                  self.sealed, self.threads)
             try:
                 # polled, so a cancel (set from the signal handler) is seen within 0.2 s
                 while True:
@@ -368,6 +412,15 @@ class SerialRunner(Runner):
             self._pool, self._procs = None, []
 
 
-__all__ = ["ClaimFn", "DoneFn", "Runner", "RunnerError", "SerialRunner", "StopFn",
-           "failed_output",
-           "timeout_output"]
+__all__ = [
+    "WORKER_ENV",
+    "ClaimFn",
+    "DoneFn",
+    "Runner",
+    "RunnerError",
+    "SerialRunner",
+    "StopFn",
+    "available_cores",
+    "failed_output",
+    "timeout_output",
+]

@@ -361,7 +361,7 @@ def _gpu_args() -> list[str]:
 
 
 _ENV_PASS = ("OCCBENCH_PLUGIN_MODULES", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER",
-             "NVIDIA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+             "NVIDIA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS",
              "OPENBLAS_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED", "TZ")
 
 
@@ -509,7 +509,9 @@ def sealed_process(lay: Layout, device: str, p: Probe) -> tuple[SealedProcess, b
     """This worker's sealed process for ``(layout, device)``; ``True`` when just started."""
     key = "cuda" if device.startswith("cuda") else "cpu"
     sp = _current.get(key)
-    if sp is not None and (sp.layout != lay or sp.device != device or not sp.alive()):
+    # any GPU of the node: the worker's (hence this process's) CUDA_VISIBLE_DEVICES lists them
+    # all, and each request names its "cuda:N"
+    if sp is not None and (sp.layout != lay or not sp.alive()):
         sp.close()
         sp = None
     if sp is None:
@@ -578,7 +580,8 @@ def _data_spec(data: Any, d: Path, inner: str, name: str, how: list[str]) -> dic
 
 
 def run_sealed(job: Any, split: Any, auxiliary: dict[str, Any], device: str,
-               data_root: str | None, p: Probe, method_blob: bytes | None = None
+               data_root: str | None, p: Probe, method_blob: bytes | None = None,
+               threads: int | None = None
                ) -> tuple[dict[str, np.ndarray], dict[str, Any], str]:
     """Run ``job``'s method on ``split`` in this worker's sealed process.
 
@@ -595,7 +598,7 @@ def run_sealed(job: Any, split: Any, auxiliary: dict[str, Any], device: str,
         how: list[str] = []
         req: dict[str, Any] = {
             "job_id": job.job_id, "method": job.method, "params": job.method_params,
-            "seed": job.seed, "fast": job.fast, "device": device,
+            "seed": job.seed, "fast": job.fast, "device": device, "threads": threads,
             "train": _data_spec(split.train, d, inner, "train", how),
             "test": _data_spec(split.test, d, inner, "test", how),
             "auxiliary": {role: _data_spec(a, d, inner, f"aux_{i}", how)["file"]
@@ -749,6 +752,9 @@ def _serve(req: dict[str, Any]) -> dict[str, Any]:
                     "CUDA is not available inside the sandbox (device nodes bound: "
                     f"{sorted(glob.glob('/dev/nvidia*'))}); refusing to fall back to the CPU "
                     "silently")
+            # "cuda:N" from a reused Ray worker that sees all its node's GPUs: plain "cuda" in
+            # the method's code (and its peak memory below) must mean that GPU too
+            torch.cuda.set_device(torch.device(device))
             torch.cuda.reset_peak_memory_stats()
         method = cls(**req["params"])
         train, test = _load_data(req["train"]), _load_data(req["test"])
@@ -757,7 +763,8 @@ def _serve(req: dict[str, Any]) -> dict[str, Any]:
         ctx = Context(seed=int(req["seed"]), device=device, logger=logger, workdir=Path(wd),
                       fast=bool(req["fast"]), auxiliary=aux)
         with PeakRSS() as mem:  # the method's process: its memory is the job's
-            raw, method, mprov = run_method(method, train, test, ctx, logger)
+            raw, method, mprov = run_method(method, train, test, ctx, logger,
+                                            req.get("threads"))
         prov.update(mprov)
         prov["peak_rss_mb"] = mem.peak_mb
         prov.update(gpu_info(device))
@@ -783,6 +790,18 @@ def _serve(req: dict[str, Any]) -> dict[str, Any]:
         capture.__exit__(None, None, None)  # a no-op when _log_text already ended it
         release_job_logger(logger, handler)
         shutil.rmtree(wd, ignore_errors=True)
+        _release_cuda_cache()
+
+
+def _release_cuda_cache() -> None:
+    """Hand back the GPU memory torch's caching allocator kept from the finished job, so the
+    next job on the card (this process's or another's) can use it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        import gc
+
+        gc.collect()  # the method's modules and tensors may sit in reference cycles
+        torch.cuda.empty_cache()
 
 
 def _log_text(capture: Any, buf: Any) -> str:

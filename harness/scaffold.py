@@ -178,7 +178,8 @@ class {cls}(Method):
     #: "image", "video" or both; a spec's datasets of other modalities are skipped for it.
     modalities: ClassVar[frozenset[Modality]] = frozenset({{"image", "video"}})
     #: What one job needs, for the scheduler (Ray): CPU cores, GPUs (fractional allowed, e.g.
-    #: 0.25) and memory in MiB. The job runs with this many BLAS/torch threads.
+    #: 0.25) and memory in MiB. A Ray task runs with the CPUs it asks for as BLAS/torch
+    #: threads; the serial runner gives each job every core.
     resources: ClassVar[Resources] = Resources(cpus=1, gpus=0, memory_mb=1024)
     #: Frames (before, after) a clip-based video method cannot score: it may return NaN there
     #: and the scoring protocol decides what happens to them. (0, 0): every frame is scored.

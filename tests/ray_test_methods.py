@@ -190,4 +190,33 @@ class Chatty(Method):
         return _mean_score(test)
 
 
-ALL = (SleepProbe, PidSleeper, Boom, MemoryHog, PathProbe, Chatty)
+class GpuProbe(Method):
+    """Declares ``gpus`` (fake GPUs in tests); scores each test image by its distance to the
+    training mean. ``fail=True`` raises what a broken CUDA context raises (simulated)."""
+
+    name = "ray-gpu-probe"
+    modalities: ClassVar[frozenset[Modality]] = frozenset({"image"})
+
+    def __init__(self, gpus: float = 0.25, fail: bool = False, tag: str = "") -> None:
+        self.gpus = gpus
+        self.fail = fail
+        self.tag = tag
+
+    def resources_for(self) -> Resources:
+        return Resources(cpus=0.5, gpus=self.gpus, memory_mb=64)
+
+    def fit(self, train: Data, context: Context) -> GpuProbe:
+        assert isinstance(train, ImageData)
+        if self.fail:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered "
+                               "(simulated by the test)")
+        self.mean_ = train.images.reshape(len(train), -1).astype(np.float64).mean(axis=0)
+        return self
+
+    def score(self, test: Data, context: Context) -> Any:
+        assert isinstance(test, ImageData)
+        x = test.images.reshape(len(test), -1).astype(np.float64)
+        return np.sqrt(((x - self.mean_) ** 2).sum(axis=1))
+
+
+ALL = (SleepProbe, PidSleeper, Boom, MemoryHog, PathProbe, Chatty, GpuProbe)

@@ -13,7 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import ClassVar
 
-import plugins_for_tests  # registers the test-* methods
+import plugins_for_tests  # noqa: F401  (registers the test-* methods)
 import pytest
 from occbench.harness import registry
 from occbench.harness.api import Context, Data, Method

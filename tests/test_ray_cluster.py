@@ -57,7 +57,9 @@ def test_fractional_gpu_jobs_are_placed_by_resources_and_pack(
         prov = store.record(j.job_id)["provenance"]
         assert prov["ray_node_id"] == cluster["gpu_node_id"]  # the only node with a GPU
         assert prov["ray_gpu_ids"] == ["0"] and prov["ray_resources"]["GPU"] == 0.5
-        assert prov["cuda_visible_devices"] == "0"  # the job sees only its GPU
+        # GPU workers see the node's GPUs (Ray does not narrow CUDA_VISIBLE_DEVICES for them,
+        # so they can be reused) and run the job on its GPU by index
+        assert prov["cuda_visible_devices"] is None and prov["ray_cuda_index"] == 0
         assert prov["device"] == "cpu"  # fake GPU: no CUDA, so the job ran on cpu
         line = next(ln for ln in store.log(j.job_id).splitlines() if "interval" in ln)
         t0, t1 = map(float, line.split("interval ", 1)[1].split()[:2])

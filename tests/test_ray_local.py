@@ -61,8 +61,9 @@ def log_interval(store: RunStore, job_id: str) -> tuple[float, float]:
 
 def test_ray_scores_equal_serial_and_reuse_data(tmp_path: Path) -> None:
     jobs = jobs_of(
-        # kde: its CV bandwidth choice once depended on the BLAS thread count (serial used all
-        # cores, Ray one); jobs now run with the threads the method declares, in both runners
+        # kde: its CV bandwidth choice once depended on the BLAS thread count. Scores are equal
+        # bit for bit for the same thread count: the serial runner gives a job every core by
+        # default, a Ray task the CPUs Ray assigned it (1 here), so serial is pinned to 1
         [{"name": "ocsvm"}, {"name": "iforest", "params": {"n_estimators": 20}},
          {"name": "kde", "params": {"pca": 32, "cv": 3}}],
         [{"name": "digits", "classes": ["0", "1"]},
@@ -70,7 +71,7 @@ def test_ray_scores_equal_serial_and_reuse_data(tmp_path: Path) -> None:
     )
     assert len(jobs) == 9
     serial, viaray = RunStore(tmp_path / "serial"), RunStore(tmp_path / "ray")
-    s1 = run_jobs(jobs, serial, SerialRunner())
+    s1 = run_jobs(jobs, serial, SerialRunner(threads=1))
     runner = RayRunner(max_concurrent=1)  # one worker: every later job on a split reuses it
     s2 = run_jobs(jobs, viaray, runner)
     runner.close()
@@ -82,6 +83,7 @@ def test_ray_scores_equal_serial_and_reuse_data(tmp_path: Path) -> None:
     provs = [viaray.record(j.job_id)["provenance"] for j in jobs]
     assert {p["runner"] for p in provs} == {"ray"}
     assert all(p["device"] == "cpu" and p["ray_gpu_ids"] == [] for p in provs)
+    assert all(p["threads"] == 1 == p["ray_resources"]["CPU"] for p in provs)
     # ocsvm, iforest, kde per split: the second job on each split finds it loaded
     by_split: dict[tuple[Any, ...], list[str]] = {}
     for j, p in zip(jobs, provs, strict=True):

@@ -261,6 +261,18 @@ def test_quick_grid_subset_bit_identical_sealed_and_unsealed() -> None:
 
 
 @needs_bwrap
+def test_the_threads_a_runner_gives_reach_the_sealed_process() -> None:
+    from occbench.harness.execute import execute_job
+
+    job = next(j for j in _quick_subset() if j.method == "ocsvm" and j.dataset == "digits")
+    off = execute_job(job, None, "cpu", sealed="off", threads=2)
+    on = execute_job(job, None, "cpu", sealed="require", threads=2)
+    assert on.provenance["sealed"] is True
+    assert off.provenance["threads"] == on.provenance["threads"] == 2  # ocsvm declares 1
+    assert off.raw[""].tobytes() == on.raw[""].tobytes()
+
+
+@needs_bwrap
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist_job_bit_identical_sealed_and_unsealed() -> None:

@@ -479,6 +479,47 @@ def test_scores_deterministic_across_processes(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a.scores(jid).raw, b.scores(jid).raw)
 
 
+def test_serial_jobs_use_the_cores_given_and_scores_depend_only_on_seed_and_threads(
+        tmp_path: Path) -> None:
+    from occbench.harness.runner import available_cores
+
+    # dcae declares cpus=1 (so four pack on a GPU); serially it gets every core by default
+    spec = spec_from_dict({"name": "t", "seeds": [0],
+                           "methods": [{"name": "dcae", "params": {"epochs": 2}}],
+                           "datasets": [{"name": "digits", "classes": ["0"]}]})
+    (job,) = expand(spec).jobs
+    stores = {k: RunStore(tmp_path / k) for k in ("all", "one", "two", "two-again")}
+    runners = {"all": SerialRunner(sealed="off"), "one": SerialRunner(sealed="off", threads=1),
+               "two": SerialRunner(sealed="off", threads=2),
+               "two-again": SerialRunner(sealed="off", threads=2)}
+    for k, r in runners.items():
+        assert run_jobs([job], stores[k], r).ok == 1
+    rec = {k: st.record(job.job_id) for k, st in stores.items()}
+    assert rec["all"]["provenance"]["threads"] == available_cores()
+    assert rec["one"]["provenance"]["threads"] == 1 and rec["two"]["provenance"]["threads"] == 2
+    assert rec["all"]["provenance"]["resources"]["cpus"] == 1  # declared: unchanged
+    raw = {k: st.scores(job.job_id).raw for k, st in stores.items()}
+    # same seed and thread count (two processes): bit for bit the same scores
+    np.testing.assert_array_equal(raw["two"], raw["two-again"])
+    # another thread count: torch sums in another order, so the last digits may differ (the
+    # thread count is in the provenance; the job and its id are the same)
+    np.testing.assert_allclose(raw["one"], raw["two"], rtol=1e-4, atol=1e-6)
+    assert len({r["job_id"] for r in rec.values()}) == 1
+
+
+def test_serial_worker_openmp_threads_wait_passively() -> None:
+    from occbench.harness.runner import WORKER_ENV
+
+    expected = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")  # the user's choice stands
+    runner = SerialRunner()
+    try:
+        got = runner._get_pool().submit(os.getenv, "OMP_WAIT_POLICY").result(timeout=120)
+    finally:
+        runner.close()
+    assert got == expected
+    assert os.environ.get("OMP_WAIT_POLICY") == (None if WORKER_ENV else expected)  # restored
+
+
 def test_spec_include_is_a_union_and_gpu_jobs_are_never_attempted_without_one(
         tmp_path: Path) -> None:
     from dataclasses import replace
