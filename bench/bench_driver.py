@@ -43,11 +43,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
 sys.path.insert(0, str(TESTS))
 
-from occbench.harness.driver import run_jobs  # noqa: E402
-from occbench.harness.execute import JobOutput, execute_job  # noqa: E402
-from occbench.harness.runner import ClaimFn, DoneFn, Runner, StopFn  # noqa: E402
-from occbench.harness.spec import Job, expand, spec_from_dict  # noqa: E402
-from occbench.harness.store import RunStore  # noqa: E402
+from occbench.harness.run.driver import run_jobs  # noqa: E402
+from occbench.harness.run.execute import JobOutput, execute_job  # noqa: E402
+from occbench.harness.run.runner import ClaimFn, DoneFn, Runner, StopFn  # noqa: E402
+from occbench.harness.run.spec import Job, expand, spec_from_dict  # noqa: E402
+from occbench.harness.store.runstore import RunStore  # noqa: E402
 
 
 def noop_jobs(n: int, offset: int = 0) -> list[Job]:
@@ -125,7 +125,7 @@ def bare_ray_tasks(n: int) -> dict[str, Any]:
 
 def ray_runner_throughput(n: int) -> dict[str, Any]:
     """No-op jobs/s through RayRunner on the running cluster, after a warm-up."""
-    from occbench.harness.ray_runner import RayRunner
+    from occbench.harness.run.ray_runner import RayRunner
 
     with tempfile.TemporaryDirectory(prefix="occbench-bench-") as d:
         store = RunStore(Path(d) / "store")

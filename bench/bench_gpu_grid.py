@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from occbench.datasets.fakes import write_mnist
-from occbench.harness.driver import run_jobs
-from occbench.harness.ray_runner import RayRunner, init_local_ray
-from occbench.harness.spec import Job, expand, load_spec, spec_from_dict
-from occbench.harness.store import RunStore
+from occbench.harness.run.driver import run_jobs
+from occbench.harness.run.ray_runner import RayRunner, init_local_ray
+from occbench.harness.run.spec import Job, expand, load_spec, spec_from_dict
+from occbench.harness.store.runstore import RunStore
 
 
 class GpuSampler:

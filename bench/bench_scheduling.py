@@ -41,11 +41,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from occbench.harness.driver import run_jobs
-from occbench.harness.ray_runner import RayRunner, init_local_ray
-from occbench.harness.runner import Runner, SerialRunner
-from occbench.harness.spec import Job, expand, load_spec, spec_from_dict
-from occbench.harness.store import RunStore
+from occbench.harness.run.driver import run_jobs
+from occbench.harness.run.ray_runner import RayRunner, init_local_ray
+from occbench.harness.run.runner import Runner, SerialRunner
+from occbench.harness.run.spec import Job, expand, load_spec, spec_from_dict
+from occbench.harness.store.runstore import RunStore
 
 
 def tiny_jobs(n: int) -> list[Job]:
@@ -117,7 +117,7 @@ def thread_scaling(pairs: int, method: str, epochs: int) -> dict[str, Any]:
     """One thread vs every core, serially (see module doc), alternating to share the load."""
     import numpy as np
     from occbench.datasets.fakes import write_mnist
-    from occbench.harness.runner import available_cores
+    from occbench.harness.run.runner import available_cores
 
     root = Path(tempfile.mkdtemp(prefix="occbench-bench-data-"))
     write_mnist(root / "mnist", n_train_per_class=600, n_test_per_class=200)

@@ -28,9 +28,9 @@ import sys
 import time
 from typing import Any
 
-from occbench.harness import sandbox
-from occbench.harness.execute import execute_job
-from occbench.harness.spec import expand, load_spec, spec_from_dict
+from occbench.harness.run import sandbox
+from occbench.harness.run.execute import execute_job
+from occbench.harness.run.spec import expand, load_spec, spec_from_dict
 
 PED2_PARAMS = {"size": 64, "width": 0.25, "max_steps": 60, "batch_size": 4,
                "precision": "fp32"}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from occbench.harness.store import RunStore
+from occbench.harness.store.runstore import RunStore
 from occbench.leaderboard.site import SiteOptions, build
 from occbench.leaderboard.stats import paired_test, pairwise_comparisons
 from occbench.leaderboard.synthetic import SynthMethod, derive_run, make_store

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from occbench.harness.spec import Job
-from occbench.harness.store import RECORD_SCHEMA, RunStore, file_sha256, self_digest
+from occbench.harness.run.spec import Job
+from occbench.harness.store.runstore import RECORD_SCHEMA, RunStore, file_sha256, self_digest
 
 
 def _job(i: int) -> Job:

@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 import pandas as pd
-from occbench.harness.protocols import get_protocol
-from occbench.harness.store import RunStore
+from occbench.harness.scoring.protocols import get_protocol
+from occbench.harness.store.runstore import RunStore
 from sklearn.metrics import roc_curve
 
 

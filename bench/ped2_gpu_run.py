@@ -5,7 +5,7 @@ Made for GPU slots of fixed length (15 minutes, at most 10 per command): every j
 neither ``--store`` nor a ``--done`` store runs, one worker process for the whole queue, unless
 its estimated time no longer fits before the deadline: such a job is not started (a later,
 cheaper job may still be), and no job runs past the deadline. Estimates come from the ``--done``
-and ``--store`` runs (``harness/deadline.py``: measured seconds per epoch of the same method and
+and ``--store`` runs (``harness/run/deadline.py``: measured seconds per epoch of the same method and
 parameters, else of the same dataset), else ``--overhead-s + epochs x --per-epoch-s``, else
 ``--default-s``; times ``--margin``. ``--group G`` fits up to G compatible jobs (seeds, and
 variants with the same network and schedule) as one stacked computation.
@@ -26,12 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-from occbench.harness.deadline import CostModel, DeadlineRunner
-from occbench.harness.driver import run_jobs
-from occbench.harness.execute import JobOutput
-from occbench.harness.runner import SerialRunner
-from occbench.harness.spec import Job, expand, load_spec
-from occbench.harness.store import RunStore
+from occbench.harness.run.deadline import CostModel, DeadlineRunner
+from occbench.harness.run.driver import run_jobs
+from occbench.harness.run.execute import JobOutput
+from occbench.harness.run.runner import SerialRunner
+from occbench.harness.run.spec import Job, expand, load_spec
+from occbench.harness.store.runstore import RunStore
 
 
 def main(argv: list[str] | None = None) -> int:

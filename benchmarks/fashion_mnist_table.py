@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from occbench.harness import registry
-from occbench.harness.spec import spec_job_ids
-from occbench.harness.store import RunStore
+from occbench.harness.run.spec import spec_job_ids
+from occbench.harness.store.runstore import RunStore
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 

@@ -1,5 +1,5 @@
 """``python -m occbench.harness`` is the ``occbench`` command."""
 
-from occbench.harness.cli import main
+from occbench.harness.cli.main import main
 
 main()

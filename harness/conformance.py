@@ -43,14 +43,14 @@ from occbench.harness.api import (
     Video,
     VideoData,
 )
-from occbench.harness.execute import (
+from occbench.harness.run.execute import (
     LabelAccessError,
     ScoreError,
     _load_auxiliary,
     label_guard,
     normalise_scores,
 )
-from occbench.harness.spec import auxiliary_of
+from occbench.harness.run.spec import auxiliary_of
 
 
 @dataclass
@@ -462,7 +462,7 @@ def check_method_sealed(name: str, params: dict[str, Any], data_root: str | None
     import json
     import subprocess
 
-    from occbench.harness import sandbox
+    from occbench.harness.run import sandbox
 
     cls = registry.methods.get(name)
     runtime = registry.methods.registered_at_runtime(name) is not None

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from occbench.harness.paths import is_job_id
-from occbench.harness.protocols import DEFAULT_PROTOCOL
-from occbench.harness.store import RunStore
+from occbench.harness.scoring.protocols import DEFAULT_PROTOCOL
+from occbench.harness.store.paths import is_job_id
+from occbench.harness.store.runstore import RunStore
 from occbench.leaderboard import published as pub
 from occbench.leaderboard.stats import (
     FriedmanResult,

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from occbench.harness.store import RunStore
+from occbench.harness.store.runstore import RunStore
 from occbench.leaderboard.published import load_published
 from occbench.leaderboard.table import aggregate, markdown, runs_frame
 

@@ -39,8 +39,8 @@ import pandas as pd
 from filelock import FileLock, Timeout
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
-from occbench.harness.paths import UnsafePathError, inside, is_job_id, safe_name
-from occbench.harness.store import RunStore
+from occbench.harness.store.paths import UnsafePathError, inside, is_job_id, safe_name
+from occbench.harness.store.runstore import RunStore
 from occbench.leaderboard import plots
 from occbench.leaderboard.analysis import (
     Analysis,
@@ -141,7 +141,8 @@ def pval(v: Any) -> str:
     return "< 0.001" if float(v) < 0.001 else f"{float(v):.3f}"
 
 
-#: File-name slug of a method label or dataset name (see :func:`occbench.harness.paths.safe_name`).
+#: File-name slug of a method label or dataset name
+#: (see :func:`occbench.harness.store.paths.safe_name`).
 slug = safe_name
 
 
@@ -669,7 +670,7 @@ def _run_key(store: RunStore, ctx: _RunContext, common: str, item: _RunItem) -> 
     and modification time stand for their content), its metrics file under the page's
     protocol, that protocol's code, its row and siblings in the tables, the links it makes,
     the site code and options. Equal keys mean byte-identical pages."""
-    from occbench.harness.protocols import get_protocol
+    from occbench.harness.scoring.protocols import get_protocol
 
     row, sib = item
     jid = str(row["job_id"])

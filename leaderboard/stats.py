@@ -230,8 +230,8 @@ def video_bootstrap(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
     else:
         auc_lo = auc_hi = eer_lo = eer_hi = math.nan
     if auc is None or eer is None:
-        from occbench.harness.protocols import eer as eer_fn
-        from occbench.harness.protocols import roc_auc
+        from occbench.harness.scoring.protocols import eer as eer_fn
+        from occbench.harness.scoring.protocols import roc_auc
 
         auc = roc_auc(y, s) if auc is None else auc
         eer = eer_fn(y, s) if eer is None else eer

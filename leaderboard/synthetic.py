@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from occbench.harness.spec import Job
-from occbench.harness.store import RECORD_SCHEMA, RunStore
+from occbench.harness.run.spec import Job
+from occbench.harness.store.runstore import RECORD_SCHEMA, RunStore
 
 
 @dataclass(frozen=True)

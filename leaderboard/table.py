@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from occbench.harness.store import RunStore
+from occbench.harness.store.runstore import RunStore
 from occbench.leaderboard.stats import summarize
 
 RUN_COLUMNS = [

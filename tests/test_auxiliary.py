@@ -11,10 +11,10 @@ import plugins_for_tests  # noqa: F401  (registers test-aux-pool)
 import pytest
 from occbench.harness import registry
 from occbench.harness.conformance import check_method
-from occbench.harness.driver import run_jobs
-from occbench.harness.runner import SerialRunner
-from occbench.harness.spec import SpecError, expand, spec_from_dict
-from occbench.harness.store import RunStore
+from occbench.harness.run.driver import run_jobs
+from occbench.harness.run.runner import SerialRunner
+from occbench.harness.run.spec import SpecError, expand, spec_from_dict
+from occbench.harness.store.runstore import RunStore
 
 
 @pytest.fixture(autouse=True)

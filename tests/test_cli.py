@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from occbench.harness.cli import app
+from occbench.harness.cli.main import app
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
@@ -100,7 +100,7 @@ def test_store_prune_sets_aside_superseded_and_unlisted_runs(finished: Path,
                                                             tmp_path: Path) -> None:
     import shutil
 
-    from occbench.harness.store import RunStore
+    from occbench.harness.store.runstore import RunStore
 
     store = tmp_path / "store"
     shutil.copytree(finished / "store", store)

@@ -17,7 +17,7 @@ import plugins_for_tests  # noqa: F401  (registers the test-* methods)
 import pytest
 from occbench.harness import registry
 from occbench.harness.api import Context, Data, Method
-from occbench.harness.cli import app
+from occbench.harness.cli.main import app
 from typer.testing import CliRunner
 
 runner = CliRunner()
@@ -54,7 +54,7 @@ def adhoc_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_adhoc_run_without_a_spec(adhoc_store: Path) -> None:
-    from occbench.harness.store import RunStore
+    from occbench.harness.store.runstore import RunStore
 
     st = RunStore(adhoc_store)
     jobs = [st.record(j)["job"] for j in st.job_ids()]
@@ -66,7 +66,7 @@ def test_adhoc_run_without_a_spec(adhoc_store: Path) -> None:
 
 
 def test_plugin_package_and_version_in_provenance(adhoc_store: Path) -> None:
-    from occbench.harness.store import RunStore
+    from occbench.harness.store.runstore import RunStore
 
     st = RunStore(adhoc_store)
     prov = st.record(st.job_ids()[0])["provenance"]
@@ -319,7 +319,7 @@ def test_explicit_data_root_never_falls_back_to_the_system_copy(
 def test_fashion_mnist_classes_accept_indices(monkeypatch: pytest.MonkeyPatch,
                                               tmp_path: Path) -> None:
     from occbench.datasets import fakes
-    from occbench.harness.spec import expand, spec_from_dict
+    from occbench.harness.run.spec import expand, spec_from_dict
 
     fakes.write_mnist(tmp_path / "fashion-mnist", n_train_per_class=2, n_test_per_class=1)
 
@@ -363,8 +363,8 @@ def test_rerun_table_is_cached_by_store_content(adhoc_store: Path, tmp_path: Pat
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from occbench.harness.cli import board_cache, board_key
-    from occbench.harness.store import RunStore
+    from occbench.harness.cli.main import board_cache, board_key
+    from occbench.harness.store.runstore import RunStore
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     st = RunStore(adhoc_store)

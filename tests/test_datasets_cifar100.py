@@ -23,7 +23,7 @@ from occbench.harness.api import (
     labels_blocked,
     verify_labels_match,
 )
-from occbench.harness.cli_data import check_dataset
+from occbench.harness.cli.data import check_dataset
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import typer
 from occbench.datasets import fakes
-from occbench.harness.cli_data import check_dataset, parse_params, register
+from occbench.harness.cli.data import check_dataset, parse_params, register
 from occbench.harness.dataroot import resolve_data_root
 from typer.testing import CliRunner
 

@@ -13,8 +13,8 @@ from occbench.datasets import fakes
 from occbench.datasets import formats as fmt
 from occbench.datasets.video import Avenue, Ped2
 from occbench.harness.api import DatasetFormatError, DatasetNotFoundError
-from occbench.harness.cli import app
-from occbench.harness.cli_data import check_dataset, register
+from occbench.harness.cli.data import check_dataset, register
+from occbench.harness.cli.main import app
 from typer.testing import CliRunner
 
 runner = CliRunner()

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import plugins_for_tests  # noqa: F401  (registers test-mean)
 import pytest
-from occbench.harness.capture import JOB_LOGGER_PREFIX, job_logger, release_job_logger
-from occbench.harness.driver import run_jobs
-from occbench.harness.runner import SerialRunner
-from occbench.harness.spec import Job, expand, spec_from_dict
-from occbench.harness.store import JobLock, RunStore
+from occbench.harness.run.capture import JOB_LOGGER_PREFIX, job_logger, release_job_logger
+from occbench.harness.run.driver import run_jobs
+from occbench.harness.run.runner import SerialRunner
+from occbench.harness.run.spec import Job, expand, spec_from_dict
+from occbench.harness.store.runstore import JobLock, RunStore
 
 
 def _jobs(n: int) -> list[Job]:
@@ -192,7 +192,7 @@ def _cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
 @pytest.mark.parametrize(("name", "y", "s"), _cases(), ids=[c[0] for c in _cases()])
 def test_fast_auc_and_eer_equal_sklearn_bit_for_bit(name: str, y: np.ndarray,
                                                     s: np.ndarray) -> None:
-    from occbench.harness.protocols import eer, roc_auc
+    from occbench.harness.scoring.protocols import eer, roc_auc
     from sklearn.metrics import roc_auc_score, roc_curve
 
     assert roc_auc(y, s) == float(roc_auc_score(y, s))
@@ -217,7 +217,7 @@ def test_thread_limits_are_applied_with_one_library_scan(monkeypatch: pytest.Mon
     import types
 
     import threadpoolctl
-    from occbench.harness import execute
+    from occbench.harness.run import execute
 
     monkeypatch.setattr(execute, "_controller", None)
     before = threadpoolctl.threadpool_info()
@@ -252,7 +252,7 @@ def test_thread_limits_are_applied_with_one_library_scan(monkeypatch: pytest.Mon
 ], ids=["image", "video-nan-empty", "none", "many-videos"])
 def test_raw_parquet_is_byte_identical_to_the_dataframe_path(tmp_path: Path,
                                                               raw: dict[str, np.ndarray]) -> None:
-    from occbench.harness.store import _raw_table, _write_parquet, raw_frame
+    from occbench.harness.store.runstore import _raw_table, _write_parquet, raw_frame
 
     _write_parquet(raw_frame(raw), tmp_path / "old.parquet")
     _write_parquet(_raw_table(raw), tmp_path / "new.parquet")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from occbench.harness.protocols import eer as protocol_eer
+from occbench.harness.scoring.protocols import eer as protocol_eer
 from occbench.leaderboard.stats import (
     ALL_PAIRS_MAX,
     NEMENYI_Q05,

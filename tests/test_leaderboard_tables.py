@@ -183,8 +183,8 @@ def _clone_run(store_path: Path, job_id: str, job: dict, auc: float, started_at:
     after a new method version or changed data leaves beside the old run); returns its id."""
     import json
 
-    from occbench.harness.spec import Job
-    from occbench.harness.store import RunStore, self_digest
+    from occbench.harness.run.spec import Job
+    from occbench.harness.store.runstore import RunStore, self_digest
 
     st = RunStore(store_path)
     rec = st.run_record(job_id)
@@ -204,10 +204,10 @@ def _clone_run(store_path: Path, job_id: str, job: dict, auc: float, started_at:
 
 def test_superseded_runs_and_label_collisions_never_average(tmp_path: Path) -> None:
     import plugins_for_tests  # noqa: F401  (test-mean)
-    from occbench.harness.driver import run_jobs
-    from occbench.harness.runner import SerialRunner
-    from occbench.harness.spec import expand, spec_from_dict
-    from occbench.harness.store import RunStore
+    from occbench.harness.run.driver import run_jobs
+    from occbench.harness.run.runner import SerialRunner
+    from occbench.harness.run.spec import expand, spec_from_dict
+    from occbench.harness.store.runstore import RunStore
 
     spec = spec_from_dict({"name": "t", "seeds": [0],
                            "methods": [{"name": "test-mean"}],
@@ -250,10 +250,10 @@ def test_superseded_runs_and_label_collisions_never_average(tmp_path: Path) -> N
 
 def test_a_seed_missing_classes_is_left_out_of_the_mean(tmp_path: Path) -> None:
     import plugins_for_tests  # noqa: F401  (test-mean)
-    from occbench.harness.driver import run_jobs
-    from occbench.harness.runner import SerialRunner
-    from occbench.harness.spec import expand, spec_from_dict
-    from occbench.harness.store import RunStore
+    from occbench.harness.run.driver import run_jobs
+    from occbench.harness.run.runner import SerialRunner
+    from occbench.harness.run.spec import expand, spec_from_dict
+    from occbench.harness.store.runstore import RunStore
 
     spec = spec_from_dict({"name": "t", "seeds": [0, 1], "methods": [{"name": "test-mean"}],
                            "datasets": [{"name": "digits", "classes": ["0", "1"]}]})
@@ -268,8 +268,8 @@ def test_a_seed_missing_classes_is_left_out_of_the_mean(tmp_path: Path) -> None:
 
 
 def test_peak_memory_above_the_declared_is_flagged_on_the_board(tmp_path: Path) -> None:
-    from occbench.harness.execute import memory_warnings
-    from occbench.harness.store import RunStore
+    from occbench.harness.run.execute import memory_warnings
+    from occbench.harness.store.runstore import RunStore
     from occbench.leaderboard.synthetic import SynthMethod, derive_run, make_store
 
     st = make_store(tmp_path / "s", [SynthMethod("m", 1.0)], video_datasets=(), seeds=(0,),

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from occbench.harness.protocols import (
+from occbench.harness.scoring.protocols import (
     ProtocolError,
     eer,
     frame_metrics,

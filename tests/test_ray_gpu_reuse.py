@@ -21,11 +21,11 @@ ray = pytest.importorskip("ray")
 
 import ray_test_methods as tm  # noqa: E402
 from occbench.harness import registry  # noqa: E402
-from occbench.harness.driver import run_jobs  # noqa: E402
-from occbench.harness.ray_runner import RayRunner, cuda_index  # noqa: E402
-from occbench.harness.runner import SerialRunner  # noqa: E402
-from occbench.harness.spec import Job, expand, spec_from_dict  # noqa: E402
-from occbench.harness.store import RunStore  # noqa: E402
+from occbench.harness.run.driver import run_jobs  # noqa: E402
+from occbench.harness.run.ray_runner import RayRunner, cuda_index  # noqa: E402
+from occbench.harness.run.runner import SerialRunner  # noqa: E402
+from occbench.harness.run.spec import Job, expand, spec_from_dict  # noqa: E402
+from occbench.harness.store.runstore import RunStore  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 pytestmark = pytest.mark.ray

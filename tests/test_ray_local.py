@@ -23,11 +23,11 @@ ray = pytest.importorskip("ray")
 
 import ray_test_methods as tm  # noqa: E402  (tests/ is on sys.path under pytest)
 from occbench.harness import registry  # noqa: E402
-from occbench.harness.driver import run_jobs  # noqa: E402
-from occbench.harness.ray_runner import RayRunner, init_local_ray  # noqa: E402
-from occbench.harness.runner import SerialRunner  # noqa: E402
-from occbench.harness.spec import Job, expand, spec_from_dict  # noqa: E402
-from occbench.harness.store import RunStore  # noqa: E402
+from occbench.harness.run.driver import run_jobs  # noqa: E402
+from occbench.harness.run.ray_runner import RayRunner, init_local_ray  # noqa: E402
+from occbench.harness.run.runner import SerialRunner  # noqa: E402
+from occbench.harness.run.spec import Job, expand, spec_from_dict  # noqa: E402
+from occbench.harness.store.runstore import RunStore  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -167,7 +167,7 @@ def test_time_limit_stops_job(tmp_path: Path) -> None:
 def test_default_time_limit_and_cli_override_on_ray(tmp_path: Path) -> None:
     """Without any limit in the spec a job gets the built-in 2 h; ``--time-limit`` overrides the
     spec, a hanging job is recorded ``timeout`` and the rest of the grid runs."""
-    from occbench.harness.cli import app
+    from occbench.harness.cli.main import app
     from typer.testing import CliRunner
 
     (job,) = jobs_of([{"name": "ray-probe"}])
@@ -263,7 +263,7 @@ def test_two_drivers_never_run_a_job_twice(tmp_path: Path) -> None:
 
 
 def test_refresh_check_runs_only_changed_jobs(tmp_path: Path) -> None:
-    from occbench.harness.cli import app
+    from occbench.harness.cli.main import app
     from typer.testing import CliRunner
 
     spec = tmp_path / "spec.toml"
@@ -287,7 +287,7 @@ def test_refresh_check_runs_only_changed_jobs(tmp_path: Path) -> None:
 
 def test_sweep_selects_on_validation_and_writes_table(tmp_path: Path) -> None:
     import pandas as pd
-    from occbench.harness.sweep import run_sweep, sweep_from_dict
+    from occbench.harness.run.sweep import run_sweep, sweep_from_dict
 
     base = {"name": "sw", "method": "ocsvm", "dataset": "digits", "classes": ["0"],
             "seeds": [0], "search": {"nu": {"grid": [0.05, 0.5]}}}

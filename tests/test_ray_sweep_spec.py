@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 from occbench.harness.api import ImageData, Video, VideoData
-from occbench.harness.refresh import explain
-from occbench.harness.spec import expand, spec_from_dict
-from occbench.harness.sweep import (
+from occbench.harness.run.refresh import explain
+from occbench.harness.run.spec import expand, spec_from_dict
+from occbench.harness.run.sweep import (
     SweepError,
     corrupt_images,
     make_validation,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from occbench.harness.store import RunStore
+from occbench.harness.store.runstore import RunStore
 from occbench.leaderboard.readme import headline, readme_block
 from occbench.leaderboard.table import aggregate, runs_frame
 

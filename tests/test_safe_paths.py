@@ -10,8 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from occbench.harness.cli import app
-from occbench.harness.paths import (
+from occbench.harness.cli.main import app
+from occbench.harness.run.sweep import (
+    SweepError,
+    SweepSpec,
+    run_sweep,
+    sweep_from_dict,
+    sweep_table_path,
+)
+from occbench.harness.store.paths import (
     UnsafePathError,
     check_name,
     inside,
@@ -19,14 +26,7 @@ from occbench.harness.paths import (
     safe_name,
     validate_job_id,
 )
-from occbench.harness.store import RunStore
-from occbench.harness.sweep import (
-    SweepError,
-    SweepSpec,
-    run_sweep,
-    sweep_from_dict,
-    sweep_table_path,
-)
+from occbench.harness.store.runstore import RunStore
 from occbench.leaderboard.site import LOCK, MARKER, SiteError, SiteOptions, build_site
 from occbench.leaderboard.synthetic import SynthMethod, make_store
 from typer.testing import CliRunner

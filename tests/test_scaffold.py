@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from occbench.harness import registry
-from occbench.harness.cli import app
+from occbench.harness.cli.main import app
+from occbench.harness.cli.scaffold import ScaffoldError, names, render
 from occbench.harness.conformance import check_dataset_plugin, check_method
-from occbench.harness.scaffold import ScaffoldError, names, render
-from occbench.harness.spec import expand, spec_from_dict
+from occbench.harness.run.spec import expand, spec_from_dict
 from typer.testing import CliRunner
 
 if sys.version_info >= (3, 11):

@@ -26,11 +26,11 @@ import numpy as np
 import plugins_for_tests  # noqa: F401  (registers test-mean)
 import pytest
 from occbench.datasets import fakes
-from occbench.harness import sandbox
-from occbench.harness.driver import run_jobs
-from occbench.harness.runner import SerialRunner
-from occbench.harness.spec import expand, make_dataset, spec_from_dict
-from occbench.harness.store import RunStore
+from occbench.harness.run import sandbox
+from occbench.harness.run.driver import run_jobs
+from occbench.harness.run.runner import SerialRunner
+from occbench.harness.run.spec import expand, make_dataset, spec_from_dict
+from occbench.harness.store.runstore import RunStore
 
 TESTS = Path(__file__).resolve().parent
 needs_bwrap = pytest.mark.skipif(not sandbox.probe().ok,
@@ -179,7 +179,7 @@ def test_serial_unsealed_routes_exist(tmp_path: Path, world: dict[str, Any]) -> 
 @pytest.fixture(scope="module")
 def local_ray(world: dict[str, Any]) -> Iterator[None]:
     ray = pytest.importorskip("ray")
-    from occbench.harness.ray_runner import init_local_ray
+    from occbench.harness.run.ray_runner import init_local_ray
 
     # Ray's workers inherit the environment at start: the test plugins and the config
     saved = {k: os.environ.get(k) for k in ("OCCBENCH_PLUGIN_MODULES", "PYTHONPATH",
@@ -205,7 +205,7 @@ def local_ray(world: dict[str, Any]) -> Iterator[None]:
 @needs_bwrap
 def test_ray_sealed_blocks_every_route(tmp_path: Path, world: dict[str, Any],
                                        local_ray: None) -> None:
-    from occbench.harness.ray_runner import RayRunner
+    from occbench.harness.run.ray_runner import RayRunner
 
     store, jobs = _run(tmp_path, world, RayRunner(sealed="require"))
     _check_sealed(store, jobs)
@@ -215,7 +215,7 @@ def test_ray_sealed_blocks_every_route(tmp_path: Path, world: dict[str, Any],
 @pytest.mark.ray
 def test_ray_unsealed_routes_exist(tmp_path: Path, world: dict[str, Any],
                                    local_ray: None) -> None:
-    from occbench.harness.ray_runner import RayRunner
+    from occbench.harness.run.ray_runner import RayRunner
 
     store, jobs = _run(tmp_path, world, RayRunner(sealed="off"))
     _check_unsealed(store, jobs, world["labels"])
@@ -228,7 +228,7 @@ def test_ray_unsealed_routes_exist(tmp_path: Path, world: dict[str, Any],
 
 def _quick_subset() -> list[Any]:
     """One job per (method, dataset) of the quick grid, seed 1, the first class."""
-    from occbench.harness.spec import load_spec
+    from occbench.harness.run.spec import load_spec
 
     seen: dict[tuple[str, str], Any] = {}
     for j in expand(load_spec("quick")).jobs:
@@ -238,7 +238,7 @@ def _quick_subset() -> list[Any]:
 
 
 def _same_scores(job: Any, root: str | None = None) -> dict[str, Any]:
-    from occbench.harness.execute import execute_job
+    from occbench.harness.run.execute import execute_job
 
     off = execute_job(job, root, "cpu", sealed="off")
     on = execute_job(job, root, "cpu", sealed="require")
@@ -262,7 +262,7 @@ def test_quick_grid_subset_bit_identical_sealed_and_unsealed() -> None:
 
 @needs_bwrap
 def test_the_threads_a_runner_gives_reach_the_sealed_process() -> None:
-    from occbench.harness.execute import execute_job
+    from occbench.harness.run.execute import execute_job
 
     job = next(j for j in _quick_subset() if j.method == "ocsvm" and j.dataset == "digits")
     off = execute_job(job, None, "cpu", sealed="off", threads=2)
@@ -309,7 +309,7 @@ def _digits_job(method: str = "test-mean") -> Any:
 
 
 def test_without_bwrap_auto_runs_unsealed_and_require_fails_closed(no_bwrap: None) -> None:
-    from occbench.harness.execute import execute_job
+    from occbench.harness.run.execute import execute_job
 
     p = sandbox.probe()
     assert not p.ok and "bubblewrap" in p.why and "apt-get install bubblewrap" in p.why
@@ -326,7 +326,7 @@ def test_without_bwrap_auto_runs_unsealed_and_require_fails_closed(no_bwrap: Non
 
 
 def test_cli_sealed_fails_closed_before_any_job(no_bwrap: None, tmp_path: Path) -> None:
-    from occbench.harness.cli import app
+    from occbench.harness.cli.main import app
     from typer.testing import CliRunner
 
     r = CliRunner().invoke(app, ["run", "quick", "--store", str(tmp_path / "s"), "--runner",
@@ -360,14 +360,14 @@ def test_board_marks_unsealed_and_transductive(tmp_path: Path) -> None:
 
 
 def test_refresh_require_sealed_refuses_to_publish_unsealed_runs(tmp_path: Path) -> None:
-    from occbench.harness.cli import app
+    from occbench.harness.cli.main import app
     from typer.testing import CliRunner
 
     spec = tmp_path / "spec.toml"
     spec.write_text('name = "r"\nseeds = [0]\n[[methods]]\nname = "test-mean"\n'
                     '[[datasets]]\nname = "digits"\nclasses = ["0"]\n')
     store = RunStore(tmp_path / "s")
-    from occbench.harness.spec import load_spec
+    from occbench.harness.run.spec import load_spec
 
     run_jobs(expand(load_spec(str(spec))).jobs, store, SerialRunner(in_process=True,
                                                                     sealed="off"))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from occbench.harness import registry
-from occbench.harness.protocols import get_protocol
-from occbench.harness.spec import load_spec, resolve_method
-from occbench.harness.sweep import load_sweep
+from occbench.harness.run.spec import load_spec, resolve_method
+from occbench.harness.run.sweep import load_sweep
+from occbench.harness.scoring.protocols import get_protocol
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 SPECS = sorted([*BENCH.glob("*.toml"), *(BENCH / "reference").glob("*.toml")])

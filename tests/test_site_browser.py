@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from occbench.harness.store import RunStore
+from occbench.harness.store.runstore import RunStore
 from occbench.leaderboard.browser import Browser, find_chromium
 from occbench.leaderboard.site import SiteOptions, build_site, slug
 from occbench.leaderboard.synthetic import SynthMethod, make_store

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from occbench.harness.api import Context, Data, Method, ScoreOutput
-from occbench.harness.cli import app
-from occbench.harness.cli_board import make_server
+from occbench.harness.cli.board import make_server
+from occbench.harness.cli.main import app
 from occbench.harness.registry import methods
 from occbench.leaderboard.site import SiteError, SiteOptions, build_site, slug
 from occbench.leaderboard.synthetic import SynthMethod, make_store

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from occbench.harness.store import RunStore
+from occbench.harness.store.runstore import RunStore
 from occbench.leaderboard import site as site_mod
 from occbench.leaderboard.site import MANIFEST, SiteOptions, build
 from occbench.leaderboard.synthetic import SynthMethod, derive_run, make_store

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import plugins_for_tests  # noqa: F401
 import pytest
-from occbench.harness.driver import run_jobs
-from occbench.harness.export import export_store
-from occbench.harness.runner import SerialRunner
-from occbench.harness.spec import SpecError, expand, spec_from_dict
-from occbench.harness.store import DiskFullError, RunStore, StoreError
+from occbench.harness.run.driver import run_jobs
+from occbench.harness.run.runner import SerialRunner
+from occbench.harness.run.spec import SpecError, expand, spec_from_dict
+from occbench.harness.store.export import export_store
+from occbench.harness.store.runstore import DiskFullError, RunStore, StoreError
 from sklearn.metrics import roc_auc_score
 
 PLUGIN_ENV = {"OCCBENCH_PLUGIN_MODULES": "plugins_for_tests"}
@@ -140,7 +140,7 @@ def test_disk_full_stops_cleanly_and_loses_nothing(tmp_path: Path,
     spec = spec_from_dict(small_spec([{"name": "test-mean"}], [0, 1]))
     jobs = expand(spec).jobs
     store = RunStore(tmp_path / "s")
-    import occbench.harness.store as store_mod
+    import occbench.harness.store.runstore as store_mod
 
     real = store_mod._write_parquet
     calls = {"n": 0}
@@ -318,7 +318,7 @@ def test_second_ctrl_c_cancels_the_running_job_and_exits_fast(tmp_path: Path) ->
 
 
 def test_time_limits_spec_default_entry_and_builtin() -> None:
-    from occbench.harness.limits import DEFAULT_TIME_LIMIT_S, parse_duration
+    from occbench.harness.run.limits import DEFAULT_TIME_LIMIT_S, parse_duration
 
     d = small_spec([{"name": "test-mean"}], time_limit_s="90s")
     d["time_limit_s"] = "1h30m"  # the spec-wide default; toy-video overrides it
@@ -343,7 +343,7 @@ def test_time_limits_spec_default_entry_and_builtin() -> None:
 
 
 def test_cli_time_limit_stops_a_hanging_job_and_the_grid_goes_on(tmp_path: Path) -> None:
-    from occbench.harness.cli import app
+    from occbench.harness.cli.main import app
     from typer.testing import CliRunner
 
     spec = tmp_path / "spec.toml"
@@ -481,7 +481,7 @@ def test_scores_deterministic_across_processes(tmp_path: Path) -> None:
 
 def test_serial_jobs_use_the_cores_given_and_scores_depend_only_on_seed_and_threads(
         tmp_path: Path) -> None:
-    from occbench.harness.runner import available_cores
+    from occbench.harness.run.runner import available_cores
 
     # dcae declares cpus=1 (so four pack on a GPU); serially it gets every core by default
     spec = spec_from_dict({"name": "t", "seeds": [0],
@@ -508,7 +508,7 @@ def test_serial_jobs_use_the_cores_given_and_scores_depend_only_on_seed_and_thre
 
 
 def test_serial_worker_openmp_threads_wait_passively() -> None:
-    from occbench.harness.runner import WORKER_ENV
+    from occbench.harness.run.runner import WORKER_ENV
 
     expected = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")  # the user's choice stands
     runner = SerialRunner()
@@ -524,8 +524,8 @@ def test_spec_include_is_a_union_and_gpu_jobs_are_never_attempted_without_one(
         tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from occbench.harness.refresh import plan_refresh
-    from occbench.harness.spec import SpecError, load_spec, split_requires_gpu
+    from occbench.harness.run.refresh import plan_refresh
+    from occbench.harness.run.spec import SpecError, load_spec, split_requires_gpu
 
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.toml").write_text(

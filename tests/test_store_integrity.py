@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from occbench.harness import protocols
-from occbench.harness.cli import app
-from occbench.harness.driver import run_jobs
-from occbench.harness.runner import SerialRunner
-from occbench.harness.spec import expand, spec_from_dict
-from occbench.harness.store import RunStore, StoreError, self_digest
+from occbench.harness.cli.main import app
+from occbench.harness.run.driver import run_jobs
+from occbench.harness.run.runner import SerialRunner
+from occbench.harness.run.spec import expand, spec_from_dict
+from occbench.harness.scoring import protocols
+from occbench.harness.store.runstore import RunStore, StoreError, self_digest
 from test_protocols import reference_eer
 from typer.testing import CliRunner
 

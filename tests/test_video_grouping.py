@@ -14,12 +14,12 @@ import plugins_for_tests  # noqa: F401
 import pytest
 from occbench.harness import registry
 from occbench.harness.api import Context, Data, Method, Modality, VideoData
-from occbench.harness.deadline import CostModel, DeadlineRunner
-from occbench.harness.driver import run_jobs
-from occbench.harness.execute import execute_group, group_jobs
-from occbench.harness.runner import SerialRunner
-from occbench.harness.spec import Job, expand, spec_from_dict
-from occbench.harness.store import RunStore
+from occbench.harness.run.deadline import CostModel, DeadlineRunner
+from occbench.harness.run.driver import run_jobs
+from occbench.harness.run.execute import execute_group, group_jobs
+from occbench.harness.run.runner import SerialRunner
+from occbench.harness.run.spec import Job, expand, spec_from_dict
+from occbench.harness.store.runstore import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = {"name": "toy-video", "params": {"n_train": 2, "n_test": 2, "n_frames": 24, "size": 16}}
@@ -244,7 +244,7 @@ def test_ped2_gpu_run_script_leaves_a_store(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sealed", ["auto", "off"])
 def test_job_snapshots_reach_the_job_output(sealed: str) -> None:
     """One job, sealed (where this machine can) or not: the per-epoch snapshots come back."""
-    from occbench.harness.execute import execute_job
+    from occbench.harness.run.execute import execute_job
 
     job, = jobs_of([{"name": "ae3d", "params": {**AE, "epochs": 2}}], seeds=[0])
     out = execute_job(job, sealed=sealed)

@@ -257,7 +257,7 @@ def test_gpu_bf16_and_fp32_agree_roughly(train: VideoData, test_data: VideoData)
 @pytest.mark.realdata
 def test_ped2_end_to_end_small(realdata) -> None:  # type: ignore[no-untyped-def]
     """Real Ped2 through the dataset plugin and the LNTRA protocol, with a small CPU model."""
-    from occbench.harness.protocols import get_protocol
+    from occbench.harness.scoring.protocols import get_protocol
 
     ds = registry.datasets.get("ped2")(root=realdata, size=[64, 64], channels=1, cache=False)
     split = ds.load()

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 from occbench.harness.api import Labels, verify_labels_match
-from occbench.harness.execute import JobOutput
-from occbench.harness.protocols import get_protocol
-from occbench.harness.runner import Runner
-from occbench.harness.spec import Job, make_dataset
-from occbench.harness.store import RECORD_SCHEMA, DiskFullError, JobLock, RunStore
+from occbench.harness.run.execute import JobOutput
+from occbench.harness.run.runner import Runner
+from occbench.harness.run.spec import Job, make_dataset
+from occbench.harness.scoring.protocols import get_protocol
+from occbench.harness.store.runstore import RECORD_SCHEMA, DiskFullError, JobLock, RunStore
 
 ProgressFn = Callable[[str, Job, JobOutput | None], None]
 

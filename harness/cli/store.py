@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from occbench.harness.cli import StoreOpt, _fail, console, store_app, store_for_reading
+from occbench.harness.cli.main import StoreOpt, _fail, console, store_app, store_for_reading
 from rich.markup import escape
 
 
@@ -60,7 +60,7 @@ def store_rescore(
 ) -> None:
     """(Re)compute missing or stale metrics of every run from its stored raw scores and labels
     (a protocol or metric fix re-evaluates the store in seconds, never retraining)."""
-    from occbench.harness.protocols import ProtocolError, get_protocol
+    from occbench.harness.scoring.protocols import ProtocolError, get_protocol
 
     st = _open(store)
     try:

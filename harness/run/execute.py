@@ -41,7 +41,7 @@ from occbench.harness.api import (
     VideoData,
     labels_blocked,
 )
-from occbench.harness.capture import (
+from occbench.harness.run.capture import (
     CappedHandler,
     CappedLog,
     capture_fds,
@@ -52,7 +52,7 @@ from occbench.harness.capture import (
 __all__ = ["JobOutput", "LabelAccessError", "RootHandle", "ScoreError", "enter_worker",
            "execute_group", "execute_job", "group_jobs", "label_guard", "run_method",
            "scrubbed_environ"]
-from occbench.harness.spec import Job, canonical_json, make_dataset
+from occbench.harness.run.spec import Job, canonical_json, make_dataset
 
 
 class ScoreError(ValueError):
@@ -64,7 +64,7 @@ class JobOutput:
     """What a job hands back to the driver.
 
     ``log``: what the method logged (``context.logger``) and printed (fd 1 and 2), capped
-    (:mod:`occbench.harness.capture`). ``error`` (failed jobs): ``type``, ``message``,
+    (:mod:`occbench.harness.run.capture`). ``error`` (failed jobs): ``type``, ``message``,
     ``traceback`` and ``origin``: ``"method"`` (the method's own code raised: deterministic, so
     never retried, not even by a rerun unless asked), ``"data"`` (loading the dataset failed),
     ``"runner"`` (time limit, worker killed, out of memory, cancelled, no node fits) or
@@ -477,7 +477,7 @@ def enter_worker() -> None:
 
 def prestart_sandbox(job: Job, device: str = "cpu", sealed: str | bool | None = "auto") -> None:
     """Start this worker's sealed process for ``job`` now (before any job's time limit runs)."""
-    from occbench.harness import sandbox
+    from occbench.harness.run import sandbox
 
     if sandbox.normalise_mode(sealed) == "off" or not sandbox.probe().ok:
         return
@@ -568,7 +568,7 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
     """Run one job: fit on normal training data, score the unlabelled test split.
 
     ``sealed``: ``"auto"`` (default) runs the method in the sealed process
-    (:mod:`occbench.harness.sandbox`) when this machine can start one, else here with a
+    (:mod:`occbench.harness.run.sandbox`) when this machine can start one, else here with a
     warning in the job's log; ``"require"`` (or ``True``) fails the job when it cannot be
     sealed; ``"off"`` (or ``False``) runs the method in this process. The provenance says
     ``sealed`` (bool) and ``sealed_by``. ``method_blob``: a pickled method class the driver
@@ -581,8 +581,8 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
     resident memory (of the process the method ran in) above the method's declared
     ``Resources.memory_mb`` is a string in ``provenance["warnings"]``.
     """
-    from occbench.harness import sandbox
-    from occbench.harness.capture import log_cap_bytes
+    from occbench.harness.run import sandbox
+    from occbench.harness.run.capture import log_cap_bytes
 
     # sealed: the method's log arrives capped by the sealed process; this sink keeps it whole
     # plus 64 KiB of the worker's own lines (one cut, one note)
@@ -741,7 +741,7 @@ def execute_group(jobs: Sequence[Job], data_root: str | Path | RootHandle | None
     ``"auto"`` each job's log says it ran unsealed and its provenance says why. ``threads``: as
     for :func:`execute_job` (``None``: the most any of the group's methods declares).
     """
-    from occbench.harness import sandbox
+    from occbench.harness.run import sandbox
 
     if len(jobs) == 1:
         return [execute_job(jobs[0], data_root, device, sealed, threads=threads)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from occbench.harness.store import RunStore
+from occbench.harness.store.runstore import RunStore
 
 
 def runs_table(store: RunStore) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 This is the only module of occbench that imports :mod:`ray`.
 
 How a job runs
-    Each job is one Ray task calling :func:`~occbench.harness.execute.execute_job`, with the
+    Each job is one Ray task calling :func:`~occbench.harness.run.execute.execute_job`, with the
     resources its method declares (``Method.resources_for()``: CPUs, fractional GPUs, memory).
     A GPU job gets ``device="cuda:N"``, the GPU Ray assigned it (see Data preparation); a job
     given no GPU runs with ``device="cpu"``. The task returns the raw
@@ -50,9 +50,15 @@ from typing import Any
 import ray
 from occbench.harness import registry
 from occbench.harness.api import Resources
-from occbench.harness.execute import JobOutput, RootHandle, _load_split, enter_worker, execute_job
-from occbench.harness.limits import DEFAULT_TIME_LIMIT_S
-from occbench.harness.runner import (
+from occbench.harness.run.execute import (
+    JobOutput,
+    RootHandle,
+    _load_split,
+    enter_worker,
+    execute_job,
+)
+from occbench.harness.run.limits import DEFAULT_TIME_LIMIT_S
+from occbench.harness.run.runner import (
     WORKER_ENV,
     ClaimFn,
     DoneFn,
@@ -62,7 +68,7 @@ from occbench.harness.runner import (
     failed_output,
     timeout_output,
 )
-from occbench.harness.spec import Job
+from occbench.harness.run.spec import Job
 from ray import cloudpickle
 
 log = logging.getLogger("occbench.ray")
@@ -128,7 +134,7 @@ def run_in_worker(job: Job, data_root: str | RootHandle | None, device: str,
         clock.start.remote(job.job_id)
     _drop_driver_cwd()
     enter_worker()  # this process runs methods: labels refused for good, no data root in env
-    from occbench.harness import sandbox
+    from occbench.harness.run import sandbox
 
     seal = sandbox.normalise_mode(sealed) != "off" and sandbox.probe().ok
     if not seal:  # sealed: the class is unpickled inside the sandbox, never here
@@ -369,7 +375,7 @@ class RayRunner(Runner):
     ``max_concurrent``: most jobs in flight (default: the cluster's CPU count).
     ``max_retries``: retries of a job whose worker or node died.
     ``sealed``: ``"auto"`` (default), ``"require"`` or ``"off"``: each task starts the sandbox
-    on its node (see :mod:`occbench.harness.sandbox`).
+    on its node (see :mod:`occbench.harness.run.sandbox`).
     ``default_time_limit_s``: limit of jobs without one of their own (0: none).
     ``reuse_gpu_workers``: True (default) runs GPU jobs in reused workers that pick their
     task's GPU by index; False gives each GPU job a fresh process (the old behaviour, kept for
@@ -606,14 +612,14 @@ class RayRunner(Runner):
 
 
 # --------------------------------------------------------------------------------------------
-# Ray Tune (used by occbench.harness.sweep, which itself never imports ray)
+# Ray Tune (used by occbench.harness.run.sweep, which itself never imports ray)
 # --------------------------------------------------------------------------------------------
 
 
 def _tune_trial(config: dict[str, Any], method: str, method_blob: bytes | None,
                 objective_args: tuple[Any, ...]) -> None:
     """A Tune function trainable: report the sweep's validation objective for ``config``."""
-    from occbench.harness.sweep import validation_objective
+    from occbench.harness.run.sweep import validation_objective
     from ray import tune
 
     if method_blob is not None and method not in registry.methods:
@@ -638,7 +644,7 @@ def tune_search(*, method: str, search: Mapping[str, tuple[str, Sequence[Any]]],
     ``search`` maps a parameter to ``(kind, values)`` with kind ``grid``, ``choice``,
     ``uniform`` or ``loguniform``; grids are crossed, random ones drawn ``num_samples`` times
     (per grid point) with ``seed``. Each dict has ``trial_id``, ``config`` and the metrics of
-    :func:`occbench.harness.sweep.validation_objective`.
+    :func:`occbench.harness.run.sweep.validation_objective`.
     """
     import shutil
     import tempfile

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from occbench.harness.cli import (
+from occbench.harness.cli.main import (
     FormatOpt,
     OutFormat,
     StoreOpt,
@@ -54,7 +54,7 @@ def board(
     site (overview, dataset, method and run pages). --format json|csv|md prints only the
     table, on stdout.
     """
-    from occbench.harness.protocols import ProtocolError, get_protocol
+    from occbench.harness.scoring.protocols import ProtocolError, get_protocol
     from occbench.leaderboard.analysis import analyze
     from occbench.leaderboard.published import PublishedFormatError
     from occbench.leaderboard.site import SiteError, SiteOptions, build, build_tables

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from occbench.harness.ui import console, err, escape, table
+from occbench.harness.cli.ui import console, err, escape, table
 
 if TYPE_CHECKING:
     from occbench.harness.api import CheckReport

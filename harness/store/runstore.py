@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
-from occbench.harness.paths import is_job_id
+from occbench.harness.store.paths import is_job_id
 
 STORE_SCHEMA = "occbench.store/2"
 RECORD_SCHEMA = "occbench.run/2"
@@ -57,7 +57,7 @@ RECORD_KEYS = ("schema", "job_id", "status", "job", "provenance", "labels", "fil
 
 #: A job id: 20 lowercase hex characters (the first 80 bits of a sha256). Anything else that
 #: appears where a job id belongs (a record's ``job_id``, a folder name) is never made a path.
-# (``is_job_id`` is occbench.harness.paths': fullmatch, so "<id>\n" is not one either)
+# (``is_job_id`` is occbench.harness.store.paths': fullmatch, so "<id>\n" is not one either)
 JOB_ID_RE = re.compile(r"^[0-9a-f]{20}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _PROTOCOL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*@[0-9]+$")
@@ -476,7 +476,7 @@ class RunStore:
         except (TypeError, ValueError) as exc:
             return f"record.json not canonical JSON ({exc})"
         try:
-            from occbench.harness.spec import Job
+            from occbench.harness.run.spec import Job
 
             ident = Job.from_dict(rec["job"]).job_id
         except (KeyError, TypeError, ValueError) as exc:
@@ -574,7 +574,7 @@ class RunStore:
             return protocol
         view = self.protocol
         if view:
-            from occbench.harness.protocols import get_protocol
+            from occbench.harness.scoring.protocols import get_protocol
 
             for pid in ([view] if isinstance(view, str) else list(view)):
                 if get_protocol(pid).modality == rec["job"]["modality"]:
@@ -589,7 +589,7 @@ class RunStore:
         otherwise they are recomputed from the raw scores and labels (``compute``) without
         being written — ``rescore`` writes them. None when they cannot be had.
         """
-        from occbench.harness.protocols import get_protocol
+        from occbench.harness.scoring.protocols import get_protocol
 
         rec = self.run_record(job_id)
         pid = self.view_protocol(rec, protocol)
@@ -618,7 +618,7 @@ class RunStore:
 
     def _check_metrics_file(self, p: Path, rec: Mapping[str, Any] | None = None
                             ) -> tuple[str | None, dict[str, Any] | None]:
-        from occbench.harness.protocols import ProtocolError, get_protocol
+        from occbench.harness.scoring.protocols import ProtocolError, get_protocol
 
         try:
             m = json.loads(p.read_text())
@@ -650,7 +650,7 @@ class RunStore:
     def record(self, job_id: str, protocol: str | None = None) -> dict[str, Any]:
         """The run's record plus ``metrics`` and ``protocol`` (description) under the view's
         protocol — the shape tables and exports read."""
-        from occbench.harness.protocols import get_protocol
+        from occbench.harness.scoring.protocols import get_protocol
 
         rec = self.run_record(job_id)
         pid = self.view_protocol(rec, protocol)
@@ -668,7 +668,7 @@ class RunStore:
     def scores(self, job_id: str, protocol: str | None = None) -> pd.DataFrame:
         """Per-item table: video_id, frame, raw, score (after the protocol, NaN where it dropped
         the frame), label (1 = anomalous)."""
-        from occbench.harness.protocols import get_protocol
+        from occbench.harness.scoring.protocols import get_protocol
 
         rec = self.run_record(job_id)
         proto = get_protocol(self.view_protocol(rec, protocol))
@@ -809,7 +809,7 @@ class RunStore:
         the protocol cannot evaluate the scores. ``processed``: that protocol's
         ``process(raw, labels)``, when the caller has it already (the driver validates with
         it), so it is not computed twice."""
-        from occbench.harness.protocols import get_protocol
+        from occbench.harness.scoring.protocols import get_protocol
 
         rec = self.run_record(job_id)
         proto = get_protocol(self.view_protocol(rec, protocol))
@@ -845,7 +845,7 @@ class RunStore:
                 ) -> dict[str, int]:
         """(Re)compute missing or stale metrics of every good run under its own protocol and
         ``protocols`` (those of the run's modality). Never retrains. Returns counts."""
-        from occbench.harness.protocols import get_protocol
+        from occbench.harness.scoring.protocols import get_protocol
 
         counts = {"fresh": 0, "computed": 0, "failed": 0}
         wanted = [get_protocol(p) for p in (protocols or [])]
@@ -925,7 +925,7 @@ class RunStore:
         return bad
 
     def _recompute_diff(self, job_id: str, m: Mapping[str, Any]) -> str:
-        from occbench.harness.protocols import get_protocol
+        from occbench.harness.scoring.protocols import get_protocol
 
         proto = get_protocol(str(m["protocol_id"]))
         try:

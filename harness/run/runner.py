@@ -4,7 +4,7 @@ A runner receives the jobs and three callbacks from the driver:
 
 * ``claim(job) -> bool`` just before a job is dispatched (False: skip it — it is done, or another
   driver holds it);
-* ``done(job, output)`` with the :class:`~occbench.harness.execute.JobOutput` of each job;
+* ``done(job, output)`` with the :class:`~occbench.harness.run.execute.JobOutput` of each job;
 * ``stopped()`` → True when the driver wants scheduling to stop (Ctrl-C, disk full).
 
 and reports :meth:`Runner.running` (jobs in flight), which the driver shows on Ctrl-C. On a
@@ -12,7 +12,7 @@ second Ctrl-C the driver calls :meth:`Runner.cancel` (from its signal handler): 
 the running jobs from its own loop and returns without handing them to ``done``.
 
 Every job has a time limit: its own ``job.time_limit_s``, else the runner's
-``default_time_limit_s`` (:data:`~occbench.harness.limits.DEFAULT_TIME_LIMIT_S`, 2 h); ``0``
+``default_time_limit_s`` (:data:`~occbench.harness.run.limits.DEFAULT_TIME_LIMIT_S`, 2 h); ``0``
 means none. A job past it is stopped and recorded with status ``timeout``.
 
 The serial runner keeps one worker *process* (spawned, so it inherits nothing from the driver,
@@ -45,7 +45,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
-from occbench.harness.execute import (
+from occbench.harness.run.execute import (
     JobOutput,
     RootHandle,
     enter_worker,
@@ -54,8 +54,8 @@ from occbench.harness.execute import (
     group_jobs,
     scrubbed_environ,
 )
-from occbench.harness.limits import DEFAULT_TIME_LIMIT_S, effective_time_limit
-from occbench.harness.spec import Job
+from occbench.harness.run.limits import DEFAULT_TIME_LIMIT_S, effective_time_limit
+from occbench.harness.run.spec import Job
 
 ClaimFn = Callable[[Job], bool]
 DoneFn = Callable[[Job, JobOutput], None]
@@ -172,7 +172,7 @@ def _sigint_blocked() -> Iterator[None]:
 
 
 def _warm_up(job: Job | None = None, device: str = "cpu", sealed: str = "off") -> None:
-    from occbench.harness.execute import prestart_sandbox
+    from occbench.harness.run.execute import prestart_sandbox
 
     if job is not None:  # the sandbox's start must not count against the first job's limit
         prestart_sandbox(job, device, sealed)
@@ -234,10 +234,10 @@ class SerialRunner(Runner):
     ``max_retries``: retries of a job whose worker was killed by a signal.
     ``default_time_limit_s``: limit of jobs without one (0: none).
     ``sealed``: ``"auto"`` (default), ``"require"`` or ``"off"``, see
-    :func:`~occbench.harness.execute.execute_job`.
+    :func:`~occbench.harness.run.execute.execute_job`.
     ``group``: with G > 1 up to G compatible jobs (same training data, same
     ``Method.stack_key``) are fitted as one stacked computation
-    (:func:`~occbench.harness.execute.execute_group`, unsealed), still one output per job; the
+    (:func:`~occbench.harness.run.execute.execute_group`, unsealed), still one output per job; the
     group's time limit is the sum of its jobs'.
     ``threads``: BLAS/OpenMP/torch threads each job runs with (``provenance["threads"]``);
     ``None`` (default): every core this process may run on (:func:`available_cores`), since

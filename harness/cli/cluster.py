@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from occbench.harness.cli import (
+from occbench.harness.cli.main import (
     DataRootOpt,
     RetryFailedOpt,
     StoreOpt,
@@ -27,7 +27,7 @@ MaxConcOpt = Annotated[int | None, typer.Option(help="Most jobs in flight at onc
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda (see `occbench run`).")]
 
 #: Where ``occbench sweep NAME`` looks for NAME.toml when NAME is not a file.
-SWEEP_DIRS = (Path("benchmarks/sweeps"), Path(__file__).resolve().parents[1] / "benchmarks" /
+SWEEP_DIRS = (Path("benchmarks/sweeps"), Path(__file__).resolve().parents[2] / "benchmarks" /
               "sweeps")
 
 
@@ -69,11 +69,11 @@ def refresh(
     Exit status: 0 all good; 1 a job failed (or, with --check, something would run or be
     rescored); 2 bad input.
     """
-    from occbench.harness.cli import _load_plan
-    from occbench.harness.cli import run as run_cmd
-    from occbench.harness.protocols import get_protocol
-    from occbench.harness.refresh import plan_refresh
-    from occbench.harness.store import RunStore, StoreError
+    from occbench.harness.cli.main import _load_plan
+    from occbench.harness.cli.main import run as run_cmd
+    from occbench.harness.run.refresh import plan_refresh
+    from occbench.harness.scoring.protocols import get_protocol
+    from occbench.harness.store.runstore import RunStore, StoreError
 
     if store.exists() and not store.is_dir():
         raise _fail(f"--store {store} is a file, not a folder; give a new folder or an "
@@ -198,8 +198,8 @@ def sweep(
     Trials are selected on a validation split of normal training data (with pseudo anomalies);
     each config's full jobs go to the store and the table to STORE/sweeps/NAME.parquet.
     """
-    from occbench.harness.cli import make_runner, store_for_writing
-    from occbench.harness.sweep import SweepError, load_sweep, run_sweep, search_values
+    from occbench.harness.cli.main import make_runner, store_for_writing
+    from occbench.harness.run.sweep import SweepError, load_sweep, run_sweep, search_values
 
     root = _data_root(data_root)
     try:
@@ -213,7 +213,7 @@ def sweep(
     if sw.selected_on_test:
         err.print("[yellow]select_on = \"test\": configs are chosen on test labels; every record "
                   "is marked selected_on_test=true[/yellow]")
-    from occbench.harness.runner import RunnerError
+    from occbench.harness.run.runner import RunnerError
 
     r = make_runner(runner, device, address, max_concurrent)
     try:

@@ -23,7 +23,8 @@ Example::
     time_limit_s = 600          # seconds, or "30m", "2h"; overrides the top-level default
 
 A top-level ``time_limit_s`` is the default of every entry; without any, a job may run 2 h
-(``occbench.harness.limits``); ``0`` means no limit; ``occbench run --time-limit`` overrides all.
+(``occbench.harness.run.limits``); ``0`` means no limit; ``occbench run --time-limit``
+overrides all.
 
 A method that does not support a dataset's modality is skipped for it (reported, not an error).
 Every name is checked before any job starts.
@@ -42,7 +43,7 @@ from typing import Any
 
 from occbench.harness import registry
 from occbench.harness.api import Dataset, Method
-from occbench.harness.protocols import DEFAULT_PROTOCOL, get_protocol
+from occbench.harness.scoring.protocols import DEFAULT_PROTOCOL, get_protocol
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -238,7 +239,7 @@ def spec_from_dict(data: Mapping[str, Any], path: str = "<memory>",
 
 
 def _time_limit(value: Any, where: str) -> float:
-    from occbench.harness.limits import parse_duration
+    from occbench.harness.run.limits import parse_duration
 
     try:
         return parse_duration(value, where)

@@ -428,7 +428,7 @@ class SealedProcess:
         rfd, wfd = os.pipe()
         args = bwrap_args(lay, str(self.handover), device)
         prog = [sys.executable, "-s", "-B", "-c",
-                "from occbench.harness.sandbox import _child_main; _child_main()"]
+                "from occbench.harness.run.sandbox import _child_main; _child_main()"]
         payload = b"".join(a.encode() + b"\0" for a in args)
         try:
             # arguments through a pipe: /proc/1/cmdline inside shows no host paths
@@ -671,7 +671,7 @@ def _enc(a: np.ndarray) -> str:
 def decode_scores(raw: Any, test: Any) -> dict[str, np.ndarray]:
     """Scores from a reply, checked against the test split (the sealed side is not trusted)."""
     from occbench.harness.api import ImageData
-    from occbench.harness.execute import ScoreError
+    from occbench.harness.run.execute import ScoreError
 
     if not isinstance(raw, dict):
         raise ScoreError("the sealed process returned no scores")
@@ -717,16 +717,16 @@ def _serve(req: dict[str, Any]) -> dict[str, Any]:
 
     from occbench.harness import registry
     from occbench.harness.api import Context, ImageData
-    from occbench.harness.capture import (
+    from occbench.harness.run.capture import (
         CappedHandler,
         CappedLog,
         capture_fds,
         job_logger,
         release_job_logger,
     )
-    from occbench.harness.execute import PeakRSS, gpu_info, run_method
+    from occbench.harness.run.execute import PeakRSS, gpu_info, run_method
 
-    # the method's log and prints (fd 1 and 2), in order and capped (occbench.harness.capture)
+    # the method's log and prints (fd 1 and 2), in order and capped (occbench.harness.run.capture)
     buf = CappedLog()
     handler = CappedHandler(buf)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -772,7 +772,7 @@ def _serve(req: dict[str, Any]) -> dict[str, Any]:
 
         prov["resources"] = asdict(method.resources_for())
         prov["method_s"] = round(time.perf_counter() - t0, 4)
-        from occbench.harness.execute import snapshot_scores
+        from occbench.harness.run.execute import snapshot_scores
 
         snaps = snapshot_scores(method, test, ctx)  # per-epoch scores (Context.snapshot)
         return {"status": "ok", "pid": os.getpid(), "provenance": prov,
@@ -827,8 +827,6 @@ def _child_main() -> None:
         proto_out.flush()
 
     # imported before "ready": their cost is the sandbox's start, not the first job's
-    import occbench.harness.execute
-    import occbench.harness.registry  # noqa: F401
 
     send({"ready": True, "pid": os.getpid()})
     for line in proto_in:

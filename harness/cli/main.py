@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from occbench.harness.ui import (
+from occbench.harness.cli.ui import (
     OFF_TERMINAL_WIDTH,
     console,
     err,
@@ -96,7 +96,7 @@ def store_for_reading(path: Path, protocol: list[str] | None = None, **kw: Any) 
     """The run store at ``path`` (viewed under ``protocol``: ids, one per modality; ``kw`` go
     to :class:`RunStore`), or a clean exit naming the fix when there is none or its format is
     not this version's. Every command that reads a store opens it here."""
-    from occbench.harness.store import RunStore, StoreError
+    from occbench.harness.store.runstore import RunStore, StoreError
 
     if path.exists() and not path.is_dir():
         raise _fail(f"--store {path} is a file, not a run store folder; give the folder that "
@@ -114,7 +114,7 @@ def store_for_reading(path: Path, protocol: list[str] | None = None, **kw: Any) 
 
 def store_for_writing(path: Path) -> Any:
     """The run store at ``path``, created if new; a clean exit when it cannot be one."""
-    from occbench.harness.store import RunStore, StoreError
+    from occbench.harness.store.runstore import RunStore, StoreError
 
     if path.exists() and not path.is_dir():
         raise _fail(f"--store {path} is a file, not a folder; give a new folder or an occbench "
@@ -190,12 +190,12 @@ def _main(
 def make_runner(name: str, device: str, address: str | None, max_concurrent: int | None,
                 sealed: str = "auto") -> Any:
     """Build a runner by name (``serial``; ``ray`` when the Ray runner is installed)."""
-    from occbench.harness.runner import SerialRunner
+    from occbench.harness.run.runner import SerialRunner
 
     if name == "serial":  # "auto" means cpu here: the serial runner does no GPU placement
         return SerialRunner(device="cpu" if device == "auto" else device, sealed=sealed)
     if name == "ray":
-        mod = importlib.import_module("occbench.harness.ray_runner")
+        mod = importlib.import_module("occbench.harness.run.ray_runner")
         try:
             return mod.RayRunner(address=address, max_concurrent=max_concurrent, device=device,
                                  sealed=sealed)
@@ -251,7 +251,7 @@ def _load_plan(spec: str | None, methods: str | None, datasets: str | None,
                classes: str | None, seeds: str | None, root: str | None) -> tuple[Any, Any]:
     """(spec, plan) from a spec file/name or the ad-hoc options; user errors exit 2."""
     from occbench.harness import registry
-    from occbench.harness.spec import SpecError, expand, load_spec, spec_from_dict
+    from occbench.harness.run.spec import SpecError, expand, load_spec, spec_from_dict
 
     if spec is not None and (methods or datasets):
         raise _fail("give either a SPEC or --methods/--datasets, not both")
@@ -276,8 +276,8 @@ def check_methods(jobs: list[Any], root: str | None = None, seal_mode: str = "au
 
     Where the jobs run sealed, so do the checks (the same sandbox); otherwise they run here.
     """
-    from occbench.harness import sandbox
     from occbench.harness.conformance import check_method, check_method_sealed
+    from occbench.harness.run import sandbox
 
     sealed, probe = sandbox.resolve(seal_mode, warn=False)
 
@@ -453,7 +453,7 @@ def run(
     """
     import dataclasses
 
-    from occbench.harness.limits import parse_duration
+    from occbench.harness.run.limits import parse_duration
 
     try:
         job_limit = None if time_limit is None else parse_duration(time_limit, "--time-limit")
@@ -471,7 +471,7 @@ def run(
     for s in plan.skipped:
         console.print(f"[dim]skipped: {escape(s)}[/dim]")
     if address is None:  # an existing cluster may have GPUs this machine lacks
-        from occbench.harness.spec import split_requires_gpu
+        from occbench.harness.run.spec import split_requires_gpu
 
         here, need_gpu = split_requires_gpu(plan.jobs)
         if need_gpu:
@@ -525,7 +525,7 @@ def run(
 def seal_mode_checked(sealed: bool | None) -> str:
     """Probe the sandbox before the first job: ``--sealed`` fails closed (exit 2), the default
     warns in one line when it has to run unsealed. Returns the mode for the runner."""
-    from occbench.harness import sandbox
+    from occbench.harness.run import sandbox
 
     mode = "require" if sealed else "off" if sealed is False else "auto"
     try:
@@ -546,8 +546,8 @@ def _execute(jobs: list[Any], st: Any, root: str | None, runner: str | None, dev
              address: str | None, max_concurrent: int | None, seal_mode: str = "auto",
              retry_failed: bool = False) -> Any:
     """Run ``jobs`` with progress: a live bar on a terminal, plain lines otherwise."""
-    from occbench.harness.driver import run_jobs
-    from occbench.harness.runner import RunnerError
+    from occbench.harness.run.driver import run_jobs
+    from occbench.harness.run.runner import RunnerError
 
     r = make_runner(runner or default_runner(), device, address, max_concurrent, seal_mode)
     todo = len(jobs)
@@ -600,7 +600,7 @@ def _execute(jobs: list[Any], st: Any, root: str | None, runner: str | None, dev
 def _run_live(jobs: list[Any], st: Any, r: Any, root: str | None, todo: int,
               counts: dict[str, int], status: Any, count: Any, retry_failed: bool = False) -> Any:
     """Run with rich's live progress bar (a terminal)."""
-    from occbench.harness.driver import run_jobs
+    from occbench.harness.run.driver import run_jobs
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -627,7 +627,7 @@ def _run_live(jobs: list[Any], st: Any, r: Any, root: str | None, todo: int,
 
 
 def _print_dry_run(sp: Any, jobs: list[Any], store: Path, limit: int | None) -> None:
-    from occbench.harness.store import RunStore
+    from occbench.harness.store.runstore import RunStore
 
     st = RunStore(store)
     have = {j.job_id for j in jobs if st.has(j.job_id)}
@@ -654,7 +654,7 @@ def _precheck(sp: Any, root: str | None, names: set[str] | None = None) -> None:
     import json
 
     try:
-        mod = importlib.import_module("occbench.harness.cli_data")
+        mod = importlib.import_module("occbench.harness.cli.data")
     except ImportError:
         return
     check = getattr(mod, "check_dataset", None)
@@ -762,8 +762,8 @@ def board_cache() -> Path:
 
 
 #: Code whose change changes the table of the same store content.
-_BOARD_CODE = ("leaderboard/table.py", "leaderboard/stats.py", "harness/store.py",
-               "harness/protocols.py")
+_BOARD_CODE = ("leaderboard/table.py", "leaderboard/stats.py", "harness/store/runstore.py",
+               "harness/scoring/protocols.py")
 
 
 def board_key(st: Any) -> str | None:
@@ -779,7 +779,7 @@ def board_key(st: Any) -> str | None:
     try:
         root = Path(st.path).resolve()
         h.update(f"{root}|{version('occbench')}\n".encode())
-        here = Path(__file__).resolve().parents[1]
+        here = Path(__file__).resolve().parents[2]
         for rel in _BOARD_CODE:
             p = here / rel
             if p.exists():
@@ -809,7 +809,7 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
 ) -> None:
     """Write per-run metrics (runs.*) and per-item scores with labels (scores.*)."""
-    from occbench.harness.export import export_store
+    from occbench.harness.store.export import export_store
 
     if fmt not in ("csv", "parquet"):
         raise _fail("--format must be csv or parquet")
@@ -834,7 +834,7 @@ def list_(
     from occbench.harness import registry
 
     if what == ListWhat.protocols:
-        from occbench.harness.protocols import protocols
+        from occbench.harness.scoring.protocols import protocols
 
         emit([{"id": p.id, "modality": p.modality, "normalize": p.normalize, "border": p.border,
                "smooth": p.smooth_sigma, "description": p.description} for p in protocols()],
@@ -924,7 +924,7 @@ def new(
     docs/plugins.md.
     """
     from occbench.harness import registry
-    from occbench.harness.scaffold import ScaffoldError, names, write
+    from occbench.harness.cli.scaffold import ScaffoldError, names, write
 
     try:
         n = names(name)
@@ -970,7 +970,7 @@ def store_merge(
 ) -> None:
     """Copy good runs missing from --into out of each source store, with their labels and
     metrics (content-addressed: no repeats; bad entries are reported and not copied)."""
-    from occbench.harness.store import StoreError
+    from occbench.harness.store.runstore import StoreError
 
     dst = store_for_writing(into)
     for s in sources:
@@ -999,7 +999,7 @@ def store_prune(
     --spec the runs none of the specs expands to any more. Nothing is deleted."""
     from collections import Counter
 
-    from occbench.harness.spec import SpecError, spec_job_ids
+    from occbench.harness.run.spec import SpecError, spec_job_ids
     from occbench.leaderboard.table import runs_frame
 
     st = store_for_reading(store)
@@ -1062,11 +1062,11 @@ def _status_row(rec: dict[str, Any], status: str) -> dict[str, Any]:
 
 
 # Sub-commands contributed by other modules of the harness (data, refresh, sweep, site...).
-for _mod in ("cli_data", "cli_ray", "cli_board", "cli_store"):
+for _mod in ("data", "cluster", "board", "store"):
     try:
-        _m = importlib.import_module(f"occbench.harness.{_mod}")
+        _m = importlib.import_module(f"occbench.harness.cli.{_mod}")
     except ImportError as _exc:
-        if getattr(_exc, "name", "") != f"occbench.harness.{_mod}":
+        if getattr(_exc, "name", "") != f"occbench.harness.cli.{_mod}":
             raise
         continue
     if hasattr(_m, "register"):  # absent while that module is the one importing this one

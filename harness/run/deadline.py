@@ -5,7 +5,7 @@
   dataset and parameters, scaled linearly by the ``epochs`` parameter; without any history of
   the same kind, ``overhead_s + epochs * per_epoch_s`` (e.g. from ``bench/bench_ae3d.py``).
   Every estimate is multiplied by ``margin`` (1.2).
-* :class:`DeadlineRunner` — wraps a :class:`~occbench.harness.runner.SerialRunner` (one worker
+* :class:`DeadlineRunner` — wraps a :class:`~occbench.harness.run.runner.SerialRunner` (one worker
   process for the whole queue) and never starts a job, or a stacked unit of jobs, whose estimate
   does not fit in the time left; it caps each started job's time limit at the deadline, and
   updates the cost model with every finished job. Jobs it did not start are listed in
@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from occbench.harness.execute import JobOutput, group_jobs
-from occbench.harness.runner import ClaimFn, DoneFn, Runner, SerialRunner, StopFn
-from occbench.harness.spec import Job, canonical_json
+from occbench.harness.run.execute import JobOutput, group_jobs
+from occbench.harness.run.runner import ClaimFn, DoneFn, Runner, SerialRunner, StopFn
+from occbench.harness.run.spec import Job, canonical_json
 
 #: method parameters that do not change what a job costs per epoch (left out of the cost key)
 _FREE_PARAMS = ("epochs", "snapshot_every", "device", "gpus")

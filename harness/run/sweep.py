@@ -58,8 +58,14 @@ import numpy as np
 import pandas as pd
 from occbench.harness import registry
 from occbench.harness.api import Data, ImageData, Method, Video, VideoData
-from occbench.harness.paths import UnsafePathError, check_name, inside, is_safe_name, safe_name
-from occbench.harness.spec import Job, SpecError, make_dataset, resolve_method
+from occbench.harness.run.spec import Job, SpecError, make_dataset, resolve_method
+from occbench.harness.store.paths import (
+    UnsafePathError,
+    check_name,
+    inside,
+    is_safe_name,
+    safe_name,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -190,7 +196,7 @@ def _method_class(sw: SweepSpec) -> type[Method]:
 def sweep_jobs(sw: SweepSpec, config: Mapping[str, Any], data_root: str | None,
                trial: str = "") -> list[Job]:
     """The full jobs (all classes × seeds) of one config, tagged with the sweep and trial."""
-    from occbench.harness.spec import expand, spec_from_dict
+    from occbench.harness.run.spec import expand, spec_from_dict
 
     cfg = {k: _plain(v) for k, v in config.items()}
     shown = ",".join(f"{k}={_short(v)}" for k, v in sorted(cfg.items()))
@@ -343,7 +349,7 @@ def _validation_objective(sw: SweepSpec, data_root: str | None, device: str,
     import tempfile
 
     from occbench.harness.api import Context
-    from occbench.harness.execute import load_split
+    from occbench.harness.run.execute import load_split
 
 
     cls = registry.methods.get(sw.method)
@@ -420,12 +426,12 @@ def run_sweep(sw: SweepSpec, store: Any, runner: Any, data_root: str | None = No
               tune: Callable[..., list[dict[str, Any]]] | None = None) -> SweepResult:
     """Run the Tune trials (validation objective), then each config's full jobs; write the table.
 
-    ``tune`` defaults to :func:`occbench.harness.ray_runner.tune_search` (injectable for tests).
+    ``tune`` defaults to :func:`occbench.harness.run.ray_runner.tune_search` (injectable for tests).
     """
-    from occbench.harness.driver import run_jobs
+    from occbench.harness.run.driver import run_jobs
 
     if tune is None:
-        from occbench.harness.ray_runner import tune_search
+        from occbench.harness.run.ray_runner import tune_search
 
         tune = tune_search
     path = sweep_table_path(store.path, sw.name)  # before any trial: a bad name costs nothing

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from occbench.harness.protocols import get_protocol
-from occbench.harness.spec import Job, canonical_json
-from occbench.harness.store import RunStore
+from occbench.harness.run.spec import Job, canonical_json
+from occbench.harness.scoring.protocols import get_protocol
+from occbench.harness.store.runstore import RunStore
 
 #: Identity fields that can change between two runs of the same method/dataset/class/seed.
 _COMPARED = ("method_version", "method_params", "dataset_version", "dataset_params",
@@ -108,7 +108,7 @@ def plan_refresh(jobs: Iterable[Job], store: RunStore, have_gpu: bool | None = N
         else:
             plan.to_run.append((j, explain(j, index.get(_key(j.to_dict()), []))))
     if any(j.requires_gpu for j, _ in plan.to_run):
-        from occbench.harness.spec import gpu_available
+        from occbench.harness.run.spec import gpu_available
 
         if not (gpu_available() if have_gpu is None else have_gpu):
             plan.need_gpu = [(j, w) for j, w in plan.to_run if j.requires_gpu]

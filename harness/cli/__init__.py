@@ -1,0 +1,1 @@
+"""The command line: `occbench` and its sub-commands (typer + rich)."""

@@ -1,0 +1,1 @@
+"""Scoring: named, versioned protocols that turn raw scores and labels into metrics."""
