@@ -70,6 +70,8 @@ def board(
         raise _fail(f"--published {published}: no such file")
     if bootstrap < 0:
         raise _fail("--bootstrap must be >= 0")
+    if serve and not site:  # before any work: nothing is written for a refused command
+        raise _fail("--serve needs the site: drop --no-site")
 
     def warn(msg: str) -> None:
         err.print(f"[yellow]warning:[/yellow] {escape(msg)}")
@@ -101,8 +103,6 @@ def board(
     for f in files:
         say.print(f"wrote {escape(str(f))}")
     if serve:
-        if not site:
-            raise _fail("--serve needs the site: drop --no-site")
         serve_dir(out, port)
 
 

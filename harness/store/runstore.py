@@ -401,7 +401,8 @@ class RunStore:
             if foreign:
                 raise StoreError(
                     f"{self.path} exists and is not an occbench store (no occbench-store.json; "
-                    f"it holds {foreign[:5]}); choose an empty or new folder"
+                    f"it holds {foreign[:5]}); give --store an empty or new folder (e.g. "
+                    f"--store {self.path / 'new'})"
                 )
         try:
             for d in (self.runs_dir, self.failed_dir, self.locks_dir, self.labels_dir,
