@@ -60,9 +60,10 @@ def headline(store: RunStore | str | Path, published: str | Path | None = None) 
         })
     df = pd.DataFrame(rows)
     note = ("AUC: class-mean one-vs-rest AUROC for images, frame-level micro AUC for video; "
-            "mean ± std over seeds (a seed counts once it covers every class). [unsealed]: the "
-            "method ran outside the sandbox (docs/plugins.md). Generated from the committed run "
-            "store by `occbench board --store results --readme README.md`.")
+            "mean ± std over seeds (a seed counts once it covers every class). [unsealed]: "
+            "at least one of the entry's runs ran outside the sandbox, or was made before runs "
+            "recorded it (docs/plugins.md). Generated from the committed run store by "
+            "`occbench board --store results --readme README.md`.")
     return markdown(df) + "\n\n" + note
 
 
