@@ -199,6 +199,16 @@ def _load_spec_file(p: Path, parents: tuple[Path, ...]) -> Spec:
     return sp
 
 
+def _check_entries(path: str, table: str, entries: list[dict[str, Any]], keys: set[str]) -> None:
+    """Each ``[[table]]`` entry has a ``name`` and only the ``keys`` it may have."""
+    for i, e in enumerate(entries):
+        if "name" not in e:
+            raise SpecError(f"{path}: [[{table}]] entry {i + 1} has no `name`")
+        bad = set(e) - keys
+        if bad:
+            raise SpecError(f"{path}: [[{table}]] {e['name']!r}: unknown keys {sorted(bad)}")
+
+
 def spec_from_dict(data: Mapping[str, Any], path: str = "<memory>",
                    allow_empty: bool = False) -> Spec:
     unknown = set(data) - {"name", "seeds", "methods", "datasets", "protocols", "fast",
@@ -214,18 +224,11 @@ def spec_from_dict(data: Mapping[str, Any], path: str = "<memory>",
     datasets = data.get("datasets") or []
     if (not methods or not datasets) and not (allow_empty and not methods and not datasets):
         raise SpecError(f"{path}: needs at least one [[methods]] and one [[datasets]] entry")
-    for i, m in enumerate(methods):
-        if "name" not in m:
-            raise SpecError(f"{path}: [[methods]] entry {i + 1} has no `name`")
-        bad = set(m) - {"name", "params", "label", "selected_on_test", "requires_gpu"}
-        if bad:
-            raise SpecError(f"{path}: [[methods]] {m['name']!r}: unknown keys {sorted(bad)}")
-    for i, d in enumerate(datasets):
-        if "name" not in d:
-            raise SpecError(f"{path}: [[datasets]] entry {i + 1} has no `name`")
-        bad = set(d) - {"name", "params", "classes", "protocol", "time_limit_s"}
-        if bad:
-            raise SpecError(f"{path}: [[datasets]] {d['name']!r}: unknown keys {sorted(bad)}")
+    _check_entries(path, "methods", methods,
+                   {"name", "params", "label", "selected_on_test", "requires_gpu"})
+    _check_entries(path, "datasets", datasets,
+                   {"name", "params", "classes", "protocol", "time_limit_s"})
+    for d in datasets:
         if d.get("time_limit_s") is not None:
             _time_limit(d["time_limit_s"], f"{path}: [[datasets]] {d['name']!r}: time_limit_s")
     default_limit = (None if data.get("time_limit_s") is None
