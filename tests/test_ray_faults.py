@@ -157,6 +157,49 @@ def test_job_killed_by_the_memory_monitor_is_recorded_out_of_memory(tmp_path: Pa
     assert len(set(pids.read_text().split())) == OOM_RETRIES + 1
 
 
+def test_job_clock_killed_by_the_memory_monitor_is_replaced_and_limits_still_hold(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's memory monitor may kill the job clock rather than the hog (since Ray 2.56 it
+    picks the most recently started task, often the clock's poll): the poll then raises
+    ``OutOfMemoryError``, not ``RayActorError``. The driver makes a new clock and goes on, and
+    a job past its limit is still stopped (CI once crashed here mid-grid)."""
+    from occbench.harness.run import ray_runner as rr
+
+    init_local_ray(num_cpus=1)
+    runner = RayRunner(max_concurrent=1, sealed="off", default_time_limit_s=1.0)
+    runner._clock = rr._new_clock()
+    old_clock = runner._clock
+    real_get = rr.ray.get
+    polls: list[str] = []
+
+    def get(refs: object, *a: object, **k: object) -> object:
+        if not polls:  # the first clock poll: killed for memory
+            polls.append("oom")
+            raise ray.exceptions.OutOfMemoryError("Task was killed due to the node running low "
+                                                  "on memory.")
+        polls.append("ok")
+        return real_get(refs, *a, **k)
+
+    sleeper = ray.remote(num_cpus=0)(lambda: time.sleep(60))
+    ref = sleeper.remote()
+    job = jobs_of([{"name": "ray-probe"}])[0]
+    inflight = {ref: rr._InFlight(job, time.monotonic())}
+    stopped: list[tuple[str, str]] = []
+    monkeypatch.setattr(rr.ray, "get", get)
+    runner._check_time_limits(inflight, lambda j, out: stopped.append((j.job_id, out.status)))
+    assert runner._clock is not old_clock  # a new clock
+    assert inflight[ref].started is not None  # counted from now: never cut short
+    assert not stopped
+    time.sleep(1.2)
+    runner._check_time_limits(inflight, lambda j, out: stopped.append((j.job_id, out.status)))
+    assert polls == ["oom", "ok"]
+    assert [s[0] for s in stopped] == [job.job_id] and not inflight  # the limit still held
+    monkeypatch.undo()
+    with pytest.raises((ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError)):
+        ray.get(ref, timeout=30)
+    runner.close()
+
+
 # --------------------------------------------------------------------------------------------
 # `occbench run --runner ray` as a terminal runs it: Ctrl-C to the process group, kill -9
 # --------------------------------------------------------------------------------------------

@@ -585,10 +585,12 @@ class RayRunner(Runner):
             starts = ray.get(self._clock.starts.remote(), timeout=10)
         except ray.exceptions.GetTimeoutError:
             return
-        except ray.exceptions.RayActorError:
-            # the clock's node was lost: a new clock for new jobs; the running ones count from
-            # now (their limit may run a little long, never short)
-            log.warning("the job clock was lost with its node; restarting it")
+        except ray.exceptions.RayError as exc:
+            # The clock is gone: its node was lost (RayActorError), or the memory monitor
+            # killed it to save a hog's node (OutOfMemoryError), or it is unreachable. A new
+            # clock for new jobs; the running ones count from now (their limit may run a
+            # little long, never short). The grid goes on either way.
+            log.warning("the job clock was lost (%s); restarting it", type(exc).__name__)
             self._clock = _new_clock()
             starts = {it.job.job_id: 0.0 for it in limited.values()}
         now = time.monotonic()
