@@ -59,6 +59,8 @@ class Analysis:
     n_boot: int = 1000
     failures: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         columns=FAILURE_COLUMNS))  # see failures_frame
+    #: job id -> stat key of the files each row was read from (``runs_frame``'s ``keys_out``)
+    row_keys: dict[str, str] = field(default_factory=dict)
 
 
 def stable_seed(*parts: object) -> int:
@@ -235,14 +237,18 @@ def failures_markdown(f: pd.DataFrame) -> str:
 
 def analyze(store: RunStore | str | Path, published_path: str | Path | None = None,
             n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-            warn: Callable[[str], None] = _stderr) -> Analysis:
+            warn: Callable[[str], None] = _stderr, cache_in: Path | None = None,
+            cache_out: Path | None = None) -> Analysis:
     """Compute every table of the leaderboard from ``store`` (deterministic for a given seed).
 
     Records with an invalid job id are left out (see :func:`trusted_runs`), one line each to
-    ``warn``.
+    ``warn``. ``cache_in``/``cache_out``: the row cache of :func:`runs_frame` (the same tables
+    with or without it).
     """
     st = store if isinstance(store, RunStore) else RunStore(store)
-    runs = trusted_runs(runs_frame(st), warn)
+    row_keys: dict[str, str] = {}
+    runs = trusted_runs(runs_frame(st, cache_in=cache_in, cache_out=cache_out,
+                                   keys_out=row_keys), warn)
     seeds = per_seed(runs) if not runs.empty else pd.DataFrame()
     agg = aggregate(runs, level)
     classes = per_class(runs, level) if not runs.empty else pd.DataFrame()
@@ -275,7 +281,7 @@ def analyze(store: RunStore | str | Path, published_path: str | Path | None = No
     return Analysis(runs=runs, seeds=seeds, agg=agg, classes=classes, comparisons=comp,
                     ranking_blocks=blocks, friedman=fr, rank_uncertainty=ru, p_best=p_best,
                     published=published, sweeps=load_sweeps(st), n_boot=n_boot,
-                    failures=failures_frame(st, warn))
+                    failures=failures_frame(st, warn), row_keys=row_keys)
 
 
 def load_sweeps(store: RunStore) -> dict[str, pd.DataFrame]:

@@ -92,12 +92,13 @@ def _r(a: np.ndarray | Sequence[float], nd: int = 4) -> list[float | None]:
 
 def roc_figure(scores: pd.DataFrame, div_id: str, max_points: int = 400) -> str:
     """ROC curve of a run's evaluated scores (higher score = more anomalous)."""
-    from sklearn.metrics import roc_curve
+    from occbench.harness.scoring.protocols import roc_points
 
     d = scores[scores["score"].notna()]
     data: list[Fig] = []
     if d["label"].nunique() == 2:
-        fpr, tpr, _ = roc_curve(d["label"].to_numpy(), d["score"].to_numpy())
+        # roc_curve's points bit for bit, without its input checks (a third of a page's time)
+        fpr, tpr = roc_points(d["label"].to_numpy(), d["score"].to_numpy())
         if len(fpr) > max_points:  # keep the curve's shape: sample evenly along its points
             idx = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
             fpr, tpr = fpr[idx], tpr[idx]

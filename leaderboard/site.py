@@ -30,7 +30,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,10 @@ LOCK = ".occbench-site.lock"
 #: Input key of every run page of the last build (``runs/<job_id>.html`` -> sha256).
 MANIFEST = ".occbench-pages.json"
 MANIFEST_SCHEMA = "occbench.site-pages/1"
-_RUN_PAGE_RE = re.compile(r"runs/[0-9a-f]{20}\.html")
+#: The rows of the runs table as last read, keyed by their files' stat keys
+#: (:func:`occbench.leaderboard.table.runs_frame`).
+RUNS_CACHE = ".occbench-runs-cache.json"
+_RUN_PAGE_RE = re.compile(r"runs/[0-9a-f]{20}\.html|datasets/[\w.-]+-runs-[0-9]+\.html")
 #: A dataset page lists this many runs; the rest go to numbered run-list pages.
 RUNS_PER_PAGE = 500
 
@@ -406,9 +409,27 @@ class _Builder:
         self.dslug = _unique_slugs(dsets)
         # image run pages show their siblings (other classes, same seed): group once, not per run
         img = a.runs[a.runs["modality"] == "image"] if not a.runs.empty else a.runs
-        self.siblings = {k: g.sort_values("normal_class", key=_class_sort_key)
-                         for k, g in img.groupby(["label", "dataset", "protocol", "seed"],
-                                                 sort=True)}
+        self.siblings = _siblings(img)
+
+    #: set by :func:`build`: the previous build's page keys and files, what this build keeps
+    #: unchanged, the keys of this build's keyed pages, and what every keyed page depends on
+    previous: dict[str, str]
+    prev_files: set[str]
+    keep: set[str]
+    keys: dict[str, str]
+    page_common: str
+    store_out: Path
+
+    def keep_unchanged(self, rel: str, key: str) -> bool:
+        """Record ``rel``'s key; True (and the page kept as it is) when the previous build
+        made it from the same inputs and it is still there, untouched by anyone else."""
+        self.keys[rel] = key
+        out = self.store_out / rel
+        if (self.previous.get(rel) == key and rel in self.prev_files and out.is_file()
+                and not out.is_symlink()):
+            self.keep.add(rel)
+            return True
+        return False
 
     def render(self, rel: str, template: str, **ctx: Any) -> None:
         self.written.append(_render(self.env, self.out, rel, template, self.mslug, self.dslug,
@@ -514,28 +535,38 @@ class _Builder:
                        & (a.published["status"] == "not reproduced")).sum())
         sweeps = [n for n, df in sorted(a.sweeps.items())
                   if "dataset" in df.columns and ds in set(df["dataset"].astype(str))]
-        runrows = _records(runs.sort_values(["label", "protocol", "seed", "normal_class",
-                                             "job_id"], key=_class_sort_key))
+        ordered = runs.sort_values(["label", "protocol", "seed", "normal_class", "job_id"],
+                                   key=_class_sort_key)
+        n_runs = len(ordered)
         # a sweep of thousands of runs would make a page of megabytes: list the first
         # RUNS_PER_PAGE here, the rest on numbered pages of the same size
         base = f"datasets/{self.dslug[ds]}"
         run_pages: list[dict[str, Any]] = [{"n": k + 1, "first": k * RUNS_PER_PAGE + 1,
-                      "last": min((k + 1) * RUNS_PER_PAGE, len(runrows)),
+                      "last": min((k + 1) * RUNS_PER_PAGE, n_runs),
                       "href": f"{self.dslug[ds]}.html" if k == 0
                       else f"{self.dslug[ds]}-runs-{k + 1}.html"}
-                     for k in range(max(1, math.ceil(len(runrows) / RUNS_PER_PAGE)))]
+                     for k in range(max(1, math.ceil(n_runs / RUNS_PER_PAGE)))]
         for pg in run_pages[1:]:
-            self.render(f"{base}-runs-{pg['n']}.html", "dataset_runs.html", dataset=ds,
-                        modality=str(runs["modality"].iloc[0]), n_runs=len(runrows),
-                        runs=runrows[int(pg["first"]) - 1:int(pg["last"])],
-                        run_pages=run_pages,
-                        page=pg["n"])
-        runrows_shown = runrows[:RUNS_PER_PAGE]
+            sub = ordered.iloc[int(pg["first"]) - 1:int(pg["last"])]
+            rel = f"{base}-runs-{pg['n']}.html"
+            # keyed by its rows (hashed as a frame) and links: an unchanged page is kept
+            # unrendered, as run pages are (rendering was most of a rebuild at 10,000 runs)
+            key = hashlib.sha256(json.dumps(
+                [self.page_common, ds, n_runs, run_pages, pg["n"],
+                 list(map(str, sub.columns))], default=str).encode()
+                + pd.util.hash_pandas_object(sub.astype(str), index=False).to_numpy().tobytes()
+            ).hexdigest()
+            if self.keep_unchanged(rel, key):
+                continue
+            self.render(rel, "dataset_runs.html", dataset=ds,
+                        modality=str(runs["modality"].iloc[0]), n_runs=n_runs,
+                        runs=_records(sub), run_pages=run_pages, page=pg["n"])
+        runrows_shown = _records(ordered.iloc[:RUNS_PER_PAGE])
         self.render(f"datasets/{self.dslug[ds]}.html", "dataset.html", dataset=ds,
                     info=_dataset_info(ds), modality=modality, tables=tables, spread=spread,
                     class_tables=class_tables, comparisons=comp, published=_records(pubrows),
                     n_unreproduced=n_unrep, sweeps=sweeps, runs=runrows_shown,
-                    n_runs=len(runrows), run_pages=run_pages, page=1,
+                    n_runs=n_runs, run_pages=run_pages, page=1,
                     ranking_protocol=a.ranking_blocks.get(ds), all_pairs_max=ALL_PAIRS_MAX,
                     n_entries=int(runs.loc[~runs["selected_on_test"], "label"].nunique()),
                     failures=failure_groups(a.failures[a.failures["dataset"] == ds]))
@@ -571,9 +602,7 @@ class _Builder:
         for row in _records(self.a.runs):
             sib = None
             if row["modality"] != "video":
-                same = self.siblings[(row["label"], row["dataset"], row["protocol"], row["seed"])]
-                sib = (same["normal_class"].astype(str).tolist(),
-                       [float(v) for v in same["auc"]])
+                sib = self.siblings[(row["label"], row["dataset"], row["protocol"], row["seed"])]
             items.append((row, sib))
         return items
 
@@ -611,6 +640,9 @@ class _RunContext:
     mslug: dict[str, str]
     dslug: dict[str, str]
     has_sweeps: bool
+    #: job id -> the stat key of run files the builder verified moments ago (a build process
+    #: then reads them without hashing them again; a file changed since is verified anew)
+    verified: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def common_key(self) -> str:
         # the number of processes does not change a page
@@ -627,6 +659,7 @@ class _RunPages:
     def __init__(self, ctx: _RunContext) -> None:
         self.ctx, self.env = ctx, _env()
         self.store = RunStore(ctx.store, protocol=ctx.protocol)
+        self.store._verified.update(ctx.verified)
         self.out, self.opts = Path(ctx.out), ctx.opts
 
     def run(self, row: dict[str, Any], sib: tuple[list[str], list[float]] | None) -> Path:
@@ -665,7 +698,8 @@ class _RunPages:
                        log=log, protocol=rec.get("protocol") or {})
 
 
-def _run_key(store: RunStore, ctx: _RunContext, common: str, item: _RunItem) -> str:
+def _run_key(store: RunStore, ctx: _RunContext, common: str, item: _RunItem,
+             row_key: str | None = None) -> str:
     """What a run page is a function of: the run's files (immutable once written: their size
     and modification time stand for their content), its metrics file under the page's
     protocol, that protocol's code, its row and siblings in the tables, the links it makes,
@@ -674,23 +708,33 @@ def _run_key(store: RunStore, ctx: _RunContext, common: str, item: _RunItem) -> 
 
     row, sib = item
     jid = str(row["job_id"])
-    files = []
-    d = store.runs_dir / jid
-    for name in sorted(os.listdir(d)):
-        st = os.stat(d / name)
-        files.append((name, st.st_size, st.st_mtime_ns))
-    try:
-        st = os.stat(store.metrics_path(jid, str(row["protocol"])))
-        files.append(("metrics", st.st_size, st.st_mtime_ns))
-    except (OSError, ValueError):
-        files.append(("metrics", -1, -1))
-    try:
-        pdig = get_protocol(str(row["protocol"])).digest
-    except Exception:  # an unknown protocol: the page says so, keyed by its id
-        pdig = str(row["protocol"])
+    files: Any = row_key
+    if files is None:  # not read through the tables' row pass (an analysis made elsewhere)
+        files = []
+        d = store.runs_dir / jid
+        for name in sorted(os.listdir(d)):
+            st = os.stat(d / name)
+            files.append((name, st.st_size, st.st_mtime_ns))
+        try:
+            st = os.stat(store.metrics_path(jid, str(row["protocol"])))
+            files.append(("metrics", st.st_size, st.st_mtime_ns))
+        except (OSError, ValueError):
+            files.append(("metrics", -1, -1))
+    pid = str(row["protocol"])
+    pdig = _PROTOCOL_DIGESTS.get(pid)
+    if pdig is None:
+        try:
+            pdig = get_protocol(pid).digest
+        except Exception:  # an unknown protocol: the page says so, keyed by its id
+            pdig = pid
+        _PROTOCOL_DIGESTS[pid] = pdig
     text = json.dumps([common, pdig, files, row, sib, ctx.mslug.get(str(row["label"])),
                        ctx.dslug.get(str(row["dataset"]))], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: protocol id -> digest, for run-page keys (one lookup per protocol, not per run)
+_PROTOCOL_DIGESTS: dict[str, str] = {}
 
 
 _WORKER: _RunPages | None = None
@@ -755,6 +799,27 @@ def _sorted_classes(names: Iterable[str]) -> list[str]:
     if all(n.isdigit() for n in ns):
         return sorted(ns, key=int)
     return sorted(ns)
+
+
+def _siblings(img: pd.DataFrame) -> dict[tuple[Any, ...], tuple[list[str], list[float]]]:
+    """(label, dataset, protocol, seed) -> the classes of those image runs and their AUCs, in
+    class order (numeric when every class of the group is a number, else text).
+
+    One pass with numpy over the groups' row positions: a DataFrame sorted per group cost
+    17 s for 10,000 runs."""
+    out: dict[tuple[Any, ...], tuple[list[str], list[float]]] = {}
+    if img.empty:
+        return out
+    cls = img["normal_class"].astype(str).to_numpy()
+    num = pd.to_numeric(img["normal_class"], errors="coerce").to_numpy(dtype=np.float64)
+    auc = img["auc"].to_numpy(dtype=np.float64)
+    for k, idx in img.groupby(["label", "dataset", "protocol", "seed"], sort=True).indices.items():
+        n = num[idx]
+        order = (np.argsort(n, kind="stable") if not np.isnan(n).any()
+                 else np.argsort(cls[idx], kind="stable"))
+        pos = idx[order]
+        out[k] = (cls[pos].tolist(), [float(v) for v in auc[pos]])
+    return out
 
 
 def _class_sort_key(col: pd.Series) -> pd.Series:
@@ -859,8 +924,11 @@ def build(store: RunStore | str | Path, out: str | Path,
     with site_output(outp) as so:
         stage = so.stage
         previous = _read_manifest(outp) if MANIFEST in so.prev else {}
+        # the previous build's rows of unchanged runs: a rebuild reads only what changed
+        cache_in = outp / RUNS_CACHE if RUNS_CACHE in so.prev else None
         a = analysis or analyze(st, published_path,
-                                n_boot=opts.n_boot if opts.n_boot > 0 else 200, warn=w)
+                                n_boot=opts.n_boot if opts.n_boot > 0 else 200, warn=w,
+                                cache_in=cache_in, cache_out=stage / RUNS_CACHE)
         _copy_static(stage)
         data = stage / "data"
         write_tables(a, data)
@@ -869,6 +937,10 @@ def build(store: RunStore | str | Path, out: str | Path,
             markdown(display_table(a.agg)) + "\n" if not a.agg.empty else "No runs yet.\n")
         _write_leaderboard(st, a, stage)
         b = _Builder(st, stage, a, opts)
+        keys: dict[str, str] = {}
+        b.previous, b.prev_files, b.keep, b.keys = previous, so.prev, so.keep, keys
+        b.store_out = outp
+        b.page_common = json.dumps([_code_fingerprint(), b.mslug, b.dslug, bool(a.sweeps)])
         b.overview()
         for ds in sorted(b.dslug):
             b.dataset(ds)
@@ -876,24 +948,28 @@ def build(store: RunStore | str | Path, out: str | Path,
             b.method(m)
         ctx = b.run_context()
         common = ctx.common_key()
-        keys: dict[str, str] = {}
         todo: list[_RunItem] = []
         for item in b.run_items():
             rel = f"runs/{item[0]['job_id']}.html"
-            keys[rel] = _run_key(st, ctx, common, item)
+            keys[rel] = _run_key(st, ctx, common, item, a.row_keys.get(str(item[0]["job_id"])))
             # an unchanged page of the previous build stays where it is (the marker keeps it)
             if (previous.get(rel) == keys[rel] and rel in so.prev
                     and (outp / rel).is_file() and not (outp / rel).is_symlink()):
                 so.keep.add(rel)
             else:
                 todo.append(item)
+        if todo:
+            ctx = replace(ctx, verified={
+                j: k for j in (str(it[0]["job_id"]) for it in todo)
+                if (k := st._verified.get(j)) is not None})
         built = _build_run_pages(ctx, todo, opts.jobs)
         _write_manifest(stage, keys)
         if a.sweeps:
             b.sweeps()
         rels = {Path(p).relative_to(stage) for p in [*b.written, *built]}
     pages = sorted({*(outp / r for r in rels), *(outp / rel for rel in keys)})
-    return SiteBuild(pages, len(built), len(keys) - len(built), a)
+    n_run_pages = sum(1 for rel in keys if rel.startswith("runs/"))
+    return SiteBuild(pages, len(built), n_run_pages - len(built), a)
 
 
 def build_tables(store: RunStore | str | Path, out: str | Path,

@@ -59,8 +59,17 @@ def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tup
         return (float(x[0]), float(x[0]))
     mean = float(x.mean())
     sem = float(x.std(ddof=1)) / math.sqrt(n)
-    lo, hi = stats.t.interval(level, n - 1, loc=mean, scale=sem)
-    return (float(lo), float(hi))
+    a, b = _t_quantiles(level, n - 1)
+    # as scipy's interval(level, n - 1, loc=mean, scale=sem) computes it: ppf * scale + loc
+    return (float(a * sem + mean), float(b * sem + mean))
+
+
+@functools.lru_cache(maxsize=256)
+def _t_quantiles(level: float, dof: int) -> tuple[float, float]:
+    """The standard Student-t quantiles of a two-sided ``level`` interval: scipy's distribution
+    machinery cost 0.6 ms a call, once per table cell (3,300 cells at 10,000 runs)."""
+    lo, hi = stats.t.interval(level, dof)
+    return float(lo), float(hi)
 
 
 def summarize(df: pd.DataFrame, keys: list[str], value: str, level: float = 0.95,

@@ -9,15 +9,17 @@ wall time × GPUs the job declared / 3600, peak memory in MiB, parameter count.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from occbench.harness.store.runstore import RunStore
+from occbench.harness.store.runstore import RUN_FILES, BadEntry, RunStore, StoreError
 from occbench.leaderboard.stats import summarize
 
 RUN_COLUMNS = [
@@ -120,42 +122,197 @@ def resolve_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             old.sort_values("job_id", kind="stable").reset_index(drop=True))
 
 
-def runs_frame(store: RunStore | str | Path, include_superseded: bool = False) -> pd.DataFrame:
+def _run_row(st: RunStore, rec: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`RUN_COLUMNS` values (but ``gpu_hours``) of one run, from its record with
+    metrics (:meth:`RunStore.record`): plain JSON values, so a cached row reads back equal."""
+    job, m, prov = rec["job"], rec["metrics"] or {}, rec.get("provenance") or {}
+    video = job["modality"] == "video"
+    return {
+        "job_id": rec["job_id"], "method": job["method"],
+        "label": job.get("label") or job["method"], "method_version": job["method_version"],
+        "dataset": job["dataset"], "normal_class": job["normal_class"],
+        "protocol": (rec.get("protocol") or {}).get("id") or job["protocol"],
+        "seed": job["seed"], "modality": job["modality"],
+        "selected_on_test": bool(job.get("selected_on_test", False)),
+        "auc": m.get("auc_micro") if video else m.get("auc"),
+        "auc_macro": m.get("auc_macro") if video else None,
+        "eer": m.get("eer"), "n_items": m.get("n_items"),
+        "wall_time_s": prov.get("wall_time_s"), "peak_rss_mb": prov.get("peak_rss_mb"),
+        "peak_gpu_mb": prov.get("peak_gpu_mb"), "n_parameters": prov.get("n_parameters"),
+        "device": prov.get("device"), "git_sha": prov.get("git_sha"),
+        "gpus": declared_gpus(dict(rec)),
+        "method_params": json.dumps(job.get("method_params") or {}, sort_keys=True),
+        "dataset_params": json.dumps(job.get("dataset_params") or {}, sort_keys=True),
+        "dataset_fingerprint": job.get("dataset_fingerprint"),
+        "started_at": prov.get("started_at"),
+        "origin": st.origin(rec["job_id"]),
+        # the method ran outside the sandbox (records from before sealing say nothing)
+        "unsealed": not prov.get("sealed", False),
+        # its scores changed when the rest of the test set did (execute.run_method's check)
+        "transductive": prov.get("test_independent") is False,
+        # peak memory above what the method declared (provenance.warnings, the runners)
+        "over_memory": any("memory" in str(w) for w in (prov.get("warnings") or [])),
+    }
+
+
+#: The columns a row cache holds (every run column but the derived ``gpu_hours``).
+_ROW_COLUMNS = [c for c in RUN_COLUMNS if c != "gpu_hours"]
+#: Version of the row cache's layout (a cache of another version is not read).
+ROWS_CACHE_SCHEMA = "occbench.runs-cache/1"
+
+
+def _stat_text(p: str) -> str:
+    try:
+        st = os.stat(p)
+    except (FileNotFoundError, NotADirectoryError):
+        return "-"
+    return f"{st.st_size}.{st.st_mtime_ns}.{st.st_ino}"
+
+
+def _cache_common(st: RunStore) -> str:
+    """What every cached row also depends on: this code, the store's formats and view, and
+    every protocol's digest (stored metrics of a changed protocol are stale: recomputed)."""
+    from occbench.harness.scoring.protocols import protocols
+    from occbench.harness.store import runstore
+
+    h = hashlib.sha256()
+    for f in (Path(__file__), Path(runstore.__file__)):
+        h.update(f.read_bytes())
+    return json.dumps([ROWS_CACHE_SCHEMA, h.hexdigest(), str(st.path.resolve()),
+                       st.protocol, sorted((p.id, p.digest) for p in protocols())],
+                      default=str)
+
+
+class _Keys:
+    """The stat key of a run: its own files, its metrics under the shown protocol, its labels
+    and its origin mark (a changed key means the row is read again, and verified)."""
+
+    # plain string paths: pathlib's joins were most of a cached row's cost
+    def __init__(self, st: RunStore) -> None:
+        self.st = st
+        self.labels: dict[str, str] = {}
+        self.metrics_dirs: dict[str, str | None] = {}
+        od = st.origins_dir
+        self.origins = set(os.listdir(od)) if od.is_dir() else set()
+        self.runs, self.od = str(st.runs_dir), str(od)
+        self.names = ("record.json", *RUN_FILES)
+
+    def run_files(self, jid: str) -> str:
+        d = f"{self.runs}/{jid}/"
+        return "|".join([_stat_text(d + n) for n in self.names])
+
+    def derived(self, jid: str, protocol: str, digest: str) -> str:
+        if digest not in self.labels:
+            self.labels[digest] = _stat_text(str(self.st.labels_dir / f"{digest}.parquet"))
+        md = self.metrics_dirs.get(protocol, "")
+        if md == "":
+            try:  # the protocol id checked once (it becomes a folder name)
+                md = self.metrics_dirs[protocol] = str(self.st.metrics_path("0" * 20,
+                                                                            protocol).parent)
+            except ValueError:
+                md = self.metrics_dirs[protocol] = None
+        m = "?" if md is None else _stat_text(f"{md}/{jid}.json")
+        o = _stat_text(f"{self.od}/{jid}.json") if f"{jid}.json" in self.origins else "-"
+        return f"{m}|{self.labels[digest]}|{o}"
+
+
+def _read_rows_cache(path: Path, common: str) -> dict[str, tuple[str, list[Any]]]:
+    """job id -> (key, row values in :data:`_ROW_COLUMNS` order) of a cache file written by
+    :func:`_write_rows_cache` for the same ``common``; empty when there is none or it is of
+    another store, code or protocol set, or unreadable (the store is then read in full)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc.get("common") != common or doc.get("columns") != _ROW_COLUMNS:
+            return {}
+        cols = doc["cols"]
+        rows = list(zip(*(cols[c] for c in _ROW_COLUMNS), strict=True))
+        return {j: (k, list(r)) for j, k, r in zip(doc["job_ids"], doc["keys"], rows,
+                                                     strict=True)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _write_rows_cache(path: Path, common: str, ids: list[str], keys: list[str],
+                      cols: dict[str, list[Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"schema": ROWS_CACHE_SCHEMA, "common": common,
+                               "columns": _ROW_COLUMNS, "job_ids": ids, "keys": keys,
+                               "cols": cols}, separators=(",", ":")), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _rows(st: RunStore, cache_in: Path | None, cache_out: Path | None,
+          keys_out: dict[str, str] | None = None) -> dict[str, list[Any]]:
+    """Every good run's row, as columns; rows of runs whose files are unchanged since the
+    cache was written are taken from it, unread (see :func:`runs_frame`)."""
+    common = _cache_common(st) if (cache_in or cache_out) else ""
+    cached = _read_rows_cache(cache_in, common) if cache_in else {}
+    keys = _Keys(st)
+    cols: dict[str, list[Any]] = {c: [] for c in _ROW_COLUMNS}
+    ids: list[str] = []
+    key_list: list[str] = []
+    i_proto = _ROW_COLUMNS.index("protocol")
+    names = sorted(n for n in os.listdir(st.runs_dir) if not n.startswith(".")) \
+        if st.runs_dir.is_dir() else []
+    for jid in names:
+        hit = cached.get(jid)
+        files = keys.run_files(jid) if hit is not None else ""
+        if hit is not None:
+            key, values = hit
+            digest = key.rsplit("#", 1)[-1]
+            if key == f"{files}|{keys.derived(jid, str(values[i_proto]), digest)}#{digest}":
+                ids.append(jid)
+                key_list.append(key)
+                for c, v in zip(_ROW_COLUMNS, values, strict=True):
+                    cols[c].append(v)
+                continue
+        why = st.check_run(jid)  # verifies the record, checksums and labels
+        if why is not None:
+            st._report(BadEntry(st.runs_dir / jid, why, "run"))
+            continue
+        try:
+            # the key is taken before the files are read: a change meanwhile reads them again
+            files = keys.run_files(jid)
+            rec0 = st.run_record(jid)
+            pid = st.view_protocol(rec0)
+            digest = str(rec0.get("labels"))
+            key = f"{files}|{keys.derived(jid, pid, digest)}#{digest}"
+            rec = st.record(jid)
+        except StoreError as exc:
+            st._report(BadEntry(st.runs_dir / jid, str(exc), "run"))
+            continue
+        row = json.loads(json.dumps(_run_row(st, rec)))  # as a cached row reads back
+        ids.append(jid)
+        key_list.append(key)
+        for c in _ROW_COLUMNS:
+            cols[c].append(row[c])
+    if cache_out is not None:
+        _write_rows_cache(cache_out, common, ids, key_list, cols)
+    if keys_out is not None:
+        keys_out.update(zip(ids, key_list, strict=True))
+    return cols
+
+
+def runs_frame(store: RunStore | str | Path, include_superseded: bool = False,
+               cache_in: Path | None = None, cache_out: Path | None = None,
+               keys_out: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per successful run (columns ``RUN_COLUMNS``), superseded runs left out (see
     :func:`resolve_runs`; ``include_superseded=True`` keeps them, flagged in ``superseded``).
-    The number left out is in ``df.attrs["superseded"]``."""
+    The number left out is in ``df.attrs["superseded"]``.
+
+    ``cache_in``/``cache_out``: a row cache (JSON, written by the board into its own output
+    folder). A run whose record, raw scores, log, metrics file, labels file and origin mark
+    have the size, modification time and inode they had when the cache was written is not
+    read again, nor verified again (it verified when it was read); any other run is read and
+    verified as without a cache. A cache of another store, occbench version or protocol set
+    is ignored. The frame is the same with or without a cache. ``keys_out``: filled with each
+    run's key (job id -> text that changes when any of those files does).
+    """
     st = store if isinstance(store, RunStore) else RunStore(store)
-    rows: list[dict[str, Any]] = []
-    for rec in st.records():
-        job, m, prov = rec["job"], rec["metrics"] or {}, rec.get("provenance") or {}
-        video = job["modality"] == "video"
-        rows.append({
-            "job_id": rec["job_id"], "method": job["method"],
-            "label": job.get("label") or job["method"], "method_version": job["method_version"],
-            "dataset": job["dataset"], "normal_class": job["normal_class"],
-            "protocol": (rec.get("protocol") or {}).get("id") or job["protocol"],
-            "seed": job["seed"], "modality": job["modality"],
-            "selected_on_test": bool(job.get("selected_on_test", False)),
-            "auc": m.get("auc_micro") if video else m.get("auc"),
-            "auc_macro": m.get("auc_macro") if video else np.nan,
-            "eer": m.get("eer"), "n_items": m.get("n_items"),
-            "wall_time_s": prov.get("wall_time_s"), "peak_rss_mb": prov.get("peak_rss_mb"),
-            "peak_gpu_mb": prov.get("peak_gpu_mb"), "n_parameters": prov.get("n_parameters"),
-            "device": prov.get("device"), "git_sha": prov.get("git_sha"),
-            "gpus": declared_gpus(rec),
-            "method_params": json.dumps(job.get("method_params") or {}, sort_keys=True),
-            "dataset_params": json.dumps(job.get("dataset_params") or {}, sort_keys=True),
-            "dataset_fingerprint": job.get("dataset_fingerprint"),
-            "started_at": prov.get("started_at"),
-            "origin": st.origin(rec["job_id"]),
-            # the method ran outside the sandbox (records from before sealing say nothing)
-            "unsealed": not prov.get("sealed", False),
-            # its scores changed when the rest of the test set did (execute.run_method's check)
-            "transductive": prov.get("test_independent") is False,
-            # peak memory above what the method declared (provenance.warnings, the runners)
-            "over_memory": any("memory" in str(w) for w in (prov.get("warnings") or [])),
-        })
-    df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    cols = _rows(st, cache_in, cache_out, keys_out)
+    df = pd.DataFrame(cols, columns=_ROW_COLUMNS)
+    df["gpu_hours"] = np.nan
+    df = df[RUN_COLUMNS]
     for c in ("auc", "auc_macro", "eer", "wall_time_s", "peak_rss_mb", "peak_gpu_mb",
               "n_parameters", "gpus"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")

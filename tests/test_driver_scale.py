@@ -192,10 +192,13 @@ def _cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
 @pytest.mark.parametrize(("name", "y", "s"), _cases(), ids=[c[0] for c in _cases()])
 def test_fast_auc_and_eer_equal_sklearn_bit_for_bit(name: str, y: np.ndarray,
                                                     s: np.ndarray) -> None:
-    from occbench.harness.scoring.protocols import eer, roc_auc
+    from occbench.harness.scoring.protocols import eer, roc_auc, roc_points
     from sklearn.metrics import roc_auc_score, roc_curve
 
     assert roc_auc(y, s) == float(roc_auc_score(y, s))
+    fpr0, tpr0, _ = roc_curve(y, s)  # the board's ROC plot: the same points
+    fpr1, tpr1 = roc_points(y, s)
+    assert np.array_equal(fpr0, fpr1) and np.array_equal(tpr0, tpr1)
     # the EER as computed before (scikit-learn's full ROC)
     fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
     d = fpr - (1.0 - tpr)

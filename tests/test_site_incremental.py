@@ -102,11 +102,16 @@ def test_dataset_pages_paginate_their_runs(tmp_path: Path,
     assert listed == set(st.job_ids())
 
 
-def test_a_rebuild_with_nothing_changed_reads_each_record_once(
+def test_a_rebuild_reads_only_the_runs_that_changed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first build reads each record twice: the tables' one pass and its run page; a
+    rebuild takes the rows of unchanged runs from the site's row cache, unread, and reads (and
+    verifies) a new run, a run whose metrics file changed and a run whose record was damaged;
+    the tables equal a build from scratch every time."""
+    from occbench.leaderboard.site import RUNS_CACHE
+
     st = _store(tmp_path / "store")
     out = tmp_path / "site"
-    build(st, out, options=OPTS)
     calls: list[str] = []
     real = RunStore.record
 
@@ -115,6 +120,67 @@ def test_a_rebuild_with_nothing_changed_reads_each_record_once(
         return real(self, job_id, protocol)
 
     monkeypatch.setattr(RunStore, "record", counting)
+    first = build(st, out, options=OPTS)
+    ids = st.job_ids()
+    assert sorted(calls) == sorted(ids * 2) and (out / RUNS_CACHE).is_file()
+    calls.clear()
+    again = build(RunStore(st.path), out, options=OPTS)
+    assert (calls, again.runs_built) == ([], 0)
+
+    new = derive_run(st, ids[0], {"seed": 7})
+    touched = st.metrics_path(ids[1], str(st.run_record(ids[1])["job"]["protocol"]))
+    touched.write_text(touched.read_text())  # same bytes, a new file: read again
+    calls.clear()
     r = build(RunStore(st.path), out, options=OPTS)
-    assert r.runs_built == 0
-    assert sorted(calls) == sorted(st.job_ids())  # the tables' one pass, no page re-reads
+    # the two rows read again, and their pages built again (each reads its record)
+    assert sorted(calls) == sorted([new, new, ids[1], ids[1]]) and r.runs_built == 2
+    fresh = build(RunStore(st.path), tmp_path / "fresh", options=OPTS)
+    assert (out / "data" / "leaderboard.csv").read_bytes() == \
+        (tmp_path / "fresh" / "data" / "leaderboard.csv").read_bytes()
+    pd_runs = r.analysis.runs if r.analysis is not None else None
+    assert pd_runs is not None and fresh.analysis is not None
+    assert pd_runs.equals(fresh.analysis.runs)
+
+    bad = st.runs_dir / ids[2] / "record.json"
+    bad.write_text(bad.read_text().replace('"seed"', '"seeD"', 1))  # damaged: left out
+    calls.clear()
+    warned: list[str] = []
+    r = build(RunStore(st.path, on_bad=lambda b: warned.append(b.line())), out, options=OPTS)
+    assert ids[2] not in set(r.analysis.runs["job_id"]) if r.analysis is not None else False
+    assert any(ids[2] in w for w in warned)
+    assert first.analysis is not None and len(r.analysis.runs) == len(first.analysis.runs)
+
+
+def test_unchanged_dataset_run_list_pages_are_kept_and_changed_ones_rebuilt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Numbered run-list pages are keyed by their rows and links: an unchanged one is not
+    rewritten; a new run on one dataset rebuilds that dataset's pages (each shows the total),
+    and the other dataset's stay as they were; all equal a build from scratch."""
+    st = make_store(tmp_path / "store", (SynthMethod("alpha", 2.0), SynthMethod("beta", 1.0)),
+                    image_datasets=("img", "other"), video_datasets=(), seeds=(0, 1, 2),
+                    classes=3, n_images=30)
+    monkeypatch.setattr(site_mod, "RUNS_PER_PAGE", 7)
+    out = tmp_path / "site"
+    build(st, out, options=OPTS)
+    pages = sorted((out / "datasets").glob("*-runs-*.html"))
+    assert [p.name for p in pages] == ["img-runs-2.html", "img-runs-3.html",
+                                       "other-runs-2.html", "other-runs-3.html"]
+
+    def state() -> dict[str, tuple[int, bytes]]:
+        return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in pages}
+
+    before = state()
+    build(RunStore(st.path), out, options=OPTS)  # nothing changed: the files are not rewritten
+    assert state() == before
+    new = derive_run(st, [j for j in st.job_ids()
+                          if st.run_record(j)["job"]["dataset"] == "img"][0], {"seed": 9})
+    build(RunStore(st.path), out, options=OPTS)
+    after = state()
+    assert any(new in (out / "datasets" / n).read_text()
+               for n in ("img.html", "img-runs-2.html", "img-runs-3.html"))
+    assert all(after[n] != before[n] for n in ("img-runs-2.html", "img-runs-3.html"))
+    assert all(after[n] == before[n] for n in ("other-runs-2.html", "other-runs-3.html"))
+    fresh = tmp_path / "fresh"
+    build(RunStore(st.path), fresh, options=OPTS)
+    for p in pages:
+        assert p.read_bytes() == (fresh / "datasets" / p.name).read_bytes()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -135,3 +136,10 @@ def register(app: typer.Typer) -> None:
         for e in registry.datasets.entries():
             t.add_row(e.name, e.obj.modality, escape(e.obj.description), escape(e.source))
         console.print(t)
+
+
+# imported before `main` (e.g. `from occbench.harness.cli.board import ...` first): main's
+# import loop saw this module half-made, so its commands are added now that it is whole
+from occbench.harness.cli import main as _main  # noqa: E402
+
+_main.register_submodule(sys.modules[__name__])

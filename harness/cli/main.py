@@ -1061,6 +1061,21 @@ def _status_row(rec: dict[str, Any], status: str) -> dict[str, Any]:
             "error": f"{e.get('type')}: {_one_line(e.get('message'))}" if e else None}
 
 
+_SUBMODULES_REGISTERED: set[str] = set()
+
+
+def register_submodule(module: Any) -> None:
+    """Add the commands of a sub-command module (its ``register(app)``) once.
+
+    Called from this module's import loop below and from the end of each sub-command module:
+    whichever of the two is imported first, the other finds the commands missing and adds them
+    (a module imported first is only half-made when this one's loop imports it back)."""
+    name = module.__name__
+    if name not in _SUBMODULES_REGISTERED and hasattr(module, "register"):
+        _SUBMODULES_REGISTERED.add(name)
+        module.register(app)
+
+
 # Sub-commands contributed by other modules of the harness (data, refresh, sweep, site...).
 for _mod in ("data", "cluster", "board", "store"):
     try:
@@ -1069,8 +1084,7 @@ for _mod in ("data", "cluster", "board", "store"):
         if getattr(_exc, "name", "") != f"occbench.harness.cli.{_mod}":
             raise
         continue
-    if hasattr(_m, "register"):  # absent while that module is the one importing this one
-        _m.register(app)
+    register_submodule(_m)  # no-op while that module is the one importing this one
 
 
 def main() -> None:

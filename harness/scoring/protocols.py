@@ -175,11 +175,10 @@ def _roc_counts(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.
     return fps, tps
 
 
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve, a fraction in [0, 1] (labels 1 = anomalous, higher score =
-    more anomalous); equal to ``sklearn.metrics.roc_auc_score`` bit for bit."""
-    from scipy.integrate import trapezoid  # what scikit-learn's auc() integrates with
-
+def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC's corners ``(fpr, tpr)``, fractions from (0, 0) to (1, 1) (1 = anomalous,
+    higher score = more anomalous): ``sklearn.metrics.roc_curve``'s first two outputs with its
+    default ``drop_intermediate=True``, bit for bit, without its input checks."""
     fps, tps = _roc_counts(labels, scores)
     if len(fps) > 2:  # roc_curve's drop_intermediate=True: corners only, as roc_auc_score
         keep = np.concatenate([[True], np.logical_or(np.diff(fps, 2), np.diff(tps, 2)),
@@ -187,7 +186,16 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
         fps, tps = fps[keep], tps[keep]
     fps = np.concatenate([[0.0], fps])
     tps = np.concatenate([[0.0], tps])
-    return float(trapezoid(tps / tps[-1], fps / fps[-1]))
+    return fps / fps[-1], tps / tps[-1]
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve, a fraction in [0, 1] (labels 1 = anomalous, higher score =
+    more anomalous); equal to ``sklearn.metrics.roc_auc_score`` bit for bit."""
+    from scipy.integrate import trapezoid  # what scikit-learn's auc() integrates with
+
+    fpr, tpr = roc_points(labels, scores)
+    return float(trapezoid(tpr, fpr))
 
 
 def eer(labels: np.ndarray, scores: np.ndarray) -> float:

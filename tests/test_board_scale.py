@@ -1,0 +1,103 @@
+"""Reading a store fast for a board of 100,000 runs: parquet read into numpy, labels read once
+per test set, and the row cache of ``runs_frame`` equal to a full read."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from occbench.harness.store.runstore import RunStore, StoreError, _read_split, _split
+from occbench.leaderboard.synthetic import SynthMethod, derive_run, make_store
+from occbench.leaderboard.table import runs_frame
+
+
+def _write(path: Path, vids: list[str], frames: list[int], vals: list[float | None]) -> None:
+    pq.write_table(pa.table({"video_id": pa.array(vids, type=pa.large_string()),
+                             "frame": pa.array(frames, type=pa.int64()),
+                             "raw": pa.array(vals, type=pa.float64())}), path)
+
+
+@pytest.mark.parametrize("vids,frames,vals", [
+    (["a", "a", "b", "b", "b"], [0, 1, 0, 1, 2], [0.1, 0.2, 1.0, None, 3.0]),  # as written
+    (["b", "a", "b", "a", "b"], [2, 1, 0, 0, 1], [3.0, 0.2, 1.0, 0.1, 2.0]),  # shuffled rows
+    (["", "", ""], [0, 1, 2], [None, None, 5.0]),                             # images, nulls
+    ([], [], []),                                                             # nothing
+], ids=["grouped", "shuffled", "images-nulls", "empty"])
+def test_numpy_read_equals_the_dataframe_read(tmp_path: Path, vids: list[str],
+                                              frames: list[int], vals: list[float | None]
+                                              ) -> None:
+    p = tmp_path / "raw.parquet"
+    _write(p, vids, frames, vals)
+    want = _split(pd.read_parquet(p), "raw")
+    got = _read_split(p, "raw", np.float64)
+    assert list(got) == list(want)  # first-seen video order
+    for k in want:
+        assert got[k].dtype == np.float64
+        assert np.array_equal(got[k], np.asarray(want[k], dtype=np.float64), equal_nan=True)
+
+
+def test_labels_are_read_once_per_test_set_and_again_when_their_file_changes(
+        tmp_path: Path) -> None:
+    st = RunStore(tmp_path / "s").init()
+    digest = st.write_labels({"v": np.array([0, 1, 1, 0], dtype=np.int8)})
+    reader = RunStore(tmp_path / "s")
+    a = reader.labels_by_digest(digest)
+    b = reader.labels_by_digest(digest)
+    assert a["v"] is b["v"] and not a["v"].flags.writeable  # one copy, shared read-only
+    with pytest.raises(ValueError):
+        a["v"][0] = 1
+    # damaged on disk after the first read: the next read notices (the file changed)
+    p = st.labels_dir / f"{digest}.parquet"
+    data = bytearray(p.read_bytes())
+    p.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(StoreError, match="unreadable labels|do not match"):
+        reader.labels_by_digest(digest)
+
+
+def test_row_cache_reads_back_the_frame_of_a_full_read(tmp_path: Path) -> None:
+    st = make_store(tmp_path / "store", (SynthMethod("alpha", 2.0), SynthMethod("beta", 1.0)),
+                    image_datasets=("img",), video_datasets=("vid",), seeds=(0, 1),
+                    classes=2, n_images=40, n_videos=2, frames=120)
+    full = runs_frame(RunStore(st.path), include_superseded=True)
+    c1, c2 = tmp_path / "c1.json", tmp_path / "c2.json"
+    first = runs_frame(RunStore(st.path), include_superseded=True, cache_out=c1)
+    again = runs_frame(RunStore(st.path), include_superseded=True, cache_in=c1, cache_out=c2)
+    pd.testing.assert_frame_equal(first, full, check_exact=True)
+    pd.testing.assert_frame_equal(again, full, check_exact=True)
+    assert c1.read_bytes() == c2.read_bytes()
+    # a superseding run and an edited (now unverifiable) one: the cache does not hide either
+    ids = st.job_ids()
+    new = derive_run(st, ids[0], {"method_version": "9.9"}, {"started_at": "2999-01-01"})
+    rec = st.runs_dir / ids[1] / "record.json"
+    doc = json.loads(rec.read_text())
+    doc["job"]["seed"] += 5  # edited by hand: its checksum no longer matches
+    rec.write_text(json.dumps(doc))
+    after = runs_frame(RunStore(st.path, on_bad=lambda b: None), include_superseded=True,
+                       cache_in=c2)
+    fresh = runs_frame(RunStore(st.path, on_bad=lambda b: None), include_superseded=True)
+    pd.testing.assert_frame_equal(after, fresh, check_exact=True)
+    assert new in set(after["job_id"]) and ids[1] not in set(after["job_id"])
+    # a cache of another store is not used
+    other = make_store(tmp_path / "other", (SynthMethod("gamma", 1.5),), image_datasets=("img",),
+                       video_datasets=(), seeds=(0,), classes=2, n_images=40)
+    pd.testing.assert_frame_equal(runs_frame(other, cache_in=c2), runs_frame(other),
+                                  check_exact=True)
+
+
+@pytest.mark.parametrize("module", ["board", "data", "store", "cluster"])
+def test_every_command_is_there_whichever_cli_module_is_imported_first(module: str) -> None:
+    """A sub-command module imported before ``main`` (as a test importing
+    ``occbench.harness.cli.board`` does) still adds its commands."""
+    code = (f"import occbench.harness.cli.{module}\n"
+            "import typer.main\nfrom occbench.harness.cli.main import app\n"
+            "print(' '.join(sorted(typer.main.get_command(app).commands)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert {"board", "data", "store", "refresh", "sweep", "run"} <= set(out)
