@@ -87,7 +87,13 @@ def downsample_max(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.nd
 
 def _r(a: np.ndarray | Sequence[float], nd: int = 4) -> list[float | None]:
     """Rounded floats for JSON (NaN → null); 4 decimals keep pages small and plots exact."""
-    return [None if (v is None or math.isnan(v)) else round(float(v), nd) for v in a]
+    x = np.asarray([math.nan if v is None else v for v in a] if isinstance(a, list) else a,
+                   dtype=np.float64)
+    # rounded in numpy (a Python round per value was a tenth of a run page's time)
+    out: list[float | None] = np.round(x, nd).tolist()
+    if np.isnan(x).any():
+        out = [None if v != v else v for v in out]
+    return out
 
 
 def roc_figure(scores: pd.DataFrame, div_id: str, max_points: int = 400) -> str:

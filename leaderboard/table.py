@@ -241,6 +241,60 @@ def _write_rows_cache(path: Path, common: str, ids: list[str], keys: list[str],
     os.replace(tmp, path)
 
 
+#: Runs read in parallel processes when at least this many are missing from the row cache
+#: (a process costs about a second to start; reading and verifying a run a few ms).
+PARALLEL_READ_MIN = 2000
+
+_Read = tuple[str, str | None, str, list[Any] | None, Any]  # jid, error, key, row, verified
+
+
+def _read_one(st: RunStore, keys: _Keys, jid: str) -> _Read:
+    """Read and verify one run: (job id, why it is bad or None, key, row values, the stat
+    key it verified with)."""
+    why = st.check_run(jid)  # verifies the record, checksums and labels
+    if why is not None:
+        return jid, why, "", None, None
+    try:
+        # the key is taken before the files are read: a change meanwhile reads them again
+        files = keys.run_files(jid)
+        rec0 = st.run_record(jid)
+        pid = st.view_protocol(rec0)
+        digest = str(rec0.get("labels"))
+        key = f"{files}|{keys.derived(jid, pid, digest)}#{digest}"
+        rec = st.record(jid)
+    except StoreError as exc:
+        return jid, str(exc), "", None, None
+    row = json.loads(json.dumps(_run_row(st, rec)))  # as a cached row reads back
+    return jid, None, key, [row[c] for c in _ROW_COLUMNS], st._verified.get(jid)
+
+
+def _read_batch(path: str, protocol: Any, jids: list[str]) -> list[_Read]:
+    """:func:`_read_one` of each of ``jids`` in a build process (its own store object)."""
+    st = RunStore(path, protocol=protocol, on_bad=lambda bad: None)
+    keys = _Keys(st)
+    return [_read_one(st, keys, j) for j in jids]
+
+
+def _read_all(st: RunStore, keys: _Keys, jids: list[str]) -> list[_Read]:
+    """:func:`_read_one` of each run, in processes on every core for a cold read of many."""
+    n = min(len(os.sched_getaffinity(0)), len(jids))
+    if len(jids) < PARALLEL_READ_MIN or n < 2:
+        return [_read_one(st, keys, j) for j in jids]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = min(500, math.ceil(len(jids) / n))  # balanced, and few round trips
+    batches = [jids[i:i + size] for i in range(0, len(jids), size)]
+    # spawn, not fork: the parent may hold pyarrow and BLAS thread pools mid-use
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as ex:
+        out = [r for b in ex.map(_read_batch, [str(st.path)] * len(batches),
+                                 [st.protocol] * len(batches), batches) for r in b]
+    for jid, _, _, _, verified in out:  # readers of this store need not verify them again
+        if verified is not None:
+            st._verified[jid] = verified
+    return out
+
+
 def _rows(st: RunStore, cache_in: Path | None, cache_out: Path | None,
           keys_out: dict[str, str] | None = None) -> dict[str, list[Any]]:
     """Every good run's row, as columns; rows of runs whose files are unchanged since the
@@ -248,44 +302,31 @@ def _rows(st: RunStore, cache_in: Path | None, cache_out: Path | None,
     common = _cache_common(st) if (cache_in or cache_out) else ""
     cached = _read_rows_cache(cache_in, common) if cache_in else {}
     keys = _Keys(st)
-    cols: dict[str, list[Any]] = {c: [] for c in _ROW_COLUMNS}
-    ids: list[str] = []
-    key_list: list[str] = []
     i_proto = _ROW_COLUMNS.index("protocol")
     names = sorted(n for n in os.listdir(st.runs_dir) if not n.startswith(".")) \
         if st.runs_dir.is_dir() else []
+    found: dict[str, tuple[str, list[Any]]] = {}
+    misses: list[str] = []
     for jid in names:
         hit = cached.get(jid)
-        files = keys.run_files(jid) if hit is not None else ""
         if hit is not None:
             key, values = hit
             digest = key.rsplit("#", 1)[-1]
-            if key == f"{files}|{keys.derived(jid, str(values[i_proto]), digest)}#{digest}":
-                ids.append(jid)
-                key_list.append(key)
-                for c, v in zip(_ROW_COLUMNS, values, strict=True):
-                    cols[c].append(v)
-                continue
-        why = st.check_run(jid)  # verifies the record, checksums and labels
-        if why is not None:
-            st._report(BadEntry(st.runs_dir / jid, why, "run"))
-            continue
-        try:
-            # the key is taken before the files are read: a change meanwhile reads them again
             files = keys.run_files(jid)
-            rec0 = st.run_record(jid)
-            pid = st.view_protocol(rec0)
-            digest = str(rec0.get("labels"))
-            key = f"{files}|{keys.derived(jid, pid, digest)}#{digest}"
-            rec = st.record(jid)
-        except StoreError as exc:
-            st._report(BadEntry(st.runs_dir / jid, str(exc), "run"))
-            continue
-        row = json.loads(json.dumps(_run_row(st, rec)))  # as a cached row reads back
-        ids.append(jid)
-        key_list.append(key)
-        for c in _ROW_COLUMNS:
-            cols[c].append(row[c])
+            if key == f"{files}|{keys.derived(jid, str(values[i_proto]), digest)}#{digest}":
+                found[jid] = hit
+                continue
+        misses.append(jid)
+    for jid, why, key, got, _ in _read_all(st, keys, misses):
+        if why is not None or got is None:
+            st._report(BadEntry(st.runs_dir / jid, str(why), "run"))
+        else:
+            found[jid] = (key, got)
+    ids = [j for j in names if j in found]
+    key_list = [found[j][0] for j in ids]
+    cols: dict[str, list[Any]] = {c: [] for c in _ROW_COLUMNS}
+    for i, c in enumerate(_ROW_COLUMNS):
+        cols[c] = [found[j][1][i] for j in ids]
     if cache_out is not None:
         _write_rows_cache(cache_out, common, ids, key_list, cols)
     if keys_out is not None:

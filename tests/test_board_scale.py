@@ -101,3 +101,37 @@ def test_every_command_is_there_whichever_cli_module_is_imported_first(module: s
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout.split()
     assert {"board", "data", "store", "refresh", "sweep", "run"} <= set(out)
+
+
+def test_a_cold_read_in_parallel_processes_equals_the_serial_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many runs missing from the row cache are read in processes on every core: the same
+    frame, the same bad entries reported (one damaged run), and the runs known as verified."""
+    from occbench.leaderboard import table
+
+    st = make_store(tmp_path / "store", (SynthMethod("alpha", 2.0), SynthMethod("beta", 1.0)),
+                    image_datasets=("img",), video_datasets=("vid",), seeds=(0, 1),
+                    classes=2, n_images=40, n_videos=2, frames=120)
+    bad = st.job_ids()[3]
+    (st.runs_dir / bad / "log.txt").write_text("edited")
+    serial_bad: list[str] = []
+    serial = runs_frame(RunStore(st.path, on_bad=lambda b: serial_bad.append(b.line())))
+    monkeypatch.setattr(table, "PARALLEL_READ_MIN", 2)
+    monkeypatch.setattr(table.os, "sched_getaffinity", lambda pid: {0, 1})
+    par_bad: list[str] = []
+    reader = RunStore(st.path, on_bad=lambda b: par_bad.append(b.line()))
+    from concurrent import futures
+
+    pools: list[int] = []
+    real_pool = futures.ProcessPoolExecutor
+
+    def counting_pool(n: int, **kw: object) -> futures.ProcessPoolExecutor:
+        pools.append(n)
+        return real_pool(n, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(futures, "ProcessPoolExecutor", counting_pool)
+    par = runs_frame(reader)
+    assert pools == [2]  # really read in two processes
+    pd.testing.assert_frame_equal(par, serial, check_exact=True)
+    assert par_bad == serial_bad and len(par_bad) == 1 and bad in par_bad[0]
+    assert set(reader._verified) == set(serial["job_id"])

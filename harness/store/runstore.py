@@ -1138,15 +1138,24 @@ def scores_frame(raw: Mapping[str, np.ndarray], evaluated: Mapping[str, np.ndarr
 
     ``evaluated`` holds the protocol's scores for the non-dropped frames, in order.
     """
-    parts = []
+    vids, raws, evs, labs = [], [], [], []
     for vid, lab in labels.items():
         r = np.asarray(raw[vid], dtype=np.float64)
         ev = np.full(len(r), np.nan)
         keep = ~np.isnan(r) if len(evaluated[vid]) != len(r) else np.ones(len(r), bool)
         ev[keep] = evaluated[vid]
-        parts.append(pd.DataFrame({
-            "video_id": pd.Series([vid] * len(r), dtype="string"),
-            "frame": np.arange(len(r), dtype=np.int64),
-            "raw": r, "score": ev, "label": np.asarray(lab).astype(np.int8),
-        }))
-    return pd.concat(parts, ignore_index=True)
+        vids.append(vid)
+        raws.append(r)
+        evs.append(ev)
+        labs.append(np.asarray(lab).astype(np.int8))
+    # one frame of the concatenated columns (a frame per video and a concat cost a board
+    # page several ms); the same columns and types as before
+    lens = np.array([len(r) for r in raws], dtype=np.int64)
+    starts = np.cumsum(lens) - lens
+    return pd.DataFrame({
+        "video_id": pd.Series(np.repeat(np.array(vids, dtype=object), lens), dtype="string"),
+        "frame": np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(starts, lens),
+        "raw": np.concatenate(raws) if raws else np.array([], np.float64),
+        "score": np.concatenate(evs) if evs else np.array([], np.float64),
+        "label": np.concatenate(labs) if labs else np.array([], np.int8),
+    })
