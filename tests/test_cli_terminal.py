@@ -94,3 +94,20 @@ def test_run_piped_prints_progress_lines(tmp_path: Path) -> None:
     assert pct[0] == 0 and pct[-1] == 100 and pct == sorted(pct)
     assert 11 <= len(lines) <= 99
     assert "━" not in p.stdout  # no bar drawn into a pipe
+
+
+@pytest.mark.parametrize("args,says", [
+    (["list", "bogus"], "'bogus' is not one of"),
+    (["board", "--nope"], "No such option: --nope"),
+    (["run", "quick", "--max-concurrent", "x"], "'--max-concurrent'"),
+    (["nosuchcmd"], "No such command 'nosuchcmd'"),
+])
+def test_usage_errors_are_one_line_naming_the_help(args: list[str], says: str) -> None:
+    """Click's own usage errors read like occbench's: one ``error:`` line, exit 2, naming the
+    command's --help (click prints usage, a hint and the error on three lines)."""
+    p = subprocess.run([sys.executable, "-m", "occbench.harness", *args], capture_output=True,
+                       text=True, timeout=120)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2, p.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], p.stderr
+    assert "--help` lists what it takes" in lines[0] and "Traceback" not in p.stderr

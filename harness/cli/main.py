@@ -1088,8 +1088,29 @@ for _mod in ("data", "cluster", "board", "store"):
 
 
 def main() -> None:
+    """The ``occbench`` command. Click's own usage errors (an unknown option, a bad choice, a
+    missing argument) are one ``error:`` line naming the command's ``--help``, exit 2, like
+    occbench's own errors (click prints three lines)."""
     try:
-        app()
+        rv = app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except typer.TyperException as exc:  # click's exceptions, as typer bundles them
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as click does
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(int(getattr(exc, "exit_code", 2)))
+        fmt = getattr(exc, "format_message", None)
+        msg = " ".join((fmt() if callable(fmt) else str(exc)).split())
+        code = int(getattr(exc, "exit_code", 1))
+        ctx = getattr(exc, "ctx", None)
+        hint = (f" (`{escape(ctx.command_path)} --help` lists what it takes)"
+                if ctx is not None and code == 2 else "")
+        err.print(f"error: {escape(msg)}{hint}", soft_wrap=True, highlight=False)
+        sys.exit(code)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
