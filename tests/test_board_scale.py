@@ -57,7 +57,7 @@ def test_labels_are_read_once_per_test_set_and_again_when_their_file_changes(
     p = st.labels_dir / f"{digest}.parquet"
     data = bytearray(p.read_bytes())
     p.write_bytes(bytes(data[: len(data) // 2]))
-    with pytest.raises(StoreError, match="unreadable labels|do not match"):
+    with pytest.raises(StoreError, match=r"unreadable labels|do not match"):
         reader.labels_by_digest(digest)
 
 

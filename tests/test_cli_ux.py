@@ -387,3 +387,26 @@ def test_rerun_table_is_cached_by_store_content(adhoc_store: Path, tmp_path: Pat
     assert board_key(st) != key
     r = runner.invoke(app, [*ADHOC, "--store", str(adhoc_store)])
     assert "SENTINEL" not in r.output and "AUC (micro) %" in r.output
+
+
+def test_refresh_check_reports_what_it_can_when_some_data_is_missing(tmp_path: Path) -> None:
+    """`refresh --check` on a spec whose Fashion-MNIST is not under the data root checks the
+    rest (digits needs no files) and names the missing dataset in one line with its job
+    count; exit 1 (not known to be up to date). A real refresh still stops on it (exit 2)."""
+    spec = tmp_path / "two.toml"
+    spec.write_text('name = "two"\nseeds = [0]\n[[methods]]\nname = "ocsvm"\n'
+                    '[[datasets]]\nname = "digits"\nclasses = ["0"]\n'
+                    '[[datasets]]\nname = "fashion-mnist"\nclasses = ["0", "1"]\n')
+    empty = tmp_path / "data"
+    empty.mkdir()
+    args = ["refresh", str(spec), "--store", str(tmp_path / "s"), "--data-root", str(empty)]
+    r = runner.invoke(app, [*args, "--check"])
+    assert r.exit_code == 1, r.output
+    assert "0 jobs up to date" in r.output and "1 to run" in r.output
+    missing = [ln for ln in r.output.splitlines() if "not checked" in ln]
+    assert len(missing) == 1 and missing[0].startswith("2 jobs not checked, their data is "
+                                                       "not here:") and "fashion-mnist" in \
+        missing[0]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "fashion-mnist" in r.output
+    assert not (tmp_path / "s" / "runs").exists() or not any((tmp_path / "s" / "runs").iterdir())

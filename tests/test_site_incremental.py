@@ -172,8 +172,8 @@ def test_unchanged_dataset_run_list_pages_are_kept_and_changed_ones_rebuilt(
     before = state()
     build(RunStore(st.path), out, options=OPTS)  # nothing changed: the files are not rewritten
     assert state() == before
-    new = derive_run(st, [j for j in st.job_ids()
-                          if st.run_record(j)["job"]["dataset"] == "img"][0], {"seed": 9})
+    new = derive_run(st, next(j for j in st.job_ids()
+                              if st.run_record(j)["job"]["dataset"] == "img"), {"seed": 9})
     build(RunStore(st.path), out, options=OPTS)
     after = state()
     assert any(new in (out / "datasets" / n).read_text()

@@ -80,7 +80,9 @@ def refresh(
         raise _fail(f"--store {store} is a file, not a folder; give a new folder or an "
                     "occbench store")
     root = _data_root(data_root)
-    _, plan = _load_plan(spec, None, None, None, None, root)
+    # --check and --dry-run report what they can: a dataset without data here is named, and
+    # the rest checked (a real refresh still stops on it before anything runs)
+    _, plan = _load_plan(spec, None, None, None, None, root, missing_ok=check or dry_run)
     st = RunStore(store)
     try:
         rp = plan_refresh(plan.jobs, st)
@@ -111,11 +113,19 @@ def refresh(
     stale_gpu = [j for j, w in rp.stale() if j.requires_gpu]
     if stale_gpu:
         console.print(f"{len(stale_gpu)} GPU jobs replace older runs the board still shows")
+    n_missing = sum(n for _, n in plan.missing)
+    for why, n in plan.missing:
+        if n:  # one line each: the data's first line of help (`occbench data check`: all)
+            first = why.strip().splitlines()[0] if why.strip() else "no data"
+            console.print(f"{n} jobs not checked, their data is not here: {escape(first)} "
+                          "(`occbench data check` says where it is looked for)",
+                          soft_wrap=True, highlight=False)
     if dry_run:
         console.print("dry run: nothing ran, the board was not rebuilt")
         raise typer.Exit(0)
     if check:
-        raise typer.Exit(1 if rp.to_run or rp.to_rescore or stale_gpu else 0)
+        # jobs that could not be checked are not known to be up to date
+        raise typer.Exit(1 if rp.to_run or rp.to_rescore or stale_gpu or n_missing else 0)
     if rp.to_rescore:
         st.rescore(sorted({get_protocol(j.protocol).id for j, _ in rp.to_rescore}))
     code = 0

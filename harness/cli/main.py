@@ -248,8 +248,10 @@ def adhoc_spec(methods: str | None, datasets: str | None, classes: str | None,
 
 
 def _load_plan(spec: str | None, methods: str | None, datasets: str | None,
-               classes: str | None, seeds: str | None, root: str | None) -> tuple[Any, Any]:
-    """(spec, plan) from a spec file/name or the ad-hoc options; user errors exit 2."""
+               classes: str | None, seeds: str | None, root: str | None,
+               missing_ok: bool = False) -> tuple[Any, Any]:
+    """(spec, plan) from a spec file/name or the ad-hoc options; user errors exit 2.
+    ``missing_ok``: datasets without data are listed in ``plan.missing``, not an error."""
     from occbench.harness import registry
     from occbench.harness.run.spec import SpecError, expand, load_spec, spec_from_dict
 
@@ -264,7 +266,7 @@ def _load_plan(spec: str | None, methods: str | None, datasets: str | None,
         if spec is not None and (classes or seeds):
             raise SpecError("--classes and --seeds go with --methods/--datasets; a SPEC sets "
                             "its own classes and seeds")
-        plan = expand(sp, root)
+        plan = expand(sp, root, missing_ok=missing_ok)
     except (SpecError, registry.RegistryError, ValueError, OSError) as exc:
         raise _fail(str(exc)) from None
     return sp, plan

@@ -57,6 +57,11 @@ class SpecError(ValueError):
     """A spec that cannot run; the message names the file and the entry."""
 
 
+class DataMissingError(SpecError):
+    """A dataset of the spec (or a method's auxiliary dataset) has no readable data here: its
+    fingerprint, part of every job id, cannot be taken."""
+
+
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -254,6 +259,9 @@ def _time_limit(value: Any, where: str) -> float:
 class Plan:
     jobs: list[Job]
     skipped: list[str]  # human-readable reasons (method/modality mismatches)
+    #: (why, how many jobs) of datasets whose data is not here, when expanded with
+    #: ``missing_ok`` (their jobs' ids need the data's fingerprint, so they are not listed)
+    missing: list[tuple[str, int]] = field(default_factory=list)
 
 
 def resolve_method(name: str, params: Mapping[str, Any], where: str = "") -> tuple[type[Method],
@@ -321,35 +329,47 @@ def auxiliary_of(method: Method, data_root: str | Path | None, where: str = ""
         try:
             fp = ds.fingerprint()
         except (OSError, ValueError) as exc:
-            raise SpecError(f"{w}{exc}") from exc
+            raise DataMissingError(f"{w}{exc}") from exc
         out[role] = {"dataset": name, "version": str(ds.version), "fingerprint": fp}
     return out
 
 
-def expand(spec: Spec, data_root: str | Path | None = None) -> Plan:
+def expand(spec: Spec, data_root: str | Path | None = None, missing_ok: bool = False) -> Plan:
     """All jobs of a spec (and of the specs it includes, each job once). Raises
-    :class:`SpecError` before anything runs if any name is bad."""
+    :class:`SpecError` before anything runs if any name is bad. ``missing_ok``: a dataset
+    whose data is not here is left out and named in ``Plan.missing`` instead (what
+    ``refresh --check`` reports) rather than stopping the whole plan."""
     jobs: list[Job] = []
     skipped: list[str] = []
+    missing: list[tuple[str, int]] = []
     for inc in spec.includes:
-        sub = expand(inc, data_root)
+        sub = expand(inc, data_root, missing_ok)
         seen = {j.job_id for j in jobs}
         jobs += [j for j in sub.jobs if j.job_id not in seen]
         skipped += sub.skipped
-    own = _expand_own(spec, data_root)
+        missing += sub.missing
+    own = _expand_own(spec, data_root, missing_ok)
     seen = {j.job_id for j in jobs}
     jobs += [j for j in own.jobs if j.job_id not in seen]
-    return Plan(jobs, skipped + own.skipped)
+    return Plan(jobs, skipped + own.skipped, missing + own.missing)
 
 
-def _expand_own(spec: Spec, data_root: str | Path | None) -> Plan:
+def _expand_own(spec: Spec, data_root: str | Path | None, missing_ok: bool = False) -> Plan:
     jobs: list[Job] = []
     skipped: list[str] = []
+    missing: list[tuple[str, int]] = []
     resolved_methods = []
+    no_aux: dict[str, list[Any]] = {}  # method -> [why its auxiliary data is missing, jobs]
     for m in spec.methods:
         where = f"{spec.path}: "
         cls, params = resolve_method(m["name"], m.get("params") or {}, where)
-        aux = auxiliary_of(cls(**params), data_root, f"{where}method {m['name']!r}: ")
+        try:
+            aux = auxiliary_of(cls(**params), data_root, f"{where}method {m['name']!r}: ")
+        except DataMissingError as exc:
+            if not missing_ok:
+                raise
+            no_aux[m["name"]] = [str(exc), 0]
+            aux = {}  # never used: the method's jobs are counted, not made
         resolved_methods.append((m, cls, params, aux))
     for d in spec.datasets:
         where = f"{spec.path}: dataset {d['name']!r}: "
@@ -384,12 +404,20 @@ def _expand_own(spec: Spec, data_root: str | Path | None) -> Plan:
         try:
             fingerprint = ds.fingerprint()
         except (OSError, ValueError) as exc:
-            raise SpecError(f"{where}{exc}") from exc
+            if not missing_ok:
+                raise SpecError(f"{where}{exc}") from exc
+            n = sum(len(classes) * len(spec.seeds) for _, cls, _, _ in resolved_methods
+                    if modality in cls.modalities)
+            missing.append((f"{where}{exc}", n))
+            continue
         limit = (spec.time_limit_s if d.get("time_limit_s") is None
                  else _time_limit(d["time_limit_s"], f"{where}time_limit_s"))
         for m, cls, params, aux in resolved_methods:
             if modality not in cls.modalities:
                 skipped.append(f"{m['name']} does not support {modality} ({d['name']})")
+                continue
+            if m["name"] in no_aux:  # counted, not listed: its id needs the missing data
+                no_aux[m["name"]][1] += len(classes) * len(spec.seeds)
                 continue
             for c in classes:
                 for seed in spec.seeds:
@@ -403,11 +431,12 @@ def _expand_own(spec: Spec, data_root: str | Path | None) -> Plan:
                         time_limit_s=limit, label=str(m.get("label", "")),
                         requires_gpu=bool(m.get("requires_gpu", False)),
                     ))
+    missing += [(str(why), int(n)) for why, n in no_aux.values()]
     ids = [j.job_id for j in jobs]
     if len(set(ids)) != len(ids):
         raise SpecError(f"{spec.path}: the spec lists the same run twice (a protocol is not "
                         "part of a run: see other protocols with `occbench board --protocol`)")
-    return Plan(jobs, skipped)
+    return Plan(jobs, skipped, missing)
 
 
 def gpu_available() -> bool:
