@@ -377,7 +377,12 @@ def _copy_static(out: Path) -> None:
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{str(k): v for k, v in r.items()} for r in df.to_dict(orient="records")]
+    """The rows as dicts of Python values, as ``to_dict("records")`` gives them: built from
+    one ``tolist()`` per column (to_dict boxed every value on its own: 5 s for 100,000 runs)."""
+    cols = [str(c) for c in df.columns]
+    values = [df.iloc[:, i].tolist() for i in range(len(cols))]
+    return [dict(zip(cols, row, strict=True)) for row in zip(*values, strict=True)] \
+        if cols else [{} for _ in range(len(df))]
 
 
 def _method_info(name: str) -> dict[str, Any]:
@@ -978,7 +983,9 @@ def build(store: RunStore | str | Path, out: str | Path,
         if a.sweeps:
             b.sweeps()
         rels = {Path(p).relative_to(stage) for p in [*b.written, *built]}
-    pages = sorted({*(outp / r for r in rels), *(outp / rel for rel in keys)})
+    # sorted as text, then made paths (sorting 100,000 Path objects took seconds)
+    names = sorted({*(Path(r).as_posix() for r in rels), *keys})
+    pages = [outp / n for n in names]
     n_run_pages = sum(1 for rel in keys if rel.startswith("runs/"))
     return SiteBuild(pages, len(built), n_run_pages - len(built), a)
 

@@ -194,7 +194,7 @@ class _Keys:
         self.metrics_dirs: dict[str, str | None] = {}
         od = st.origins_dir
         self.origins = set(os.listdir(od)) if od.is_dir() else set()
-        self.runs, self.od = str(st.runs_dir), str(od)
+        self.runs, self.od, self.ld = str(st.runs_dir), str(od), str(st.labels_dir)
         self.names = ("record.json", *RUN_FILES)
 
     def run_files(self, jid: str) -> str:
@@ -203,7 +203,7 @@ class _Keys:
 
     def derived(self, jid: str, protocol: str, digest: str) -> str:
         if digest not in self.labels:
-            self.labels[digest] = _stat_text(str(self.st.labels_dir / f"{digest}.parquet"))
+            self.labels[digest] = _stat_text(f"{self.ld}/{digest}.parquet")
         md = self.metrics_dirs.get(protocol, "")
         if md == "":
             try:  # the protocol id checked once (it becomes a folder name)

@@ -135,3 +135,17 @@ def test_a_cold_read_in_parallel_processes_equals_the_serial_read(
     pd.testing.assert_frame_equal(par, serial, check_exact=True)
     assert par_bad == serial_bad and len(par_bad) == 1 and bad in par_bad[0]
     assert set(reader._verified) == set(serial["job_id"])
+
+
+def test_t_interval_with_cached_quantiles_equals_scipy_bit_for_bit() -> None:
+    from occbench.leaderboard.stats import t_interval
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    for i in range(500):
+        n = int(rng.integers(2, 40))
+        x = rng.random(n) * rng.random()
+        level = (0.9, 0.95, 0.99)[i % 3]
+        mean, sem = float(x.mean()), float(x.std(ddof=1)) / np.sqrt(n)
+        lo, hi = stats.t.interval(level, n - 1, loc=mean, scale=sem)
+        assert t_interval(x, level) == (float(lo), float(hi))
