@@ -407,6 +407,8 @@ def test_refresh_check_reports_what_it_can_when_some_data_is_missing(tmp_path: P
     assert len(missing) == 1 and missing[0].startswith("2 jobs not checked, their data is "
                                                        "not here:") and "fashion-mnist" in \
         missing[0]
+    r = runner.invoke(app, [*args, "--check", "--dry-run"])
+    assert r.exit_code == 2 and "give one" in r.output
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and "fashion-mnist" in r.output
     assert not (tmp_path / "s" / "runs").exists() or not any((tmp_path / "s" / "runs").iterdir())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -79,6 +80,9 @@ def refresh(
     if store.exists() and not store.is_dir():
         raise _fail(f"--store {store} is a file, not a folder; give a new folder or an "
                     "occbench store")
+    if check and dry_run:
+        raise _fail("--check and --dry-run: give one (--check reports and exits 1 if anything "
+                    "would run; --dry-run only reports)")
     root = _data_root(data_root)
     # --check and --dry-run report what they can: a dataset without data here is named, and
     # the rest checked (a real refresh still stops on it before anything runs)
@@ -114,12 +118,18 @@ def refresh(
     if stale_gpu:
         console.print(f"{len(stale_gpu)} GPU jobs replace older runs the board still shows")
     n_missing = sum(n for _, n in plan.missing)
+    # one line per missing dataset (specs including the same dataset share it): the first
+    # line of its error without the spec file's name (`occbench data check` says the rest)
+    by_data: dict[str, int] = {}
     for why, n in plan.missing:
-        if n:  # one line each: the data's first line of help (`occbench data check`: all)
-            first = why.strip().splitlines()[0] if why.strip() else "no data"
-            console.print(f"{n} jobs not checked, their data is not here: {escape(first)} "
-                          "(`occbench data check` says where it is looked for)",
-                          soft_wrap=True, highlight=False)
+        first = why.strip().splitlines()[0] if why.strip() else "no data"
+        what = re.sub(r"^\S+?\.toml: ", "", first)  # the spec file that named the dataset
+        if n:
+            by_data[what] = by_data.get(what, 0) + n
+    for what, n in by_data.items():
+        console.print(f"{n} jobs not checked, their data is not here: {escape(what)} "
+                      "(`occbench data check` says where it is looked for)",
+                      soft_wrap=True, highlight=False)
     if dry_run:
         console.print("dry run: nothing ran, the board was not rebuilt")
         raise typer.Exit(0)
