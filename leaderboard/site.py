@@ -967,12 +967,9 @@ def build(store: RunStore | str | Path, out: str | Path,
         todo: list[_RunItem] = []
         for item in b.run_items():
             rel = f"runs/{item[0]['job_id']}.html"
-            keys[rel] = _run_key(st, ctx, common, item, a.row_keys.get(str(item[0]["job_id"])))
+            key = _run_key(st, ctx, common, item, a.row_keys.get(str(item[0]["job_id"])))
             # an unchanged page of the previous build stays where it is (the marker keeps it)
-            if (previous.get(rel) == keys[rel] and rel in so.prev
-                    and _plain_file(f"{outp}/{rel}")):
-                so.keep.add(rel)
-            else:
+            if not b.keep_unchanged(rel, key):
                 todo.append(item)
         if todo:
             ctx = replace(ctx, verified={

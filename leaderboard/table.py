@@ -255,8 +255,9 @@ def _read_one(st: RunStore, keys: _Keys, jid: str) -> _Read:
     if why is not None:
         return jid, why, "", None, None
     try:
-        # the key is taken before the files are read: a change meanwhile reads them again
-        files = keys.run_files(jid)
+        # the run files' part of the key is the stat check_run took before reading them (a
+        # change since reads them again), in the text run_files gives
+        files = "|".join(f"{s}.{m}.{i}" for s, m, i in st._verified[jid])
         rec0 = st.run_record(jid)
         pid = st.view_protocol(rec0)
         digest = str(rec0.get("labels"))

@@ -13,9 +13,25 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from occbench.harness.store.runstore import RunStore, StoreError, _read_split, _split
+from occbench.harness.store.runstore import RunStore, StoreError, _read_split
 from occbench.leaderboard.synthetic import SynthMethod, derive_run, make_store
 from occbench.leaderboard.table import runs_frame
+
+
+def _split(df: pd.DataFrame, col: str) -> dict[str, np.ndarray]:
+    """The reference: how the store read a column per video through pandas before (first-seen
+    video order, each video's values in frame order)."""
+    out: dict[str, np.ndarray] = {}
+    vids = df["video_id"].astype(str).to_numpy()
+    vals = df[col].to_numpy()
+    frames = df["frame"].to_numpy()
+    for v in dict.fromkeys(vids.tolist()):
+        m = vids == v
+        f, x = frames[m], vals[m]
+        if len(f) and not np.array_equal(f, np.arange(len(f))):
+            x = x[np.argsort(f, kind="stable")]
+        out[v] = x
+    return out
 
 
 def _write(path: Path, vids: list[str], frames: list[int], vals: list[float | None]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -119,13 +118,12 @@ def refresh(
         console.print(f"{len(stale_gpu)} GPU jobs replace older runs the board still shows")
     n_missing = sum(n for _, n in plan.missing)
     # one line per missing dataset (specs including the same dataset share it): the first
-    # line of its error without the spec file's name (`occbench data check` says the rest)
+    # line of its error (`occbench data check` says the rest)
     by_data: dict[str, int] = {}
     for why, n in plan.missing:
         first = why.strip().splitlines()[0] if why.strip() else "no data"
-        what = re.sub(r"^\S+?\.toml: ", "", first)  # the spec file that named the dataset
         if n:
-            by_data[what] = by_data.get(what, 0) + n
+            by_data[first] = by_data.get(first, 0) + n
     for what, n in by_data.items():
         console.print(f"{n} jobs not checked, their data is not here: {escape(what)} "
                       "(`occbench data check` says where it is looked for)",

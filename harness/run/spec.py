@@ -368,7 +368,7 @@ def _expand_own(spec: Spec, data_root: str | Path | None, missing_ok: bool = Fal
         except DataMissingError as exc:
             if not missing_ok:
                 raise
-            no_aux[m["name"]] = [str(exc), 0]
+            no_aux[m["name"]] = [str(exc).removeprefix(where), 0]
             aux = {}  # never used: the method's jobs are counted, not made
         resolved_methods.append((m, cls, params, aux))
     for d in spec.datasets:
@@ -408,7 +408,8 @@ def _expand_own(spec: Spec, data_root: str | Path | None, missing_ok: bool = Fal
                 raise SpecError(f"{where}{exc}") from exc
             n = sum(len(classes) * len(spec.seeds) for _, cls, _, _ in resolved_methods
                     if modality in cls.modalities)
-            missing.append((f"{where}{exc}", n))
+            # the dataset is what is missing, whichever spec names it
+            missing.append((f"dataset {d['name']!r}: {exc}", n))
             continue
         limit = (spec.time_limit_s if d.get("time_limit_s") is None
                  else _time_limit(d["time_limit_s"], f"{where}time_limit_s"))

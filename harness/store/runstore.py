@@ -203,8 +203,9 @@ def _raw_table(raw: Mapping[str, np.ndarray]) -> Any:
 
 
 def _read_split(path: Path, col: str, dtype: Any) -> dict[str, np.ndarray]:
-    """``path``'s ``col`` per video, as :func:`_split` of its DataFrame gives it, read with
-    pyarrow into numpy (no DataFrame: pandas was two thirds of reading a run for a board page).
+    """``path``'s ``col`` per video (in first-seen video order, each in frame order), read
+    with pyarrow into numpy (no DataFrame: pandas was two thirds of reading a run for a board
+    page).
     Nulls become NaN (float columns). Raises what pyarrow raises for a damaged file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -237,23 +238,6 @@ def _read_split(path: Path, col: str, dtype: Any) -> dict[str, np.ndarray]:
         if len(f) and not np.array_equal(f, np.arange(len(f))):
             x = x[np.argsort(f, kind="stable")]
         out[name] = x
-    return out
-
-
-def _split(df: pd.DataFrame, col: str) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    vids = df["video_id"].astype(str).to_numpy()
-    vals = df[col].to_numpy()
-    frames = df["frame"].to_numpy()
-    # rows are written grouped by video in frame order; keep first-seen video order
-    order = dict.fromkeys(vids.tolist())
-    for v in order:
-        m = vids == v
-        f = frames[m]
-        x = vals[m]
-        if len(f) and not np.array_equal(f, np.arange(len(f))):
-            x = x[np.argsort(f, kind="stable")]
-        out[v] = x
     return out
 
 
