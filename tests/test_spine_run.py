@@ -395,6 +395,33 @@ def test_killed_worker_is_retried_its_own_exit_and_errors_are_not(tmp_path: Path
     assert fails[str(f3)]["type"] == "WorkerDied" and "status 3" in fails[str(f3)]["message"]
 
 
+def _die_by_sigkill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_dead_workers_code_is_read_even_when_another_thread_reaped_it() -> None:
+    """The race CI hit: the pool's manager thread reaps the killed worker at the instant the
+    runner reads its exit code. The reader sees None until the winner stores -9; the runner
+    must wait for it, or a SIGKILL looks like 'no code' and the job is not retried."""
+    import multiprocessing as mp
+    import threading
+
+    from occbench.harness.run.runner import _exit_code, _exited
+
+    p = mp.get_context("spawn").Process(target=_die_by_sigkill)
+    p.start()
+    p.join()  # reaped here; now undo it, as if another thread's waitpid had won the race
+    assert p.exitcode == -signal.SIGKILL
+    popen = p._popen  # type: ignore[attr-defined]
+    popen.returncode = None
+    assert p.exitcode is None  # what the old code read: waitpid now fails with ECHILD
+    assert _exited(p)
+    threading.Timer(0.3, lambda: setattr(popen, "returncode", -signal.SIGKILL)).start()
+    t0 = time.monotonic()
+    assert _exit_code(p) == -signal.SIGKILL
+    assert 0.25 < time.monotonic() - t0 < 3
+
+
 def test_rerun_does_not_repeat_method_errors_unless_asked(tmp_path: Path) -> None:
     spec = spec_from_dict(small_spec([{"name": "test-nan"}, {"name": "test-mean"}]))
     store = RunStore(tmp_path / "s")

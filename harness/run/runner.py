@@ -178,6 +178,28 @@ def _warm_up(job: Job | None = None, device: str = "cpu", sealed: str = "off") -
         prestart_sandbox(job, device, sealed)
 
 
+def _exited(p: Any) -> bool:
+    """Whether the process has ended (reaped or not): its sentinel pipe is closed."""
+    from multiprocessing.connection import wait
+
+    return bool(wait([p.sentinel], timeout=0))
+
+
+def _exit_code(p: Any, wait_s: float = 5.0) -> int | None:
+    """The exit code of an ended process, waiting up to ``wait_s`` seconds for it.
+
+    The pool's own manager thread reaps a dead worker (``waitpid``) at the same moment as our
+    ``join``: the loser's ``waitpid`` fails with ECHILD and multiprocessing reports None until
+    the winner stores the code on the shared ``Popen`` object an instant later. Read too soon, a
+    worker killed by SIGKILL looked like one with no code, and its job was not retried (CI)."""
+    deadline = time.monotonic() + wait_s
+    code = p.exitcode
+    while code is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+        code = p.exitcode
+    return code
+
+
 def _signal_name(code: int | None) -> str:
     if code is None:
         return "still running"
@@ -302,17 +324,18 @@ class SerialRunner(Runner):
         if self._pool is None:
             return []
         procs = self._procs or list(getattr(self._pool, "_processes", {}).values())
-        codes = []
+        dead = []
         for p in procs:
             p.join(timeout=0.5)  # a dead worker's code is known at once
-            codes.append(p.exitcode)
-            if p.exitcode is None:
+            gone = p.exitcode is not None or _exited(p)
+            if not gone:
                 p.kill()
+            dead.append(gone)
         self._pool.shutdown(wait=False, cancel_futures=True)
         for p in procs:
             p.join(timeout=5)
         self._pool, self._procs = None, []
-        return codes
+        return [_exit_code(p) if gone else None for p, gone in zip(procs, dead, strict=True)]
 
     def run(self, jobs: Sequence[Job], data_root: str | None, claim: ClaimFn, done: DoneFn,
             stopped: StopFn) -> None:
