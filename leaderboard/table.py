@@ -495,7 +495,7 @@ def display_table(agg: pd.DataFrame) -> pd.DataFrame:
         + np.where(agg.get("transductive", False), " [transductive]", "")
         + np.where(agg.get("over_memory", False), " [memory > declared]", ""),
         "protocol": agg["protocol"], "seeds": agg["seeds"],
-        "AUC (micro) %": [_pm(m, s) for m, s in zip(agg["auc_mean"], agg["auc_std"], strict=True)],
+        "AUC %": [_pm(m, s) for m, s in zip(agg["auc_mean"], agg["auc_std"], strict=True)],
         "AUC (macro) %": [_pm(m, s) for m, s in zip(agg["auc_macro_mean"], agg["auc_macro_std"],
                                                      strict=True)],
         "EER %": [_pm(m, s) for m, s in zip(agg["eer_mean"], agg["eer_std"], strict=True)],

@@ -73,7 +73,7 @@ def test_run_quick_live_progress_in_a_terminal(tmp_path: Path) -> None:
     # some frame shows the run under way: a job running, others queued
     assert any(re.search(r"running 1 · failed 0 · queued [1-9]", f) for f in frames)
     # the terminal's width is used, so the final table is whole
-    assert "AUC (micro) %" in screen and "toy-video" in screen and "…" not in screen
+    assert "AUC %" in screen and "toy-video" in screen and "…" not in screen
     assert "ran 99 jobs" in screen and "99 ok, 0 failed" in screen
     assert not any(ln.startswith("progress ") for ln in screen.splitlines())  # no log lines
 

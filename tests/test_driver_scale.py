@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from occbench.harness.run.capture import JOB_LOGGER_PREFIX, job_logger, release_
 from occbench.harness.run.driver import run_jobs
 from occbench.harness.run.runner import SerialRunner
 from occbench.harness.run.spec import Job, expand, spec_from_dict
-from occbench.harness.store.runstore import JobLock, RunStore
+from occbench.harness.store.runstore import JobLock, RangeClaim, RunStore
 
 
 def _jobs(n: int) -> list[Job]:
@@ -52,7 +53,7 @@ def test_no_logger_or_lock_file_left_after_many_jobs(tmp_path: Path) -> None:
     # the jobs ran in this process: each made a logger, and each was forgotten at its end
     assert set(_job_loggers()) - before == set()
     assert _placeholder_children() == 0
-    assert list(store.locks_dir.iterdir()) == []
+    assert _lock_files(store) == []
     assert len(store.job_ids()) == len(jobs)
 
 
@@ -78,6 +79,57 @@ def test_job_logger_children_reach_the_handler_and_are_forgotten_too() -> None:
 
 
 # -- claims ----------------------------------------------------------------------------------
+
+
+def _lock_files(store: RunStore) -> list[str]:
+    """What a store's locks/ holds besides the shared, empty claims file."""
+    left = []
+    for p in store.locks_dir.iterdir():
+        if p.name != "claims" or p.stat().st_size:
+            left.append(p.name)
+    return left
+
+
+def test_range_claims_are_exclusive_per_job_and_leave_nothing_per_job(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "s").init()
+    one, other = "0123456789abcdef0123", "fedcba98765432100123"
+    a, b, c = store.job_lock(one), store.job_lock(one), store.job_lock(other)
+    assert isinstance(a, RangeClaim)
+    assert a.acquire()
+    assert not b.acquire()  # same job, same process, another claim: held (not per process)
+    assert c.acquire()  # another job: its own byte
+    a.release()
+    assert b.acquire()  # released by closing a's descriptor; c's claim is untouched
+    assert not store.job_lock(other).acquire()
+    b.release(), c.release()
+    a.release()  # a second release is a no-op
+    assert sorted(p.name for p in store.locks_dir.iterdir()) == ["claims"]
+    assert (store.locks_dir / "claims").stat().st_size == 0
+
+
+def _hold_claim(store: str, job_id: str) -> None:
+    assert RunStore(store).job_lock(job_id).acquire()
+    time.sleep(120)
+
+
+def test_a_claim_held_by_a_killed_driver_is_free_again(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "s").init()
+    jid = "0123456789abcdef0123"
+    proc = mp.get_context("fork").Process(target=_hold_claim, args=(str(store.path), jid))
+    proc.start()
+    deadline = time.monotonic() + 60
+    while True:
+        lock = store.job_lock(jid)
+        if not lock.acquire():
+            break  # the child holds it
+        lock.release()
+        assert time.monotonic() < deadline, "the child never took the claim"
+        time.sleep(0.05)
+    proc.kill()
+    proc.join(10)
+    lock = store.job_lock(jid)
+    assert lock.acquire()  # the kernel dropped the dead holder's lock
+    lock.release()
 
 
 def test_job_lock_is_exclusive_and_deleted_on_release(tmp_path: Path) -> None:
@@ -161,7 +213,7 @@ def test_claims_stay_exclusive_across_processes_with_lock_files_deleted(tmp_path
             assert holder[jid] == pid
             holder[jid] = None
     assert takes > 0
-    assert list(store.locks_dir.iterdir()) == []
+    assert _lock_files(store) == []
 
 
 # -- metrics ---------------------------------------------------------------------------------

@@ -24,7 +24,13 @@ from occbench.harness.run.execute import JobOutput
 from occbench.harness.run.runner import Runner
 from occbench.harness.run.spec import Job, make_dataset
 from occbench.harness.scoring.protocols import get_protocol
-from occbench.harness.store.runstore import RECORD_SCHEMA, DiskFullError, JobLock, RunStore
+from occbench.harness.store.runstore import (
+    RECORD_SCHEMA,
+    DiskFullError,
+    JobLock,
+    RangeClaim,
+    RunStore,
+)
 
 ProgressFn = Callable[[str, Job, JobOutput | None], None]
 
@@ -144,7 +150,7 @@ def run_jobs(
             summary.not_retried += 1
         else:
             todo.append(j)
-    locks: dict[str, JobLock] = {}
+    locks: dict[str, RangeClaim | JobLock] = {}
 
     def claim(job: Job) -> bool:
         if summary.stop_reason:

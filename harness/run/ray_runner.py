@@ -527,7 +527,10 @@ class RayRunner(Runner):
                     queue.clear()
                 if not inflight:
                     continue
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=_POLL_S)
+                refs = list(inflight)
+                ready, _ = ray.wait(refs, num_returns=1, timeout=_POLL_S)
+                if ready and len(refs) > 1:  # and every other one done by now: one loop each
+                    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
                 for ref in ready:
                     item = inflight.pop(ref)
                     done(item.job, self._result(ref, item))
