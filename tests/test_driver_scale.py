@@ -244,7 +244,7 @@ def _cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
 @pytest.mark.parametrize(("name", "y", "s"), _cases(), ids=[c[0] for c in _cases()])
 def test_fast_auc_and_eer_equal_sklearn_bit_for_bit(name: str, y: np.ndarray,
                                                     s: np.ndarray) -> None:
-    from occbench.harness.scoring.protocols import eer, roc_auc, roc_points
+    from occbench.harness.scoring.protocols import auc_and_eer, eer, roc_auc, roc_points
     from sklearn.metrics import roc_auc_score, roc_curve
 
     assert roc_auc(y, s) == float(roc_auc_score(y, s))
@@ -261,6 +261,7 @@ def test_fast_auc_and_eer_equal_sklearn_bit_for_bit(name: str, y: np.ndarray,
         t = -d[i - 1] / (d[i] - d[i - 1])
         want = float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
     assert eer(y, s) == want
+    assert auc_and_eer(y, s) == (roc_auc(y, s), want)  # the driver's one-sort path
 
 
 # -- thread limits ---------------------------------------------------------------------------

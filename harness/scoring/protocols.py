@@ -134,7 +134,8 @@ class Protocol:
         scores, labs = self.process(raw, labels) if processed is None else processed
         if self.modality == "image":
             y, s = labs[""], scores[""]
-            m: dict[str, Any] = {"auc": roc_auc(y, s), "eer": eer(y, s)}
+            auc, err = auc_and_eer(y, s)
+            m: dict[str, Any] = {"auc": auc, "eer": err}
             m.update(n_items=len(y), n_anomalous=int(y.sum()))
         else:
             m = frame_metrics(scores, labs)
@@ -175,11 +176,14 @@ def _roc_counts(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.
     return fps, tps
 
 
-def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def roc_points(labels: np.ndarray, scores: np.ndarray,
+               counts: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """The ROC's corners ``(fpr, tpr)``, fractions from (0, 0) to (1, 1) (1 = anomalous,
     higher score = more anomalous): ``sklearn.metrics.roc_curve``'s first two outputs with its
-    default ``drop_intermediate=True``, bit for bit, without its input checks."""
-    fps, tps = _roc_counts(labels, scores)
+    default ``drop_intermediate=True``, bit for bit, without its input checks. ``counts``:
+    ``_roc_counts(labels, scores)`` when the caller has them."""
+    fps, tps = _roc_counts(labels, scores) if counts is None else counts
     if len(fps) > 2:  # roc_curve's drop_intermediate=True: corners only, as roc_auc_score
         keep = np.concatenate([[True], np.logical_or(np.diff(fps, 2), np.diff(tps, 2)),
                                [True]])
@@ -198,6 +202,16 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(trapezoid(tpr, fpr))
 
 
+def auc_and_eer(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """``(roc_auc(labels, scores), eer(labels, scores))``, bit for bit, from one sort of the
+    scores instead of two (the sort is most of either's cost)."""
+    from scipy.integrate import trapezoid
+
+    counts = _roc_counts(labels, scores)
+    fpr, tpr = roc_points(labels, scores, counts)
+    return float(trapezoid(tpr, fpr)), _eer_from_counts(*counts)
+
+
 def eer(labels: np.ndarray, scores: np.ndarray) -> float:
     """Equal error rate (a fraction in [0, 1], lower is better; 1 = anomalous, higher score =
     more anomalous): where FPR = FNR on the full ROC, interpolated linearly.
@@ -208,7 +222,10 @@ def eer(labels: np.ndarray, scores: np.ndarray) -> float:
     between the two ROC points around it (tied scores are one such segment, so ties are
     handled as the ROC draws them).
     """
-    fps, tps = _roc_counts(labels, scores)
+    return _eer_from_counts(*_roc_counts(labels, scores))
+
+
+def _eer_from_counts(fps: np.ndarray, tps: np.ndarray) -> float:
     fpr = np.concatenate([[0.0], fps]) / fps[-1]
     tpr = np.concatenate([[0.0], tps]) / tps[-1]
     fnr = 1.0 - tpr
@@ -234,10 +251,11 @@ def frame_metrics(
             excluded.append(v)
         else:
             per_video[v] = roc_auc(labels[v], scores[v])
+    auc, err = auc_and_eer(y, s)
     return {
-        "auc_micro": roc_auc(y, s),
+        "auc_micro": auc,
         "auc_macro": float(np.mean(list(per_video.values()))) if per_video else None,
-        "eer": eer(y, s),
+        "eer": err,
         "per_video_auc": per_video,
         "excluded_videos": excluded,
         "n_videos": len(vids),
