@@ -336,3 +336,33 @@ def test_damaged_labels_are_rewritten_although_this_store_wrote_them(tmp_path: P
     p.write_bytes(b"garbage")  # changed on disk after this object verified it
     assert store.write_labels(labels) == digest
     assert p.read_bytes() == good
+
+
+def test_a_file_system_without_locks_is_one_clear_error(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some FUSE and network mounts refuse byte-range locks: the run stops with one line that
+    names the claims file and the fix, before any job runs, and the store is untouched."""
+    import errno
+    import fcntl
+
+    from occbench.harness.cli.main import app
+    from occbench.harness.store.runstore import StoreError
+    from typer.testing import CliRunner
+
+    real = fcntl.fcntl
+
+    def no_locks(fd: int, cmd: int, arg: object = 0) -> object:
+        if cmd == getattr(fcntl, "F_OFD_SETLK", None):
+            raise OSError(errno.ENOLCK, "No locks available")
+        return real(fd, cmd, arg)  # type: ignore[arg-type]
+
+    store = RunStore(tmp_path / "s").init()
+    monkeypatch.setattr(fcntl, "fcntl", no_locks)
+    with pytest.raises(StoreError, match="does not support file locks"):
+        store.job_lock("0" * 20).acquire()
+    r = CliRunner().invoke(app, ["run", "-m", "iforest", "-d", "digits", "--classes", "0",
+                                 "--store", str(tmp_path / "s"), "--unsealed"])
+    assert r.exit_code == 2, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("error: cannot lock") and "claims" in line and "--store" in line
+    assert store.job_ids() == []

@@ -550,6 +550,7 @@ def _execute(jobs: list[Any], st: Any, root: str | None, runner: str | None, dev
     """Run ``jobs`` with progress: a live bar on a terminal, plain lines otherwise."""
     from occbench.harness.run.driver import run_jobs
     from occbench.harness.run.runner import RunnerError
+    from occbench.harness.store.runstore import StoreError
 
     r = make_runner(runner or default_runner(), device, address, max_concurrent, seal_mode)
     todo = len(jobs)
@@ -593,6 +594,8 @@ def _execute(jobs: list[Any], st: Any, root: str | None, runner: str | None, dev
                 lines.update(0, status(), force=True)
             summary = run_jobs(jobs, st, r, root, progress, retry_failed=retry_failed)
     except RunnerError as exc:
+        raise _fail(str(exc)) from None
+    except StoreError as exc:  # e.g. a store on a file system without locks
         raise _fail(str(exc)) from None
     finally:
         r.close()

@@ -316,7 +316,11 @@ class RangeClaim:
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 return False
-            raise
+            # a file system without byte-range locks (some FUSE and network mounts)
+            raise StoreError(
+                f"cannot lock {self.path} ({exc.strerror or exc}): this file system does not "
+                "support file locks; put the store on a local disk or an NFSv4 mount "
+                "(--store)") from exc
         except BaseException:
             os.close(fd)
             raise
