@@ -375,3 +375,88 @@ def test_refresh_require_sealed_refuses_to_publish_unsealed_runs(tmp_path: Path)
                                  "--board-out", str(tmp_path / "board"), "--require-sealed"])
     assert r.exit_code == 2, r.output
     assert "not sealed" in r.output and not (tmp_path / "board").exists()
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for k in map(int, kids):
+            out += [k, *_descendants(k)]
+    return out
+
+
+def _sealed_children() -> list[int]:
+    """This process's sealed method processes (the python inside bwrap)."""
+    found = []
+    for p in _descendants(os.getpid()):
+        try:
+            if b"_child_main" in Path(f"/proc/{p}/cmdline").read_bytes():
+                found.append(p)
+        except OSError:
+            pass
+    return found
+
+
+def _slow_job(**params: Any) -> Any:
+    spec = spec_from_dict({"name": "s", "seeds": [0],
+                           "methods": [{"name": "test-slow", "params": params}],
+                           "datasets": [{"name": "digits", "classes": ["0"]}]})
+    return expand(spec).jobs[0]
+
+
+@needs_bwrap
+def test_a_sealed_process_killed_from_outside_is_retried_in_a_fresh_one() -> None:
+    """The OOM killer or a `kill -9` takes the sealed process in the middle of a job: the job
+    runs again in a fresh one (as a killed worker is retried), and says so; a method that dies
+    the same way each time is recorded WorkerDied after the retries; one that exits by itself
+    is a result, not retried."""
+    import signal
+    import time
+
+    from occbench.harness.run.execute import execute_job
+
+    killed: list[int] = []
+
+    def kill_once_mid_job() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            sp = sandbox._current.get("cpu")
+            try:
+                busy = sp is not None and any(sp.handover.iterdir())  # a job's inputs are there
+            except OSError:
+                busy = False
+            if busy:
+                time.sleep(0.3)  # the method is asleep in fit by now
+                for p in _sealed_children():
+                    os.kill(p, signal.SIGKILL)
+                    killed.append(p)
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=kill_once_mid_job, daemon=True)
+    t.start()
+    out = execute_job(_slow_job(sleep=2.0), None, "cpu", sealed="require")
+    t.join(5)
+    assert killed, "the sealed process was never seen running the job"
+    assert out.status == "ok", out.error
+    assert out.provenance["worker_deaths"] == ["killed by SIGKILL"]
+    assert out.provenance["sealed_pid"] not in killed  # the scores came from a fresh process
+    assert "running the job again in a fresh one" in out.log
+
+    dies = execute_job(_slow_job(die=True), None, "cpu", sealed="require", retries=1)
+    assert dies.status == "failed" and dies.error is not None
+    assert dies.error["type"] == "WorkerDied" and dies.error["origin"] == "runner"
+    assert "2 attempts (killed by SIGKILL; killed by SIGKILL)" in dies.error["message"]
+
+    spec = spec_from_dict({"name": "s", "seeds": [0], "methods": [{
+        "name": "test-attempts", "params": {"pid_file": "/tmp/work/attempts",
+                                            "kill_attempts": 99, "exit_code": 3}}],
+        "datasets": [{"name": "digits", "classes": ["0"]}]})
+    exits = execute_job(expand(spec).jobs[0], None, "cpu", sealed="require")
+    assert exits.status == "failed" and exits.error is not None
+    assert "exited with status 3" in exits.error["message"]
+    assert exits.provenance["worker_deaths"] == ["exited with status 3"]  # once: not retried

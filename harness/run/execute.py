@@ -564,7 +564,8 @@ def run_method(method: Method, train: Data, test: Data, ctx: Context, logger: lo
 
 def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
                 device: str = "cpu", sealed: str | bool | None = "auto",
-                method_blob: bytes | None = None, threads: int | None = None) -> JobOutput:
+                method_blob: bytes | None = None, threads: int | None = None,
+                retries: int = 2) -> JobOutput:
     """Run one job: fit on normal training data, score the unlabelled test split.
 
     ``sealed``: ``"auto"`` (default) runs the method in the sealed process
@@ -574,6 +575,10 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
     ``sealed`` (bool) and ``sealed_by``. ``method_blob``: a pickled method class the driver
     registered at run time (Ray ships it), for the sealed process. ``threads``: the CPU cores
     the runner gave the job (``None``: the CPUs its method declares; see :func:`job_threads`).
+    ``retries``: how often a job whose sealed process was killed by a signal (the OOM killer,
+    ``kill``) is run again in a fresh one, as the runners retry a killed worker; a sealed
+    process that exits by itself is a result, not retried. The deaths are listed in
+    ``provenance["worker_deaths"]``.
 
     Never raises for a method's fault: failures come back as ``status="failed"`` with the
     traceback and the error's ``origin`` (see :class:`JobOutput`), so the driver can record
@@ -628,16 +633,30 @@ def execute_job(job: Job, data_root: str | Path | RootHandle | None = None,
             prov["data_cached"] = _last_load["cached"]
             origin = "method"
             if seal:
-                try:
-                    raw, sprov, mlog = sandbox.run_sealed(job, split, auxiliary, device, root,
-                                                          probe, method_blob, threads)
-                except sandbox.SealedProcessDied as exc:
-                    return failed({"type": "WorkerDied", "message": str(exc), "traceback": "",
-                                   "origin": "runner"})
-                except sandbox.SealedJobError as exc:
-                    prov.update(exc.provenance)
-                    write_out(exc.log.encode("utf-8", errors="replace"))
-                    return failed({**exc.error, "origin": exc.error.get("origin", "method")})
+                deaths: list[str] = []
+                while True:
+                    try:
+                        raw, sprov, mlog = sandbox.run_sealed(job, split, auxiliary, device,
+                                                              root, probe, method_blob, threads)
+                        break
+                    except sandbox.SealedProcessDied as exc:
+                        deaths.append(exc.how)
+                        prov["worker_deaths"] = deaths
+                        if exc.by_signal and len(deaths) <= retries:
+                            # killed from outside: a fault, not a result; the next call starts
+                            # a fresh sealed process
+                            logger.warning("the sealed process was %s; running the job again "
+                                           "in a fresh one", exc.how)
+                            continue
+                        tried = (f"; {len(deaths)} attempts ({'; '.join(deaths)})"
+                                 if len(deaths) > 1 else "")
+                        return failed({"type": "WorkerDied", "message": f"{exc}{tried}",
+                                       "traceback": "", "origin": "runner"})
+                    except sandbox.SealedJobError as exc:
+                        prov.update(exc.provenance)
+                        write_out(exc.log.encode("utf-8", errors="replace"))
+                        return failed({**exc.error,
+                                       "origin": exc.error.get("origin", "method")})
                 root = None
                 snaps = sprov.pop("_snapshots", {})
                 prov.update(sprov)

@@ -125,7 +125,7 @@ def _drop_driver_cwd() -> None:
 
 def run_in_worker(job: Job, data_root: str | RootHandle | None, device: str,
                   method_blob: bytes | None, clock: Any | None,
-                  sealed: str = "auto") -> JobOutput:
+                  sealed: str = "auto", retries: int = 2) -> JobOutput:
     """The Ray task body: ``execute_job`` plus where it ran (node, pid, GPUs, cache hit).
 
     Sealed jobs start the sandbox here, on whichever node runs the task.
@@ -160,7 +160,8 @@ def run_in_worker(job: Job, data_root: str | RootHandle | None, device: str,
         log.warning("job %s asked for cuda but got no usable GPU; running on cpu", job.job_id)
     hits = _load_split.cache_info().hits
     t0 = time.time()
-    out = execute_job(job, data_root, dev, sealed, method_blob if seal else None, threads)
+    out = execute_job(job, data_root, dev, sealed, method_blob if seal else None, threads,
+                      retries)
     out.provenance.update(
         ray_task_start=round(t0, 3), ray_task_end=round(time.time(), 3),  # epoch s: overlap
         ray_node_id=rc.get_node_id(), ray_worker_pid=os.getpid(),
@@ -521,7 +522,8 @@ class RayRunner(Runner):
                     fn = self._gpu_task if opts["num_gpus"] > 0 else _cpu_task
                     clock = self._clock if self.time_limit(job) else None
                     ref = fn.options(**opts).remote(job, RootHandle(data_root), self.device,
-                                                   blobs[job.method], clock, self.sealed)
+                                                   blobs[job.method], clock, self.sealed,
+                                                   self.max_retries)
                     inflight[ref] = _InFlight(job, time.monotonic())
                 if stopped():
                     queue.clear()

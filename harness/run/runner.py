@@ -387,7 +387,7 @@ class SerialRunner(Runner):
             fut: Future[Any]
             if len(unit) == 1:
                 fut = pool.submit(execute_job, unit[0], RootHandle(data_root), self.device,
-                                  self.sealed, None, self.threads)
+                                  self.sealed, None, self.threads, self.max_retries)
             else:
                 fut = pool.submit(execute_group, unit, RootHandle(data_root), self.device,
                                   self.sealed, self.threads)

@@ -92,7 +92,32 @@ class SandboxError(RuntimeError):
 
 
 class SealedProcessDied(SandboxError):
-    """The sealed process exited during a job (killed, out of memory, ``os._exit``)."""
+    """The sealed process exited during a job (killed, out of memory, ``os._exit``).
+
+    ``how``: "killed by SIGKILL", "exited with status 3"; ``by_signal``: it was killed by a
+    signal (the kernel's OOM killer, ``kill``), which a retry may survive, rather than exiting
+    by its own hand. bwrap reports a child killed by signal N as exit status 128 + N, so a
+    method calling ``os._exit(137)`` is taken for a SIGKILL too."""
+
+    def __init__(self, message: str, how: str = "", by_signal: bool = False) -> None:
+        super().__init__(message)
+        self.how = how
+        self.by_signal = by_signal
+
+
+def _death(rc: int | None) -> tuple[str, bool]:
+    """How a sealed process (bwrap's status) ended: (words, by a signal)."""
+    import signal as _signal
+
+    if rc is None:
+        return "gone", False
+    sig = -rc if rc < 0 else rc - 128 if rc > 128 else 0
+    if sig:
+        try:
+            return f"killed by {_signal.Signals(sig).name}", True
+        except ValueError:
+            return f"killed by signal {sig}", True
+    return f"exited with status {rc}", False
 
 
 @dataclass(frozen=True)
@@ -462,8 +487,9 @@ class SealedProcess:
         line = _read_line(self.proc.stdout)
         if not line:
             rc = self.proc.wait(timeout=10)
-            raise SealedProcessDied(f"the sealed method process died during the job (exit "
-                                    f"status {rc}: killed, or out of memory)")
+            how, by_signal = _death(rc)
+            raise SealedProcessDied(f"the sealed method process died during the job ({how}: "
+                                    "killed, or out of memory)", how, by_signal)
         try:
             obj = json.loads(line)
         except ValueError as exc:
