@@ -8,6 +8,7 @@ Scores are cheap image statistics (higher = brighter image), never meant to be g
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -72,6 +73,37 @@ class PidSleeper(Method):
         attempt = len(p.read_text().split())
         if attempt <= self.slow_attempts:
             time.sleep(self.sleep_s)
+        return self
+
+    def score(self, test: Data, context: Context) -> Any:
+        return _mean_score(test)
+
+
+class LateDeath(Method):
+    """Appends its pid to ``pid_file``; its first attempt runs ``die_after_s`` seconds and then
+    kills its own worker (SIGKILL, as the OOM killer would); a later attempt runs ``sleep_s``
+    seconds and succeeds."""
+
+    name = "ray-late-death"
+    modalities: ClassVar[frozenset[Modality]] = frozenset({"image"})
+
+    def __init__(self, pid_file: str = "", die_after_s: float = 5.0,
+                 sleep_s: float = 5.0) -> None:
+        self.pid_file = pid_file
+        self.die_after_s = die_after_s
+        self.sleep_s = sleep_s
+
+    def resources_for(self) -> Resources:
+        return Resources(cpus=1, memory_mb=64)
+
+    def fit(self, train: Data, context: Context) -> LateDeath:
+        p = Path(self.pid_file)
+        with p.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        if len(p.read_text().split()) <= 1:
+            time.sleep(self.die_after_s)
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(self.sleep_s)
         return self
 
     def score(self, test: Data, context: Context) -> Any:
@@ -219,4 +251,4 @@ class GpuProbe(Method):
         return np.sqrt(((x - self.mean_) ** 2).sum(axis=1))
 
 
-ALL = (SleepProbe, PidSleeper, Boom, MemoryHog, PathProbe, Chatty, GpuProbe)
+ALL = (SleepProbe, PidSleeper, LateDeath, Boom, MemoryHog, PathProbe, Chatty, GpuProbe)

@@ -38,6 +38,7 @@ Faults
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import os
 import sys
@@ -90,16 +91,23 @@ _BY_VALUE_LOCK = threading.Lock()
 
 @ray.remote(num_cpus=0)
 class JobClock:
-    """Records when each job actually starts on a worker (queued time must not count)."""
+    """Counts the times each job has started on a worker: queued time must not count against
+    its limit, and a retry (Ray reruns the task when its worker or node died) starts it anew.
+    The driver times each start on its own clock, immune to node clock skew."""
 
     def __init__(self) -> None:
-        self.started: dict[str, float] = {}
+        self.started: dict[str, int] = {}
 
     def start(self, job_id: str) -> None:
-        self.started[job_id] = time.time()
+        self.started[job_id] = self.started.get(job_id, 0) + 1
 
-    def starts(self) -> dict[str, float]:
-        return dict(self.started)
+    def starts(self, keys: list[str] | None = None) -> dict[str, int]:
+        """How often each of ``keys`` (all when None) has started; keys not yet started are
+        left out. Only the asked-for come back: the driver asks for its limited jobs in flight,
+        not every job the clock ever saw."""
+        if keys is None:
+            return dict(self.started)
+        return {k: self.started[k] for k in keys if k in self.started}
 
 
 def _ensure_method(job: Job, method_blob: bytes | None) -> None:
@@ -125,13 +133,14 @@ def _drop_driver_cwd() -> None:
 
 def run_in_worker(job: Job, data_root: str | RootHandle | None, device: str,
                   method_blob: bytes | None, clock: Any | None,
-                  sealed: str = "auto", retries: int = 2) -> JobOutput:
+                  sealed: str = "auto", retries: int = 2,
+                  clock_key: str | None = None) -> JobOutput:
     """The Ray task body: ``execute_job`` plus where it ran (node, pid, GPUs, cache hit).
 
     Sealed jobs start the sandbox here, on whichever node runs the task.
     """
-    if clock is not None:
-        clock.start.remote(job.job_id)
+    if clock is not None:  # once per attempt: Ray's retry of this task calls it again
+        clock.start.remote(clock_key or job.job_id)
     _drop_driver_cwd()
     enter_worker()  # this process runs methods: labels refused for good, no data root in env
     from occbench.harness.run import sandbox
@@ -277,6 +286,8 @@ class _InFlight:
     job: Job
     submitted: float
     started: float | None = None  # driver's monotonic clock when the worker began
+    attempt: int = 0  # the starts the clock had counted when ``started`` was taken
+    key: str = ""  # this submission's name on the clock
 
 
 def _object_store_bytes() -> int:
@@ -398,6 +409,7 @@ class RayRunner(Runner):
         self.max_concurrent = max_concurrent
         self.device = device
         self.max_retries = max_retries
+        self._submissions = itertools.count()
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
         self.sealed = sealed  # "auto" | "require" | "off": each task seals on its own node
@@ -521,10 +533,12 @@ class RayRunner(Runner):
                         blobs[job.method] = self._method_blob(job)
                     fn = self._gpu_task if opts["num_gpus"] > 0 else _cpu_task
                     clock = self._clock if self.time_limit(job) else None
+                    # one key per submission (a rerun of the same job counts afresh)
+                    key = f"{job.job_id}.{next(self._submissions)}"
                     ref = fn.options(**opts).remote(job, RootHandle(data_root), self.device,
                                                    blobs[job.method], clock, self.sealed,
-                                                   self.max_retries)
-                    inflight[ref] = _InFlight(job, time.monotonic())
+                                                   self.max_retries, key)
+                    inflight[ref] = _InFlight(job, time.monotonic(), key=key)
                 if stopped():
                     queue.clear()
                 if not inflight:
@@ -587,7 +601,8 @@ class RayRunner(Runner):
         if not limited or self._clock is None:
             return
         try:
-            starts = ray.get(self._clock.starts.remote(), timeout=10)
+            starts = ray.get(self._clock.starts.remote(
+                [it.key or it.job.job_id for it in limited.values()]), timeout=10)
         except ray.exceptions.GetTimeoutError:
             return
         except ray.exceptions.RayError as exc:
@@ -597,11 +612,16 @@ class RayRunner(Runner):
             # little long, never short). The grid goes on either way.
             log.warning("the job clock was lost (%s); restarting it", type(exc).__name__)
             self._clock = _new_clock()
-            starts = {it.job.job_id: 0.0 for it in limited.values()}
+            now = time.monotonic()
+            for it in limited.values():  # the new clock counts afresh
+                it.started = now if it.started is None else it.started
+                it.attempt = 0
+            starts = {}
         now = time.monotonic()
         for ref, it in limited.items():
-            if it.started is None and it.job.job_id in starts:
-                it.started = now  # the driver's own clock: immune to node clock skew
+            n = starts.get(it.key or it.job.job_id, 0)
+            if n > it.attempt:  # started, or started again by Ray's retry: its limit anew
+                it.started, it.attempt = now, n
             limit = float(self.time_limit(it.job) or 0)
             if it.started is not None and now - it.started > limit:
                 ray.cancel(ref, force=True)
