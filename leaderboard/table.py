@@ -505,6 +505,26 @@ def display_table(agg: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+#: What each mark in the display table's method column means (the order it is listed in).
+TAG_MEANINGS = {
+    "[selected on test]": "its configuration was chosen on test labels",
+    "[unsealed]": "some runs ran outside the sandbox (the method could have read the labels)",
+    "[transductive]": "an item's score changed when the rest of the test set changed",
+    "[memory > declared]": "peak memory above what the method declares",
+}
+
+#: The caption of the display table (terminal and Markdown).
+CAPTION = ("mean ± std over seeds; AUC: micro frame AUC for video, class-mean AUROC for images "
+           "(one vs rest)")
+
+
+def tag_legend(display: pd.DataFrame) -> list[str]:
+    """One line per mark of :data:`TAG_MEANINGS` that appears in ``display``'s method column
+    (a :func:`display_table`), saying what it means; none for a table without marks."""
+    methods = " ".join(str(m) for m in display.get("method", []))
+    return [f"{tag}: {why}" for tag, why in TAG_MEANINGS.items() if tag in methods]
+
+
 def _ci(lo: float, hi: float, scale: float = 100.0) -> str:
     if pd.isna(lo) or pd.isna(hi):
         return "—"

@@ -111,3 +111,15 @@ def test_usage_errors_are_one_line_naming_the_help(args: list[str], says: str) -
     assert p.returncode == 2, p.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], p.stderr
     assert "--help` lists what it takes" in lines[0] and "Traceback" not in p.stderr
+    assert "Value error" not in lines[0]  # the validation library's prefix is not shown
+
+
+def test_a_bad_runner_is_refused_before_the_spec_or_store_is_touched(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    p = subprocess.run([sys.executable, "-m", "occbench.harness", "run", "quick", "--store",
+                        str(store), "--runner", "rayy"], capture_output=True, text=True,
+                       timeout=120)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert "unknown runner 'rayy'; did you mean 'ray'?" in lines[0], lines[0]
+    assert p.stdout == "" and not store.exists()  # no "spec quick: 99 jobs", no store made

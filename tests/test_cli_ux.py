@@ -254,6 +254,34 @@ def test_store_status_and_board_formats(adhoc_store: Path, tmp_path: Path) -> No
     assert {(b["method"], b["dataset"]) for b in board} == {
         (m, d) for m in ("ocsvm", "iforest") for d in ("digits", "toy-video")}
     assert all(0.5 < float(b["auc_mean"]) <= 1 for b in board)
+    assert not (tmp_path / "b").exists()  # --no-site with --format: stdout only, no files
+    r = runner.invoke(app, ["board", "--store", str(adhoc_store), "--out", str(tmp_path / "b"),
+                            "--no-site", "--bootstrap", "0", "-f", "md"])
+    assert r.exit_code == 0, r.output
+    first, blank, header = r.stdout.splitlines()[:3]
+    assert first.startswith("Mean ± std over seeds; AUC: micro frame AUC for video")
+    assert blank == "" and header.startswith("| dataset | method |")
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_board_explains_the_marks_it_shows(tmp_path: Path) -> None:
+    """A mark like [unsealed] in the method column comes with a line saying what it means,
+    under the terminal table and above the Markdown one; a table without marks has none."""
+    store = tmp_path / "s"
+    r = runner.invoke(app, ["run", "-m", "iforest", "-d", "digits", "--classes", "0",
+                            "--seeds", "0", "--unsealed", "--store", str(store)])
+    assert r.exit_code == 0, r.output
+    why = "[unsealed]: some runs ran outside the sandbox"
+    r = runner.invoke(app, ["board", "--store", str(store), "--no-site", "-f", "md",
+                            "--bootstrap", "0"])
+    assert r.exit_code == 0, r.output
+    assert f"`{why}" in r.stdout.splitlines()[0] and "iforest [unsealed]" in r.stdout
+    r = runner.invoke(app, ["board", "--store", str(store), "--out", str(tmp_path / "t"),
+                            "--no-site", "--bootstrap", "0"])
+    assert r.exit_code == 0, r.output
+    assert why in " ".join(r.output.split())
+    assert (tmp_path / "t" / "leaderboard.csv").exists()  # the terminal table: tables written
+    assert "[transductive]:" not in r.output  # only the marks it shows
 
 
 # -- Ray addresses ----------------------------------------------------------------------------

@@ -52,8 +52,8 @@ def board(
     """Aggregate the store into the leaderboard tables and the static site.
 
     Writes leaderboard.csv/.md (mean, std, 95 % CI over seeds), the statistics tables and the
-    site (overview, dataset, method and run pages). --format json|csv|md prints only the
-    table, on stdout.
+    site (overview, dataset, method and run pages) into --out. --format json|csv|md prints
+    the table on stdout (notes on stderr); with --no-site as well, nothing is written.
     """
     from occbench.harness.scoring.protocols import ProtocolError, get_protocol
     from occbench.leaderboard.analysis import analyze
@@ -80,7 +80,11 @@ def board(
     try:
         # one analysis (one read of the store) feeds the site, the tables and the terminal;
         # the site's own (it reads only the runs changed since its last build)
-        if site:
+        if not site and fmt != OutFormat.table and readme is None:
+            # the table on stdout and nothing else: no folder made, no file written
+            a = analyze(st, published, n_boot=bootstrap or 200, warn=warn)
+            files = []
+        elif site:
             res = build(st, out, published, SiteOptions(n_boot=bootstrap), warn=warn)
             assert res.analysis is not None
             a = res.analysis

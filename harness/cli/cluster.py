@@ -11,17 +11,18 @@ import typer
 from occbench.harness.cli.main import (
     DataRootOpt,
     RetryFailedOpt,
+    RunnerOpt,
     StoreOpt,
     TimeLimitOpt,
     _data_root,
     _fail,
+    check_runner,
     console,
     err,
     escape,
     table,
 )
 
-RunnerOpt = Annotated[str | None, typer.Option(help="serial or ray (default: ray if available).")]
 AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster address (auto, ray://...); "
                                                 "default: start an embedded local Ray.")]
 MaxConcOpt = Annotated[int | None, typer.Option(help="Most jobs in flight at once.")]
@@ -207,7 +208,8 @@ def sweep(
                                               "benchmarks/sweeps).")],
     store: StoreOpt = Path("runs"),
     data_root: DataRootOpt = None,
-    runner: Annotated[str, typer.Option(help="Runner of the full jobs: ray or serial.")] = "ray",
+    runner: Annotated[str, typer.Option(help="Runner of the full jobs: ray or serial.",
+                                        callback=check_runner)] = "ray",
     address: AddressOpt = None,
     max_concurrent: MaxConcOpt = None,
     device: DeviceOpt = "auto",

@@ -187,6 +187,26 @@ def _main(
 # --------------------------------------------------------------------------------------------
 
 
+RUNNERS = ("serial", "ray")
+
+
+def check_runner(value: str | None) -> str | None:
+    """``--runner``'s check, as the command line is parsed (before any spec or store is
+    touched): one of :data:`RUNNERS`, or None for the default."""
+    if value is not None and value not in RUNNERS:
+        import difflib
+
+        near = difflib.get_close_matches(value, RUNNERS, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise typer.BadParameter(f"unknown runner {value!r}{hint} (use serial or ray)")
+    return value
+
+
+#: ``--runner`` of run, refresh and sweep.
+RunnerOpt = Annotated[str | None, typer.Option(
+    help="serial or ray (default: ray if available).", callback=check_runner)]
+
+
 def make_runner(name: str, device: str, address: str | None, max_concurrent: int | None,
                 sealed: str = "auto") -> Any:
     """Build a runner by name (``serial``; ``ray`` when the Ray runner is installed)."""
@@ -427,8 +447,7 @@ def run(
         "--dry-run", help="Only list the jobs and whether each is in the store; run nothing."
     )] = False,
     data_root: DataRootOpt = None,
-    runner: Annotated[str | None, typer.Option(help="serial or ray (default: ray if available)."
-                                               )] = None,
+    runner: RunnerOpt = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (auto, HOST:PORT, "
                                                 "ray://HOST:10001); default: start an embedded "
                                                 "local Ray.")] = None,
@@ -698,8 +717,12 @@ def _print_board(st: Any, fmt: OutFormat = OutFormat.table, cached: bool = False
     if fmt in (OutFormat.json, OutFormat.csv):
         num = agg.astype(object).where(agg.notna(), None)
         emit(num.to_dict(orient="records"), fmt, columns=[str(c) for c in agg.columns])
-    else:
+    else:  # Markdown: the table as shown, under its caption and the legend of its marks
+        from occbench.leaderboard.table import CAPTION, tag_legend
+
         df = display_table(agg)
+        notes = [CAPTION[0].upper() + CAPTION[1:] + ".", *(f"`{t}`" for t in tag_legend(df))]
+        sys.stdout.write(" ".join(notes) + "\n\n")
         emit(df.astype(object).to_dict(orient="records"), fmt, columns=[str(c) for c in df.columns])
 
 
@@ -721,9 +744,12 @@ def _board_display(st: Any, cached: bool, runs: Any = None, agg: Any = None) -> 
     # the board passes the tables it has: the store is read once per command
     runs = runs_frame(st) if runs is None else runs
     agg = aggregate(runs) if agg is None else agg
+    from occbench.leaderboard.table import tag_legend
+
     df = display_table(agg)
     shown = {"columns": [str(c) for c in df.columns],
              "rows": [[str(v) for v in row] for row in df.itertuples(index=False)],
+             "legend": tag_legend(df),
              "superseded": int(runs.attrs.get("superseded", 0) or 0),
              "incomplete": int(agg.attrs.get("incomplete_seeds", 0) or 0)}
     if cache is not None:
@@ -749,7 +775,8 @@ def _show_board(shown: dict[str, Any]) -> None:
         console.print(f"{shown['incomplete']} seed(s) left out of the means: they lack some of "
                       "their entry's normal classes (still to run, or failed)")
     t = table(title="occbench — mean ± std over seeds (AUC: micro frame AUC for video, "
-                    "class-mean AUROC for images)")
+                    "class-mean AUROC for images)",
+              caption=escape("; ".join(shown.get("legend") or [])) or None)
     for c in shown["columns"]:
         t.add_column(c, justify="right" if c not in ("dataset", "method", "protocol")
                      else "left")
@@ -1109,6 +1136,7 @@ def main() -> None:
             sys.exit(int(getattr(exc, "exit_code", 2)))
         fmt = getattr(exc, "format_message", None)
         msg = " ".join((fmt() if callable(fmt) else str(exc)).split())
+        msg = msg.replace("Value error, ", "")  # the validation library's own prefix
         code = int(getattr(exc, "exit_code", 1))
         ctx = getattr(exc, "ctx", None)
         hint = (f" (`{escape(ctx.command_path)} --help` lists what it takes)"

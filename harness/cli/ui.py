@@ -65,10 +65,10 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
-def table(*columns: str, title: str | None = None) -> Table:
-    """A rich table (imported on first use)."""
+def table(*columns: str, title: str | None = None, caption: str | None = None) -> Table:
+    """A rich table (imported on first use); ``caption`` is printed under it."""
     from rich.table import Table
 
-    return Table(*columns, title=title)
+    return Table(*columns, title=title, caption=caption)
 
 
