@@ -4,6 +4,7 @@ it, read from the screen output, and the plain lines it prints instead when pipe
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import pty
 import re
@@ -98,6 +99,7 @@ def test_run_piped_prints_progress_lines(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args,says", [
     (["list", "bogus"], "'bogus' is not one of"),
+    (["list", "method"], "'protocols'; did you mean 'methods'?"),
     (["board", "--nope"], "No such option: --nope"),
     (["run", "quick", "--max-concurrent", "x"], "'--max-concurrent'"),
     (["nosuchcmd"], "No such command 'nosuchcmd'"),
@@ -123,3 +125,16 @@ def test_a_bad_runner_is_refused_before_the_spec_or_store_is_touched(tmp_path: P
     assert p.returncode == 2 and len(lines) == 1, p.stderr
     assert "unknown runner 'rayy'; did you mean 'ray'?" in lines[0], lines[0]
     assert p.stdout == "" and not store.exists()  # no "spec quick: 99 jobs", no store made
+
+
+def test_progress_eta_is_paced_from_the_first_finished_job() -> None:
+    """The first job carries the workers' and sandbox's start-up: the ETA waits for a second
+    one and uses the pace since the first (a 35 s grid once showed an ETA of 1,188 s)."""
+    from occbench.harness.cli.main import LineProgress
+    from rich.console import Console
+
+    p = LineProgress(Console(file=io.StringIO()), total=10)
+    assert p.eta_s(0, 50.0) is None
+    assert p.eta_s(1, 100.0) is None  # 100 s of start-up: no guess from it
+    assert p.eta_s(3, 104.0) == 14.0  # 2 jobs in 4 s since the first, 7 to go
+    assert p.eta_s(10, 120.0) == 0.0

@@ -412,14 +412,29 @@ class LineProgress:
         self.t0 = time.perf_counter()
         self.last_t = self.t0
         self.last_n = 0
+        self.first: tuple[float, int] | None = None  # (when, how many) at the first finish
+
+    def eta_s(self, done: int, now: float) -> float | None:
+        """Seconds left, from the pace since the first job finished (None until a second
+        one has): the first job's time holds the workers' and sandbox's start-up, and
+        extrapolating from it overstated a 35 s grid as 1,188 s."""
+        if self.first is None:
+            if done:
+                self.first = (now, done)
+            return None if done < self.total else 0.0
+        t1, n1 = self.first
+        if done <= n1 or now <= t1:
+            return None if done < self.total else 0.0
+        return (now - t1) / (done - n1) * (self.total - done)
 
     def update(self, done: int, status: str, force: bool = False) -> None:
         now = time.perf_counter()
+        left = self.eta_s(done, now)
         if not force and done - self.last_n < self.step and now - self.last_t < self.every_s:
             return
         self.last_t, self.last_n = now, done
         el = now - self.t0
-        eta = f"{el / done * (self.total - done):.0f} s" if done else "?"
+        eta = "?" if left is None else f"{left:.0f} s"
         pct = 100 * done / self.total if self.total else 100.0
         self.out.print(f"progress {done}/{self.total} jobs ({pct:.0f} %) · {status} · "
                        f"elapsed {el:.0f} s · ETA {eta}", highlight=False)
@@ -1119,6 +1134,18 @@ for _mod in ("data", "cluster", "board", "store"):
     register_submodule(_m)  # no-op while that module is the one importing this one
 
 
+def _did_you_mean(msg: str) -> str:
+    """" (did you mean 'methods'?)" for click's "'method' is not one of 'methods', ..."."""
+    import difflib
+    import re
+
+    m = re.search(r"'([^']*)' is not one of ((?:'[^']*'(?:, )?)+)", msg)
+    if not m:
+        return ""
+    near = difflib.get_close_matches(m.group(1), re.findall(r"'([^']*)'", m.group(2)), n=1)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
 def main() -> None:
     """The ``occbench`` command. Click's own usage errors (an unknown option, a bad choice, a
     missing argument) are one ``error:`` line naming the command's ``--help``, exit 2, like
@@ -1137,6 +1164,8 @@ def main() -> None:
         fmt = getattr(exc, "format_message", None)
         msg = " ".join((fmt() if callable(fmt) else str(exc)).split())
         msg = msg.replace("Value error, ", "")  # the validation library's own prefix
+        near = _did_you_mean(msg)
+        msg = msg.rstrip(".") + near if near else msg
         code = int(getattr(exc, "exit_code", 1))
         ctx = getattr(exc, "ctx", None)
         hint = (f" (`{escape(ctx.command_path)} --help` lists what it takes)"
