@@ -106,18 +106,14 @@ class SealedProcessDied(SandboxError):
 
 
 def _death(rc: int | None) -> tuple[str, bool]:
-    """How a sealed process (bwrap's status) ended: (words, by a signal)."""
-    import signal as _signal
+    """How a sealed process ended, from bwrap's status: (words, by a signal). In the words of
+    a worker's death (``runner._signal_name``): bwrap's 128 + N is signal N."""
+    from occbench.harness.run.runner import _signal_name
 
     if rc is None:
         return "gone", False
-    sig = -rc if rc < 0 else rc - 128 if rc > 128 else 0
-    if sig:
-        try:
-            return f"killed by {_signal.Signals(sig).name}", True
-        except ValueError:
-            return f"killed by signal {sig}", True
-    return f"exited with status {rc}", False
+    code = -(rc - 128) if rc > 128 else rc
+    return _signal_name(code), code < 0
 
 
 @dataclass(frozen=True)
