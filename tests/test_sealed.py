@@ -453,7 +453,8 @@ def test_a_sealed_process_killed_from_outside_is_retried_in_a_fresh_one() -> Non
     assert "2 attempts (killed by SIGKILL; killed by SIGKILL)" in dies.error["message"]
 
     spec = spec_from_dict({"name": "s", "seeds": [0], "methods": [{
-        "name": "test-attempts", "params": {"pid_file": "/tmp/work/attempts",
+        # relative: in the sealed process's own, private working folder
+        "name": "test-attempts", "params": {"pid_file": "attempts",
                                             "kill_attempts": 99, "exit_code": 3}}],
         "datasets": [{"name": "digits", "classes": ["0"]}]})
     exits = execute_job(expand(spec).jobs[0], None, "cpu", sealed="require")
