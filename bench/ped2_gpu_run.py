@@ -14,7 +14,7 @@ variants with the same network and schedule) as one stacked computation.
     python bench/ped2_gpu_run.py --spec benchmarks/reference/ped2-gpu.toml --data-root DATA \\
         --store $OUT/store --done results --deadline-s 510 --device cuda --group 3 \\
         --per-epoch-s PER_EPOCH --overhead-s 60     # from bench/bench_ae3d.py, until runs exist
-    occbench store merge OUT/store --into results                # back here
+    occbench store merge OUT/store --into results --no-metrics   # back here
 
 Prints one line per finished job and a summary (``ran N``, ``not started: M``).
 """

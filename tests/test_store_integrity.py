@@ -243,3 +243,22 @@ def test_compact_merge_keeps_every_image_metric_exactly(grid, tmp_path: Path) ->
     assert {other.origin(j) for j in other.job_ids()} == {"self-reported"}
     assert set(aggregate(runs_frame(other))["origin"]) == {"self-reported"}
     assert set(aggregate(runs_frame(dst))["origin"]) == {"verified"}
+
+
+def test_merge_without_metrics_copies_only_what_cannot_be_derived(grid, tmp_path: Path
+                                                                    ) -> None:
+    """`store merge --no-metrics` (the committed results/): no metrics file is written, the
+    runs are byte for byte the source's, and every reader gets the same metrics, computed."""
+    src = RunStore(grid[0])
+    for compact in (False, True):
+        dst = RunStore(tmp_path / f"r{compact}")
+        assert dst.merge_from(src, compact=compact, metrics=False) == (6, 0)
+        assert list(dst.metrics_dir.rglob("*.json")) == []
+        assert dst.verify() == []
+        for jid in src.job_ids():
+            assert dst.record(jid)["metrics"] == src.record(jid)["metrics"]
+            if not compact:
+                for n in ("record.json", "raw.parquet", "log.txt"):
+                    assert (dst.runs_dir / jid / n).read_bytes() == \
+                        (src.runs_dir / jid / n).read_bytes()
+        assert list(dst.metrics_dir.rglob("*.json")) == []  # reading wrote none either

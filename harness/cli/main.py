@@ -1014,6 +1014,11 @@ def store_merge(
     self_reported: Annotated[bool, typer.Option(
         "--self-reported", help="The runs were made elsewhere (not by CI or a maintainer from "
                                 "the plugin's code): the board marks them so.")] = False,
+    metrics: Annotated[bool, typer.Option(
+        "--metrics/--no-metrics", help="Copy the runs' metrics files too; --no-metrics for the "
+                                       "committed results/, which keeps only what cannot be "
+                                       "derived (readers compute metrics from raw scores).")
+    ] = True,
 ) -> None:
     """Copy good runs missing from --into out of each source store, with their labels and
     metrics (content-addressed: no repeats; bad entries are reported and not copied)."""
@@ -1023,7 +1028,8 @@ def store_merge(
     for s in sources:
         src = store_for_reading(s)
         try:
-            copied, present = dst.merge_from(src, compact=compact, self_reported=self_reported)
+            copied, present = dst.merge_from(src, compact=compact, self_reported=self_reported,
+                                             metrics=metrics)
         except StoreError as exc:
             raise _fail(str(exc)) from None
         console.print(f"{escape(str(s))}: {copied} runs copied, {present} already present")

@@ -1115,9 +1115,13 @@ class RunStore:
             return True
 
     def merge_from(self, other: RunStore, compact: bool = False,
-                   self_reported: bool = False) -> tuple[int, int]:
+                   self_reported: bool = False, metrics: bool = True) -> tuple[int, int]:
         """Copy good runs of ``other`` missing here, with their labels and metrics; returns
         (copied, already present). Bad entries of ``other`` are reported and not copied.
+
+        ``metrics=False``: copy no metrics files (they are derived: every reader computes the
+        metrics it lacks from the raw scores and labels, and ``store rescore`` writes them).
+        The committed reference store keeps only what cannot be derived.
 
         ``compact``: image runs are stored with their raw scores replaced by dense ranks
         (``scipy.stats.rankdata(method="dense")``, ties kept): every image metric (AUROC,
@@ -1158,7 +1162,8 @@ class RunStore:
                     "raw_sha256": orec["files"]["raw.parquet"]["sha256"]}}
                 self.write_run({**orec, "provenance": prov}, ranked,
                                other.labels_by_digest(digest), other.log(jid))
-                self.write_metrics(jid, None, ranked)
+                if metrics:
+                    self.write_metrics(jid, None, ranked)
                 copied += 1
                 continue
             else:
@@ -1181,7 +1186,7 @@ class RunStore:
                 finally:
                     if tmp.exists():
                         shutil.rmtree(tmp, ignore_errors=True)
-            for mp in sorted(other.metrics_dir.glob(f"*/{jid}.json")):
+            for mp in sorted(other.metrics_dir.glob(f"*/{jid}.json") if metrics else []):
                 why, _ = other._check_metrics_file(mp, orec)
                 dst = self.metrics_dir / mp.parent.name / mp.name
                 if why is None and not dst.exists():
