@@ -193,6 +193,13 @@ def raw_frame(raw: Mapping[str, np.ndarray]) -> pd.DataFrame:
          "raw": np.array([], np.float64)})
 
 
+def frame_index(lens: np.ndarray) -> np.ndarray:
+    """Each item's index within its video (int64), for videos of ``lens`` items laid end to
+    end: ``[0, 1, 2, 0, 1]`` for lengths ``[3, 2]``."""
+    lens = np.asarray(lens, dtype=np.int64)
+    return np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
+
+
 def _raw_table(raw: Mapping[str, np.ndarray]) -> Any:
     """:func:`raw_frame` as a ``pyarrow.Table``, built without pandas (a DataFrame and its
     conversion cost the driver about 1.5 ms a run). Same columns and types as the DataFrame
@@ -205,8 +212,7 @@ def _raw_table(raw: Mapping[str, np.ndarray]) -> Any:
     arrs = [np.asarray(raw[v], dtype=np.float64) for v in vids]
     lens = np.array([len(a) for a in arrs], dtype=np.int64)
     video_id = np.repeat(np.array(vids, dtype=object), lens) if vids else np.array([], object)
-    frame = (np.arange(int(lens.sum()), dtype=np.int64)
-             - np.repeat(np.cumsum(lens) - lens, lens))  # index within each video
+    frame = frame_index(lens)
     return pa.table({"video_id": pa.array(video_id, type=pa.large_string()),
                      "frame": pa.array(frame, type=pa.int64()),
                      # NaN (unscored border frames) stored as null, as from a DataFrame
@@ -666,18 +672,14 @@ class RunStore:
         if not isinstance(digest, str) or not _SHA_RE.match(digest):
             raise StoreError(f"{digest!r} is not a labels digest")
         p = self.labels_dir / f"{digest}.parquet"
-        try:
+        try:  # (gone between the stat and the read: missing too)
             key = _stat_key(p)
-        except FileNotFoundError:
-            raise StoreError(f"{p}: labels missing; merge them from the store the run came from "
-                             "or rerun") from None
-        hit = self._labels_cache.get(digest)
-        if hit is not None and hit[0] == key:
-            # the file read and verified before, unchanged since (runs of one test set share
-            # their labels: a board read them once per run); its arrays are read-only
-            self._labels_cache.move_to_end(digest)
-            return dict(hit[1])
-        try:
+            hit = self._labels_cache.get(digest)
+            if hit is not None and hit[0] == key:
+                # the file read and verified before, unchanged since (runs of one test set
+                # share their labels: a board read them once per run); its arrays are read-only
+                self._labels_cache.move_to_end(digest)
+                return dict(hit[1])
             lab = _read_split(p, "label", np.int8)
         except FileNotFoundError:
             raise StoreError(f"{p}: labels missing; merge them from the store the run came from "
@@ -1241,10 +1243,9 @@ def scores_frame(raw: Mapping[str, np.ndarray], evaluated: Mapping[str, np.ndarr
     # one frame of the concatenated columns (a frame per video and a concat cost a board
     # page several ms); the same columns and types as before
     lens = np.array([len(r) for r in raws], dtype=np.int64)
-    starts = np.cumsum(lens) - lens
     return pd.DataFrame({
         "video_id": pd.Series(np.repeat(np.array(vids, dtype=object), lens), dtype="string"),
-        "frame": np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(starts, lens),
+        "frame": frame_index(lens),
         "raw": np.concatenate(raws) if raws else np.array([], np.float64),
         "score": np.concatenate(evs) if evs else np.array([], np.float64),
         "label": np.concatenate(labs) if labs else np.array([], np.int8),
