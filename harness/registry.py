@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
@@ -23,6 +24,13 @@ METHOD_GROUP = "occbench.methods"
 DATASET_GROUP = "occbench.datasets"
 PLUGIN_MODULES_ENV = "OCCBENCH_PLUGIN_MODULES"
 
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3, cutoff: float = 0.5) -> str:
+    """``"; did you mean 'x'?"`` (or ``'x' or 'y'``) for the choices close to ``name``
+    (``difflib``'s similarity ≥ ``cutoff``), else ``""``: the hint occbench's unknown-name
+    errors end with."""
+    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=cutoff)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 class RegistryError(LookupError):
     """Base class of registry errors."""
@@ -167,8 +175,7 @@ class Registry(Generic[T]):
         if name in self._broken:
             raise BrokenPluginError(f"{self.kind} {name!r} failed to load: {self._broken[name]}")
         names = list(self._scan())
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, names)
         known = ", ".join(sorted(names)) or "none"
         raise UnknownPluginError(f"unknown {self.kind} {name!r}{hint} (known: {known})")
 

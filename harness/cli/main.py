@@ -194,10 +194,9 @@ def check_runner(value: str | None) -> str | None:
     """``--runner``'s check, as the command line is parsed (before any spec or store is
     touched): one of :data:`RUNNERS`, or None for the default."""
     if value is not None and value not in RUNNERS:
-        import difflib
+        from occbench.harness.registry import did_you_mean
 
-        near = difflib.get_close_matches(value, RUNNERS, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
+        hint = did_you_mean(value, RUNNERS, n=1, cutoff=0.6)
         raise typer.BadParameter(f"unknown runner {value!r}{hint} (use serial or ray)")
     return value
 
@@ -1141,15 +1140,15 @@ for _mod in ("data", "cluster", "board", "store"):
 
 
 def _did_you_mean(msg: str) -> str:
-    """" (did you mean 'methods'?)" for click's "'method' is not one of 'methods', ..."."""
-    import difflib
+    """The "; did you mean 'methods'?" hint for click's "'method' is not one of 'methods',
+    ..." (``registry.did_you_mean``, as the unknown-plugin errors give it)."""
     import re
 
+    from occbench.harness.registry import did_you_mean
+
     m = re.search(r"'([^']*)' is not one of ((?:'[^']*'(?:, )?)+)", msg)
-    if not m:
-        return ""
-    near = difflib.get_close_matches(m.group(1), re.findall(r"'([^']*)'", m.group(2)), n=1)
-    return f"; did you mean {near[0]!r}?" if near else ""
+    return did_you_mean(m.group(1), re.findall(r"'([^']*)'", m.group(2)), n=1,
+                       cutoff=0.6) if m else ""
 
 
 def main() -> None:
