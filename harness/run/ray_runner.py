@@ -287,7 +287,11 @@ class _InFlight:
     submitted: float
     started: float | None = None  # driver's monotonic clock when the worker began
     attempt: int = 0  # the starts the clock had counted when ``started`` was taken
-    key: str = ""  # this submission's name on the clock
+    key: str = ""  # this submission's name on the clock (default: the job id)
+
+    @property
+    def clock_key(self) -> str:
+        return self.key or self.job.job_id
 
 
 def _object_store_bytes() -> int:
@@ -602,7 +606,7 @@ class RayRunner(Runner):
             return
         try:
             starts = ray.get(self._clock.starts.remote(
-                [it.key or it.job.job_id for it in limited.values()]), timeout=10)
+                [it.clock_key for it in limited.values()]), timeout=10)
         except ray.exceptions.GetTimeoutError:
             return
         except ray.exceptions.RayError as exc:
@@ -619,7 +623,7 @@ class RayRunner(Runner):
             starts = {}
         now = time.monotonic()
         for ref, it in limited.items():
-            n = starts.get(it.key or it.job.job_id, 0)
+            n = starts.get(it.clock_key, 0)
             if n > it.attempt:  # started, or started again by Ray's retry: its limit anew
                 it.started, it.attempt = now, n
             limit = float(self.time_limit(it.job) or 0)
