@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -96,15 +96,23 @@ def _r(a: np.ndarray | Sequence[float], nd: int = 4) -> list[float | None]:
     return out
 
 
-def roc_figure(scores: pd.DataFrame, div_id: str, max_points: int = 400) -> str:
-    """ROC curve of a run's evaluated scores (higher score = more anomalous)."""
+def _evaluated(score: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The items a protocol kept (score not NaN): scores as float64, labels."""
+    s = np.asarray(score, dtype=np.float64)
+    keep = ~np.isnan(s)
+    return s[keep], np.asarray(label)[keep]
+
+
+def roc_figure(score: np.ndarray, label: np.ndarray, div_id: str, max_points: int = 400) -> str:
+    """ROC curve of a run's evaluated scores (``score``, ``label``: per test item, NaN scores
+    are items the protocol dropped and are left out; higher score = more anomalous)."""
     from occbench.harness.scoring.protocols import roc_points
 
-    d = scores[scores["score"].notna()]
+    s, y = _evaluated(score, label)
     data: list[Fig] = []
-    if d["label"].nunique() == 2:
+    if len(np.unique(y)) == 2:
         # roc_curve's points bit for bit, without its input checks (a third of a page's time)
-        fpr, tpr = roc_points(d["label"].to_numpy(), d["score"].to_numpy())
+        fpr, tpr = roc_points(y, s)
         if len(fpr) > max_points:  # keep the curve's shape: sample evenly along its points
             idx = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
             fpr, tpr = fpr[idx], tpr[idx]
@@ -127,23 +135,25 @@ def spans(labels: np.ndarray) -> list[tuple[int, int]]:
                     strict=True))
 
 
-def score_timeline_figure(scores: pd.DataFrame, div_id: str, total_points: int = 6000,
+def score_timeline_figure(videos: Mapping[str, tuple[np.ndarray, np.ndarray]], div_id: str,
+                          total_points: int = 6000,
                           per_video_auc: dict[str, float] | None = None) -> str:
     """Anomaly score over time for each test video, ground-truth anomalous spans shaded.
 
-    One video is shown at a time (a menu switches); every video gets at most
-    ``total_points / n_videos`` points (at least 150) so pages stay small.
+    ``videos``: video id -> (score after the protocol, NaN where it dropped the frame; label),
+    each in frame order (:meth:`RunRead.per_video`). One video is shown at a time (a menu
+    switches); every video gets at most ``total_points / n_videos`` points (at least 150) so
+    pages stay small.
     """
-    vids = sorted(scores["video_id"].astype(str).unique())
+    vids = sorted(str(v) for v in videos)
     per = max(150, total_points // max(1, len(vids)))
     auc = per_video_auc or {}
     data: list[Fig] = []
     shapes_per: list[list[Fig]] = []
-    grouped = {str(k): g for k, g in scores.groupby(scores["video_id"].astype(str), sort=True)}
     for i, v in enumerate(vids):
-        g = grouped[v].sort_values("frame")
-        x = g["frame"].to_numpy()
-        xd, yd = downsample_max(x, g["score"].to_numpy(np.float64), per)
+        score, label = videos[v]
+        x = np.arange(len(score), dtype=np.int64)
+        xd, yd = downsample_max(x, np.asarray(score, dtype=np.float64), per)
         data.append({"type": "scatter", "x": xd.tolist(), "y": _r(yd), "mode": "lines",
                      "name": txt(v), "visible": i == 0, "connectgaps": False,
                      "line": {"color": COLORS[0], "width": 1.5}})
@@ -151,7 +161,7 @@ def score_timeline_figure(scores: pd.DataFrame, div_id: str, total_points: int =
             {"type": "rect", "xref": "x", "yref": "paper", "x0": int(x[a]) - 0.5,
              "x1": int(x[b - 1]) + 0.5, "y0": 0, "y1": 1, "fillcolor": "rgba(214,39,40,0.18)",
              "line": {"width": 0}, "layer": "below"}
-            for a, b in spans(g["label"].to_numpy())])
+            for a, b in spans(label)])
 
     def title(v: str) -> str:
         extra = f" (AUC {auc[v] * 100:.1f} %)" if v in auc else " (one class only: no AUC)"
@@ -171,15 +181,15 @@ def score_timeline_figure(scores: pd.DataFrame, div_id: str, total_points: int =
     return to_div(data, layout, div_id, 380)
 
 
-def histogram_figure(scores: pd.DataFrame, div_id: str, bins: int = 40) -> str:
-    """Score histograms of normal and anomalous test items (computed here: small pages)."""
-    d = scores[scores["score"].notna()]
-    s = d["score"].to_numpy(np.float64)
+def histogram_figure(score: np.ndarray, label: np.ndarray, div_id: str, bins: int = 40) -> str:
+    """Score histograms of normal and anomalous test items (computed here: small pages);
+    ``score``/``label`` as :func:`roc_figure` takes them."""
+    s, y = _evaluated(score, label)
     edges = np.histogram_bin_edges(s, bins=bins) if len(s) else np.array([0.0, 1.0])
     centers = (edges[:-1] + edges[1:]) / 2
     data: list[Fig] = []
     for lab, name, col in ((0, "normal", COLORS[0]), (1, "anomalous", COLORS[1])):
-        h, _ = np.histogram(s[d["label"].to_numpy() == lab], bins=edges)
+        h, _ = np.histogram(s[y == lab], bins=edges)
         data.append({"type": "bar", "x": _r(centers, 6), "y": h.tolist(), "name": name,
                      "opacity": 0.6, "marker": {"color": col}})
     layout = _layout(barmode="overlay", bargap=0, title={"text": "score distribution"},

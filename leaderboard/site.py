@@ -51,7 +51,7 @@ from occbench.leaderboard.analysis import (
     stable_seed,
     write_tables,
 )
-from occbench.leaderboard.stats import ALL_PAIRS_MAX, video_bootstrap
+from occbench.leaderboard.stats import ALL_PAIRS_MAX, bootstrap_videos
 from occbench.leaderboard.table import display_table, markdown, write_board
 
 #: The marker of a folder the board made: JSON ``{"schema", "files": [relative paths]}``.
@@ -682,25 +682,35 @@ class _RunPages:
         jid = str(row["job_id"])
         if not is_job_id(jid):  # analyze() drops these; never let one become a path
             raise UnsafePathError(f"run page for job id {jid[:60]!r}: not a job id")
-        rec = self.store.record(jid, row["protocol"])
-        sc = self.store.scores(jid, row["protocol"])
-        figs = [plots.roc_figure(sc, "roc")]
+        run = self.store.read_run(jid, row["protocol"])
+        rec = run.record
+        videos = run.per_video()
+        score, label = run.items()
+        figs = [plots.roc_figure(score, label, "roc")]
         boot = None
         if row["modality"] == "video":
             per_video_auc = (rec.get("metrics") or {}).get("per_video_auc") or {}
-            figs.insert(0, plots.score_timeline_figure(sc, "timeline",
+            figs.insert(0, plots.score_timeline_figure(videos, "timeline",
                                                        self.opts.timeline_points,
                                                        per_video_auc))
-            if self.opts.n_boot > 0 and sc.loc[sc["score"].notna(), "label"].nunique() == 2:
-                # the point estimates are the record's: not computed again per page
-                boot = video_bootstrap(sc, self.opts.n_boot, stable_seed(jid, "videos"),
-                                       auc=row["auc"], eer=row["eer"])
+            kept = ~np.isnan(score)
+            if self.opts.n_boot > 0 and len(np.unique(label[kept])) == 2:
+                # videos numbered in sorted order of their ids, as video_bootstrap numbers
+                # them; the point estimates are the record's: not computed again per page
+                # (of the videos with a frame the protocol kept)
+                shown = sorted(v for v, (s, _) in videos.items() if (~np.isnan(s)).any())
+                number = {v: i for i, v in enumerate(shown)}
+                vidx = np.repeat([number.get(v, -1) for v in videos],
+                                 [len(s) for s, _ in videos.values()])
+                boot = bootstrap_videos(score[kept], label[kept], vidx[kept], len(shown),
+                                        self.opts.n_boot, stable_seed(jid, "videos"),
+                                        auc=row["auc"], eer=row["eer"])
         else:
             classes, aucs = sib or ([], [])
             figs.append(plots.class_bars_figure(
                 classes, aucs, str(row["normal_class"]), "class-bars",
                 f"AUROC per normal class — {row['label']}, seed {row['seed']}"))
-            figs.append(plots.histogram_figure(sc, "hist"))
+            figs.append(plots.histogram_figure(score, label, "hist"))
         per_video = (rec.get("metrics") or {}).get("per_video_auc") or {}
         log = self.store.log(jid)
         if len(log) > self.opts.log_chars:

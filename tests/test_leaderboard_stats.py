@@ -316,3 +316,33 @@ def test_video_bootstrap_needs_scores() -> None:
     d = pd.DataFrame({"video_id": ["a"], "frame": [0], "score": [np.nan], "label": [1]})
     with pytest.raises(ValueError, match="no evaluated frames"):
         video_bootstrap(d)
+
+
+def _eer_every_threshold(roc: _VideoROC, W: np.ndarray) -> np.ndarray:
+    """The EER of each replicate from the full replicates × thresholds matrices (what
+    ``_VideoROC`` computed before it binary-searched the crossing)."""
+    wp, wn = W @ roc.P, W @ roc.N
+    tpr = (W @ roc.TP) / wp[:, None]
+    fpr = (W @ roc.FP) / wn[:, None]
+    i = np.argmin(np.abs(fpr + tpr - 1.0), axis=1)
+    rows = np.arange(len(W))
+    return (fpr[rows, i] + 1.0 - tpr[rows, i]) / 2.0
+
+
+def test_video_roc_eer_search_equals_every_threshold_bit_for_bit() -> None:
+    # discrete scores make plateaus and exact ties of |FPR - FNR| on both sides of the
+    # crossing: argmin takes the first of equal minima, and so must the search
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        nv, frames = int(rng.integers(1, 9)), int(rng.integers(1, 50))
+        vid = np.repeat(np.arange(nv), frames)
+        s = (rng.integers(0, int(rng.integers(1, 6)), nv * frames).astype(float)
+             if trial % 2 else rng.standard_normal(nv * frames))
+        y = (rng.random(nv * frames) < rng.random()).astype(np.int64)
+        roc = _VideoROC(s, y, vid, nv, grid=int(rng.choice([2000, 5, 2])))
+        W = rng.integers(0, 3, size=(40, nv)).astype(float)
+        W = W[(W @ roc.P > 0) & (W @ roc.N > 0)]
+        if not len(W):
+            continue
+        _, eer = roc.metrics(W)
+        assert np.array_equal(eer, _eer_every_threshold(roc, W)), trial

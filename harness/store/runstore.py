@@ -425,6 +425,44 @@ class BadEntry:
         return f"{self.path}: {self.reason}"
 
 
+@dataclass(frozen=True)
+class RunRead:
+    """One run as :meth:`RunStore.read_run` read it. Per video (``""`` for images), in the
+    labels' video order: ``raw`` the method's scores (NaN = not scored), ``labels`` (1 =
+    anomalous, read-only), ``evaluated`` the protocol's scores of the frames it kept."""
+
+    record: dict[str, Any]
+    raw: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    evaluated: dict[str, np.ndarray]
+
+    def frame(self) -> pd.DataFrame:
+        """The :meth:`RunStore.scores` table of these arrays."""
+        return scores_frame(self.raw, self.evaluated, self.labels)
+
+    def per_video(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """video id -> (score, label) of its frames in frame order, in the labels' video
+        order: score after the protocol, NaN where it dropped the frame (the ``score`` and
+        ``label`` columns of :meth:`frame`, without building it); label int8."""
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for vid, lab in self.labels.items():
+            r = np.asarray(self.raw[vid], dtype=np.float64)
+            ev = np.asarray(self.evaluated[vid], dtype=np.float64)
+            if len(ev) != len(r):  # dropped frames (NaN raw scores) put back as NaN
+                full = np.full(len(r), np.nan)
+                full[~np.isnan(r)] = ev
+                ev = full
+            out[vid] = (ev, np.asarray(lab).astype(np.int8))
+        return out
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """(score, label) of every test item, the videos of :meth:`per_video` concatenated."""
+        pv = list(self.per_video().values())
+        if not pv:
+            return np.array([], np.float64), np.array([], np.int8)
+        return np.concatenate([s for s, _ in pv]), np.concatenate([y for _, y in pv])
+
+
 class RunStore:
     """A run store rooted at ``path`` (created on first write).
 
@@ -721,10 +759,16 @@ class RunStore:
         otherwise they are recomputed from the raw scores and labels (``compute``) without
         being written — ``rescore`` writes them. None when they cannot be had.
         """
+        rec = self.run_record(job_id)
+        return self._metrics_of(job_id, rec, self.view_protocol(rec, protocol), compute)
+
+    def _metrics_of(self, job_id: str, rec: Mapping[str, Any], pid: str, compute: bool = True,
+                    raw: Mapping[str, np.ndarray] | None = None,
+                    labels: Mapping[str, np.ndarray] | None = None) -> dict[str, Any] | None:
+        """:meth:`metrics` of the verified record ``rec`` under protocol ``pid``; ``raw`` and
+        ``labels``: the run's, when the caller has read them already."""
         from occbench.harness.scoring.protocols import get_protocol
 
-        rec = self.run_record(job_id)
-        pid = self.view_protocol(rec, protocol)
         proto = get_protocol(pid)
         stored = self._stored_metrics(job_id, proto.id, rec)
         if stored is not None:
@@ -732,7 +776,9 @@ class RunStore:
         if not compute or proto.modality != rec["job"]["modality"]:
             return None
         try:
-            return proto.evaluate(self.raw(job_id), self.labels(job_id))
+            return proto.evaluate(self.raw(job_id) if raw is None else raw,
+                                  self.labels_by_digest(str(rec.get("labels")))
+                                  if labels is None else labels)
         except (StoreError, ValueError):
             return None
 
@@ -796,6 +842,23 @@ class RunStore:
                 yield self.record(jid, protocol)
             except StoreError as exc:
                 self._report(BadEntry(self.runs_dir / jid, str(exc), "run"))
+
+    def read_run(self, job_id: str, protocol: str | None = None) -> RunRead:
+        """Everything a run page shows of one run, verified once: :meth:`record` (with
+        ``metrics`` and ``protocol``), the raw scores, the labels and the protocol's evaluated
+        scores. Calling :meth:`record` and :meth:`scores` verified the run four times and
+        read its record as often (a third of an image run's page)."""
+        from occbench.harness.scoring.protocols import get_protocol
+
+        rec = self.run_record(job_id)
+        pid = self.view_protocol(rec, protocol)
+        proto = get_protocol(pid)
+        raw = self.raw(job_id)
+        labels = self.labels_by_digest(str(rec.get("labels")))
+        rec["metrics"] = self._metrics_of(job_id, rec, pid, raw=raw, labels=labels)
+        rec["protocol"] = proto.describe()
+        evaluated, _ = proto.process(raw, labels)
+        return RunRead(rec, raw, labels, evaluated)
 
     def scores(self, job_id: str, protocol: str | None = None) -> pd.DataFrame:
         """Per-item table: video_id, frame, raw, score (after the protocol, NaN where it dropped
