@@ -6,7 +6,6 @@ from __future__ import annotations
 import filecmp
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from occbench.harness.store.runstore import RunStore
@@ -105,8 +104,8 @@ def test_dataset_pages_paginate_their_runs(tmp_path: Path,
 
 def test_a_rebuild_reads_only_the_runs_that_changed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first build reads each run twice: the tables' one pass (its record) and its run
-    page (the whole run); a rebuild takes the rows of unchanged runs from the site's row
+    """The first build reads each run's record twice: the tables' one pass and its run page;
+    a rebuild takes the rows of unchanged runs from the site's row
     cache, unread, and reads (and verifies) a new run, a run whose metrics file changed and a
     run whose record was damaged; the tables equal a build from scratch every time."""
     from occbench.leaderboard.site import RUNS_CACHE
@@ -114,18 +113,13 @@ def test_a_rebuild_reads_only_the_runs_that_changed(
     st = _store(tmp_path / "store")
     out = tmp_path / "site"
     calls: list[str] = []
-    real, real_run = RunStore.record, RunStore.read_run
+    real = RunStore.run_record
 
-    def counting(self: RunStore, job_id: str, protocol: str | None = None) -> dict:
+    def counting(self: RunStore, job_id: str) -> dict:
         calls.append(job_id)
-        return real(self, job_id, protocol)
+        return real(self, job_id)
 
-    def counting_run(self: RunStore, job_id: str, protocol: str | None = None) -> Any:
-        calls.append(job_id)
-        return real_run(self, job_id, protocol)
-
-    monkeypatch.setattr(RunStore, "record", counting)
-    monkeypatch.setattr(RunStore, "read_run", counting_run)
+    monkeypatch.setattr(RunStore, "run_record", counting)
     first = build(st, out, options=OPTS)
     ids = st.job_ids()
     assert sorted(calls) == sorted(ids * 2) and (out / RUNS_CACHE).is_file()

@@ -34,6 +34,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -70,13 +71,19 @@ class Protocol:
         return f"{self.name}@{self.version}"
 
     def describe(self) -> dict[str, Any]:
+        return dict(self._description)
+
+    @cached_property
+    def _description(self) -> dict[str, Any]:
+        # once per protocol (frozen: it cannot change): a board asks for it once per run
         d = asdict(self)
         d["id"] = self.id
         return d
 
-    @property
+    @cached_property
     def digest(self) -> str:
-        """Hash of the definition and the metric code version: what stored metrics depend on."""
+        """Hash of the definition and the metric code version: what stored metrics depend on.
+        (Computed once per protocol object: a board checks it once per run.)"""
         d = {k: v for k, v in asdict(self).items() if k != "description"}
         d["metrics_version"] = METRICS_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -482,7 +482,8 @@ class RunStore:
         #: read and verified: every run of a test set writes its labels, and re-reading the
         #: parquet to see that it is intact cost 3 ms a run
         self._labels_file: dict[str, tuple[int, int, int]] = {}
-        #: (job id, stat key, record) of the run write_run wrote last, for run_record once
+        #: (job id, stat key, record) of the record write_run wrote or check_run parsed last,
+        #: for run_record once (a board's read of a run checked it, then read it again)
         self._just_written: tuple[str, tuple[Any, ...], dict[str, Any]] | None = None
         self._dirs_made: set[Path] = set()  # metrics folders known to exist
         self._locks_made = False  # locks/ known to exist
@@ -667,6 +668,7 @@ class RunStore:
                 return why_labels
         if deep:
             self._verified[job_id] = key
+            self._just_written = (job_id, key, rec)
         return None
 
     def has(self, job_id: str) -> bool:
