@@ -80,13 +80,19 @@ class Protocol:
         d["id"] = self.id
         return d
 
-    @cached_property
+    @property
     def digest(self) -> str:
         """Hash of the definition and the metric code version: what stored metrics depend on.
-        (Computed once per protocol object: a board checks it once per run.)"""
+        (Computed once per protocol object and metric code version: a board checks it once
+        per run.)"""
+        hit = self.__dict__.get("_digest")
+        if hit is not None and hit[0] == METRICS_VERSION:
+            return str(hit[1])
         d = {k: v for k, v in asdict(self).items() if k != "description"}
         d["metrics_version"] = METRICS_VERSION
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        object.__setattr__(self, "_digest", (METRICS_VERSION, digest))  # frozen: a cache only
+        return digest
 
     # -- score post-processing -----------------------------------------------------------------
     def process(
