@@ -808,13 +808,20 @@ def _build_run_pages(ctx: _RunContext, todo: list[_RunItem], jobs: int) -> list[
 
 @dataclass
 class SiteBuild:
-    """What a build did: every page of the site, and how many run pages were built again or
-    kept because their inputs had not changed."""
+    """What a build did: every page of the site (``names``: relative to ``out``, sorted), and
+    how many run pages were built again or kept because their inputs had not changed."""
 
-    pages: list[Path]
+    out: Path
+    names: list[str]
     runs_built: int
     runs_kept: int
     analysis: Analysis | None = None
+
+    @functools.cached_property
+    def pages(self) -> list[Path]:
+        """Every page as a path (made when asked: 100,000 paths took a second of a
+        rebuild)."""
+        return [self.out / n for n in self.names]
 
 
 def _unique_slugs(names: Iterable[str]) -> dict[str, str]:
@@ -998,12 +1005,11 @@ def build(store: RunStore | str | Path, out: str | Path,
         _write_manifest(stage, keys)
         if a.sweeps:
             b.sweeps()
-        rels = {Path(p).relative_to(stage) for p in [*b.written, *built]}
-    # sorted as text, then made paths (sorting 100,000 Path objects took seconds)
-    names = sorted({*(Path(r).as_posix() for r in rels), *keys})
-    pages = [outp / n for n in names]
+        rels = {Path(p).relative_to(stage).as_posix() for p in [*b.written, *built]}
+    # sorted as text (sorting 100,000 Path objects took seconds)
+    names = sorted({*rels, *keys})
     n_run_pages = sum(1 for rel in keys if rel.startswith("runs/"))
-    return SiteBuild(pages, len(built), n_run_pages - len(built), a)
+    return SiteBuild(outp, names, len(built), n_run_pages - len(built), a)
 
 
 def build_tables(store: RunStore | str | Path, out: str | Path,

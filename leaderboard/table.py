@@ -333,8 +333,9 @@ def _rows(st: RunStore, cache_in: Path | None, cache_out: Path | None,
     cols: dict[str, list[Any]] = {c: [] for c in _ROW_COLUMNS}
     # rows to columns in one transpose (a lookup per value and column was a second at
     # 100,000 runs)
-    for c, values in zip(_ROW_COLUMNS, zip(*(found[j][1] for j in ids)), strict=False):
-        cols[c] = list(values)
+    transposed = zip(*(found[j][1] for j in ids), strict=True)
+    for c, column in zip(_ROW_COLUMNS, transposed, strict=False):  # no rows: nothing to zip
+        cols[c] = list(column)
     if cache_out is not None:
         _write_rows_cache(cache_out, common, ids, key_list, cols)
     if keys_out is not None:

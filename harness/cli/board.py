@@ -89,7 +89,7 @@ def board(
             assert res.analysis is not None
             a = res.analysis
             files = [out / "leaderboard.csv", out / "leaderboard.md", out / "index.html"]
-            say.print(f"board of {len(res.pages)} pages in {escape(str(out))}/ "
+            say.print(f"board of {len(res.names)} pages in {escape(str(out))}/ "
                       f"(run pages: {res.runs_built} built, {res.runs_kept} unchanged; "
                       f"tables in {escape(str(out / 'data'))}/)")
         else:
