@@ -1,7 +1,7 @@
 """Benchmark: build the leaderboard site for a synthetic store, as ratios against reading it.
 
     python bench/bench_site.py [--methods 5 --seeds 10 --classes 9] [--runs-dir DIR] [--keep]
-                               [--bootstrap 1000] [--jobs 0] [--entries 1000]
+                               [--bootstrap 1000] [--jobs 0] [--entries 1000] [--phases]
 
 Writes a synthetic store (methods × seeds × (2 image datasets × classes + 2 video datasets of
 8 videos × 3,000 frames); the defaults give 1,000 runs) with RunStore.write_run, then reports:
@@ -13,6 +13,9 @@ Writes a synthetic store (methods × seeds × (2 image datasets × classes + 2 v
   overview, dataset and method pages are rebuilt), with the run pages built/kept;
 * ``peak_rss_mb``: the building process and the largest build worker (``ru_maxrss``);
 * ``byte_identical_rebuild``: the incremental folder equals a build from scratch;
+* ``first_build_phases_s`` (``--phases``): the first build's seconds in the analysis (reading
+  and verifying every run, the tables), the overview, dataset and method pages, the run-page
+  keys and the run pages;
 * ``pairwise``: paired comparisons of ``--entries`` entries on one dataset against today's
   cost of one scipy test per pair (timed on 200 pairs, times the pairs all-pairs would need).
 """
@@ -26,6 +29,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -75,6 +79,36 @@ def _pairwise(entries: int) -> dict[str, float]:
             "speedup_same_pairs": round(per_pair * len(out) / t_new, 1)}
 
 
+#: The steps of a build timed by ``--phases`` (module, attribute): the analysis (reading and
+#: verifying every run, the tables), the overview/dataset/method pages, the run-page keys and
+#: the run pages themselves.
+_PHASES = (("site", "analyze"), ("_Builder", "overview"), ("_Builder", "dataset"),
+           ("_Builder", "method"), ("site", "_run_key"), ("site", "_build_run_pages"))
+
+
+def _time_phases() -> dict[str, float]:
+    """Wrap the build's steps (:data:`_PHASES`) to sum their wall time into the returned dict
+    (seconds, filled in as builds run)."""
+    import functools
+
+    from occbench.leaderboard import site as site_mod
+
+    spent: dict[str, float] = {}
+    for owner, name in _PHASES:
+        obj: Any = site_mod if owner == "site" else getattr(site_mod, owner)
+        f = getattr(obj, name)
+
+        def timed(*a: Any, _f: Any = f, _n: str = name, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return _f(*a, **k)
+            finally:
+                spent[_n] = spent.get(_n, 0.0) + time.perf_counter() - t
+
+        setattr(obj, name, functools.wraps(f)(timed))
+    return spent
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs-dir", type=Path, default=None, help="where to write the store")
@@ -87,6 +121,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=3000, help="frames per video")
     ap.add_argument("--jobs", type=int, default=0, help="build processes (0 = all cores)")
     ap.add_argument("--entries", type=int, default=1000, help="entries for the pairwise test")
+    ap.add_argument("--phases", action="store_true",
+                    help="also report the seconds of each step of the first build")
     ap.add_argument("--no-fresh", action="store_true",
                     help="skip the second build from scratch (and the byte-identity check): "
                          "for very large stores")
@@ -104,9 +140,11 @@ def main() -> None:
     t_read = _read_all(store_dir)
     opts = SiteOptions(n_boot=args.bootstrap, jobs=args.jobs)
     site = work / "site"
+    spent = _time_phases() if args.phases else {}
     t = time.perf_counter()
     first = build(RunStore(store_dir), site, options=opts)
     t_build = time.perf_counter() - t
+    phases = {k: round(v, 1) for k, v in spent.items()}
     t = time.perf_counter()
     same = build(RunStore(store_dir), site, options=opts)
     t_same = time.perf_counter() - t
@@ -125,6 +163,7 @@ def main() -> None:
         "read_all_s": round(t_read, 2),
         "build_s": round(t_build, 1), "build_over_read_all": round(t_build / t_read, 1),
         "run_pages_built_first": first.runs_built,
+        **({"first_build_phases_s": phases} if args.phases else {}),
         "rebuild_unchanged_s": round(t_same, 1),
         "rebuild_unchanged_over_read_all": round(t_same / t_read, 2),
         "rebuild_unchanged_kept": same.runs_kept,
