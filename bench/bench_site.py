@@ -6,6 +6,8 @@
 Writes a synthetic store (methods × seeds × (2 image datasets × classes + 2 video datasets of
 8 videos × 3,000 frames); the defaults give 1,000 runs) with RunStore.write_run, then reports:
 
+* ``runs``: run pages of the site at the end, the run the benchmark adds for its rebuild
+  included (``run_pages_built_first``: those of the first build);
 * ``read_all_s``: reading every file of the store once (the floor for any full build);
 * ``build_s``: a first build into an empty folder, and its ratio to ``read_all_s``;
 * ``rebuild_unchanged_s`` and ``rebuild_after_one_run_s``: the same folder built again with
@@ -82,8 +84,9 @@ def _pairwise(entries: int) -> dict[str, float]:
 #: The steps of a build timed by ``--phases`` (module, attribute): the analysis (reading and
 #: verifying every run, the tables), the overview/dataset/method pages, the run-page keys and
 #: the run pages themselves.
-_PHASES = (("site", "analyze"), ("_Builder", "overview"), ("_Builder", "dataset"),
-           ("_Builder", "method"), ("site", "_run_key"), ("site", "_build_run_pages"))
+_PHASES = (("site", "analyze", "analysis"), ("_Builder", "overview", "overview_page"),
+           ("_Builder", "dataset", "dataset_pages"), ("_Builder", "method", "method_pages"),
+           ("site", "_run_key", "run_page_keys"), ("site", "_build_run_pages", "run_pages"))
 
 
 def _time_phases() -> dict[str, float]:
@@ -94,11 +97,11 @@ def _time_phases() -> dict[str, float]:
     from occbench.leaderboard import site as site_mod
 
     spent: dict[str, float] = {}
-    for owner, name in _PHASES:
+    for owner, name, label in _PHASES:
         obj: Any = site_mod if owner == "site" else getattr(site_mod, owner)
         f = getattr(obj, name)
 
-        def timed(*a: Any, _f: Any = f, _n: str = name, **k: Any) -> Any:
+        def timed(*a: Any, _f: Any = f, _n: str = label, **k: Any) -> Any:
             t = time.perf_counter()
             try:
                 return _f(*a, **k)
