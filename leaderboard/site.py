@@ -51,7 +51,7 @@ from occbench.leaderboard.analysis import (
     stable_seed,
     write_tables,
 )
-from occbench.leaderboard.stats import ALL_PAIRS_MAX, bootstrap_videos
+from occbench.leaderboard.stats import ALL_PAIRS_MAX, bootstrap_per_video
 from occbench.leaderboard.table import display_table, markdown, write_board
 
 #: The marker of a folder the board made: JSON ``{"schema", "files": [relative paths]}``.
@@ -701,16 +701,10 @@ class _RunPages:
                                                        per_video_auc))
             kept = ~np.isnan(score)
             if self.opts.n_boot > 0 and len(np.unique(label[kept])) == 2:
-                # videos numbered in sorted order of their ids, as video_bootstrap numbers
-                # them; the point estimates are the record's: not computed again per page
-                # (of the videos with a frame the protocol kept)
-                shown = sorted(v for v, (s, _) in videos.items() if (~np.isnan(s)).any())
-                number = {v: i for i, v in enumerate(shown)}
-                vidx = np.repeat([number.get(v, -1) for v in videos],
-                                 [len(s) for s, _ in videos.values()])
-                boot = bootstrap_videos(score[kept], label[kept], vidx[kept], len(shown),
-                                        self.opts.n_boot, stable_seed(jid, "videos"),
-                                        auc=row["auc"], eer=row["eer"])
+                # the point estimates are the record's: not computed again per page
+                boot = bootstrap_per_video(videos, self.opts.n_boot,
+                                           stable_seed(jid, "videos"),
+                                           auc=row["auc"], eer=row["eer"])
         else:
             classes, aucs = sib or ([], [])
             figs.append(plots.class_bars_figure(

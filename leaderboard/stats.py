@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,6 +258,27 @@ def video_bootstrap(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
     return bootstrap_videos(d["score"].to_numpy(np.float64), d["label"].to_numpy(np.int64),
                             vidx.astype(np.int64), len(vids), n_boot, seed, level, chunk,
                             auc, eer)
+
+
+def bootstrap_per_video(videos: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                        n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                        auc: float | None = None, eer: float | None = None) -> VideoBootstrap:
+    """:func:`video_bootstrap` of a run's frames per video (video id -> (score, NaN where the
+    protocol dropped the frame; label), as ``RunRead.per_video`` gives them), without a
+    frame: the videos with a kept frame numbered in sorted order of their ids, as
+    :func:`video_bootstrap` numbers them, so a seed draws the same replicates."""
+    shown = sorted(v for v, (s, _) in videos.items() if (~np.isnan(s)).any())
+    number = {v: i for i, v in enumerate(shown)}
+    scores, labels, index = [np.array([], np.float64)], [np.array([], np.int64)], \
+        [np.array([], np.int64)]
+    for v, (s, y) in videos.items():
+        kept = ~np.isnan(s)
+        scores.append(s[kept])
+        labels.append(y[kept])
+        index.append(np.full(int(kept.sum()), number.get(v, -1), np.int64))
+    return bootstrap_videos(np.concatenate(scores), np.concatenate(labels),
+                            np.concatenate(index), len(shown), n_boot, seed, level,
+                            auc=auc, eer=eer)
 
 
 def bootstrap_videos(s: np.ndarray, y: np.ndarray, video_index: np.ndarray, n_videos: int,

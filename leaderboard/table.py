@@ -251,8 +251,6 @@ _Read = tuple[str, str | None, str, list[Any] | None, Any]  # jid, error, key, r
 def _read_one(st: RunStore, keys: _Keys, jid: str) -> _Read:
     """Read and verify one run: (job id, why it is bad or None, key, row values, the stat
     key it verified with)."""
-    from occbench.harness.scoring.protocols import get_protocol
-
     why = st.check_run(jid)  # verifies the record, checksums and labels
     if why is not None:
         return jid, why, "", None, None
@@ -264,10 +262,7 @@ def _read_one(st: RunStore, keys: _Keys, jid: str) -> _Read:
         pid = st.view_protocol(rec)
         digest = str(rec.get("labels"))
         key = f"{files}|{keys.derived(jid, pid, digest)}#{digest}"
-        # what st.record(jid) gives, from the record just read (it read and verified the
-        # record twice more)
-        rec["metrics"] = st._metrics_of(jid, rec, pid)
-        rec["protocol"] = get_protocol(pid).describe()
+        st.with_metrics(jid, rec, pid)  # st.record(jid), without reading the record again
     except StoreError as exc:
         return jid, str(exc), "", None, None
     row = json.loads(json.dumps(_run_row(st, rec)))  # as a cached row reads back

@@ -28,6 +28,7 @@ readers skip it with one line, ``store verify --quarantine`` moves it aside. Not
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import locale
@@ -443,7 +444,12 @@ class RunRead:
     def per_video(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """video id -> (score, label) of its frames in frame order, in the labels' video
         order: score after the protocol, NaN where it dropped the frame (the ``score`` and
-        ``label`` columns of :meth:`frame`, without building it); label int8."""
+        ``label`` columns of :meth:`frame`, without building it); label int8. Made once (a
+        page asks for it and for :meth:`items`); the arrays are shared, not to be changed."""
+        return self._per_video
+
+    @functools.cached_property
+    def _per_video(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for vid, lab in self.labels.items():
             r = np.asarray(self.raw[vid], dtype=np.float64)
@@ -484,7 +490,7 @@ class RunStore:
         self._labels_file: dict[str, tuple[int, int, int]] = {}
         #: (job id, stat key, record) of the record write_run wrote or check_run parsed last,
         #: for run_record once (a board's read of a run checked it, then read it again)
-        self._just_written: tuple[str, tuple[Any, ...], dict[str, Any]] | None = None
+        self._fresh_record: tuple[str, tuple[Any, ...], dict[str, Any]] | None = None
         self._dirs_made: set[Path] = set()  # metrics folders known to exist
         self._locks_made = False  # locks/ known to exist
         #: labels digest -> (stat key, labels) of files read and verified (most recent last)
@@ -668,7 +674,7 @@ class RunStore:
                 return why_labels
         if deep:
             self._verified[job_id] = key
-            self._just_written = (job_id, key, rec)
+            self._fresh_record = (job_id, key, rec)
         return None
 
     def has(self, job_id: str) -> bool:
@@ -696,10 +702,10 @@ class RunStore:
         if why is not None:
             raise StoreError(f"{self.runs_dir / str(job_id)}: {why}; run `occbench store verify "
                              "--quarantine` and rerun")
-        jw, self._just_written = self._just_written, None
+        jw, self._fresh_record = self._fresh_record, None
         if jw is not None and jw[0] == job_id and self._verified.get(job_id) == jw[1]:
-            # the record write_run just wrote, files unchanged since: not read back (used once,
-            # so no caller shares the dict with a later one)
+            # the record write_run just wrote or check_run just parsed, files unchanged since:
+            # not read again (used once, so no caller shares the dict with a later one)
             return jw[2]
         return dict(json.loads((self.runs_dir / job_id / "record.json").read_text()))
 
@@ -830,11 +836,18 @@ class RunStore:
     def record(self, job_id: str, protocol: str | None = None) -> dict[str, Any]:
         """The run's record plus ``metrics`` and ``protocol`` (description) under the view's
         protocol — the shape tables and exports read."""
+        rec = self.run_record(job_id)
+        return self.with_metrics(job_id, rec, self.view_protocol(rec, protocol))
+
+    def with_metrics(self, job_id: str, rec: dict[str, Any], pid: str,
+                     raw: Mapping[str, np.ndarray] | None = None,
+                     labels: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """``rec`` (the run's verified record, from :meth:`run_record`) with ``metrics`` and
+        ``protocol`` under protocol ``pid`` added, as :meth:`record` gives it, without reading
+        the record again; ``raw``/``labels``: the run's, when the caller has read them."""
         from occbench.harness.scoring.protocols import get_protocol
 
-        rec = self.run_record(job_id)
-        pid = self.view_protocol(rec, protocol)
-        rec["metrics"] = self.metrics(job_id, pid)
+        rec["metrics"] = self._metrics_of(job_id, rec, pid, raw=raw, labels=labels)
         rec["protocol"] = get_protocol(pid).describe()
         return rec
 
@@ -857,8 +870,7 @@ class RunStore:
         proto = get_protocol(pid)
         raw = self.raw(job_id)
         labels = self.labels_by_digest(str(rec.get("labels")))
-        rec["metrics"] = self._metrics_of(job_id, rec, pid, raw=raw, labels=labels)
-        rec["protocol"] = proto.describe()
+        self.with_metrics(job_id, rec, pid, raw=raw, labels=labels)
         evaluated, _ = proto.process(raw, labels)
         return RunRead(rec, raw, labels, evaluated)
 
@@ -999,7 +1011,7 @@ class RunStore:
             self._verified[job_id] = key = tuple(
                 _stat_key(final / n) for n in ("record.json", *RUN_FILES))
             self._labels_ok[digest] = ""
-            self._just_written = (job_id, key, rec)
+            self._fresh_record = (job_id, key, rec)
         except OSError as exc:
             _raise_disk_full(exc, final)
             raise
