@@ -772,9 +772,11 @@ class RunStore:
 
     def _metrics_of(self, job_id: str, rec: Mapping[str, Any], pid: str, compute: bool = True,
                     raw: Mapping[str, np.ndarray] | None = None,
-                    labels: Mapping[str, np.ndarray] | None = None) -> dict[str, Any] | None:
+                    labels: Mapping[str, np.ndarray] | None = None,
+                    processed: Any = None) -> dict[str, Any] | None:
         """:meth:`metrics` of the verified record ``rec`` under protocol ``pid``; ``raw`` and
-        ``labels``: the run's, when the caller has read them already."""
+        ``labels``: the run's, when the caller has read them already; ``processed``: the
+        protocol's ``process(raw, labels)`` of them, when the caller has it."""
         from occbench.harness.scoring.protocols import get_protocol
 
         proto = get_protocol(pid)
@@ -786,7 +788,7 @@ class RunStore:
         try:
             return proto.evaluate(self.raw(job_id) if raw is None else raw,
                                   self.labels_by_digest(str(rec.get("labels")))
-                                  if labels is None else labels)
+                                  if labels is None else labels, processed=processed)
         except (StoreError, ValueError):
             return None
 
@@ -841,13 +843,16 @@ class RunStore:
 
     def with_metrics(self, job_id: str, rec: dict[str, Any], pid: str,
                      raw: Mapping[str, np.ndarray] | None = None,
-                     labels: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+                     labels: Mapping[str, np.ndarray] | None = None,
+                     processed: Any = None) -> dict[str, Any]:
         """``rec`` (the run's verified record, from :meth:`run_record`) with ``metrics`` and
         ``protocol`` under protocol ``pid`` added, as :meth:`record` gives it, without reading
-        the record again; ``raw``/``labels``: the run's, when the caller has read them."""
+        the record again; ``raw``/``labels``/``processed``: as :meth:`_metrics_of` takes
+        them."""
         from occbench.harness.scoring.protocols import get_protocol
 
-        rec["metrics"] = self._metrics_of(job_id, rec, pid, raw=raw, labels=labels)
+        rec["metrics"] = self._metrics_of(job_id, rec, pid, raw=raw, labels=labels,
+                                          processed=processed)
         rec["protocol"] = get_protocol(pid).describe()
         return rec
 
@@ -870,9 +875,10 @@ class RunStore:
         proto = get_protocol(pid)
         raw = self.raw(job_id)
         labels = self.labels_by_digest(str(rec.get("labels")))
-        self.with_metrics(job_id, rec, pid, raw=raw, labels=labels)
-        evaluated, _ = proto.process(raw, labels)
-        return RunRead(rec, raw, labels, evaluated)
+        # processed once: metrics computed here (stale, or another protocol's) use it too
+        processed = proto.process(raw, labels)
+        self.with_metrics(job_id, rec, pid, raw=raw, labels=labels, processed=processed)
+        return RunRead(rec, raw, labels, processed[0])
 
     def scores(self, job_id: str, protocol: str | None = None) -> pd.DataFrame:
         """Per-item table: video_id, frame, raw, score (after the protocol, NaN where it dropped
