@@ -1,6 +1,6 @@
 """The driver's cost per job, as ratios measured side by side in one run (issue 13, "Scale").
 
-Three measurements, on no-op jobs (``test-mean`` of ``tests/plugins_for_tests.py`` on one
+Four measurements, on no-op jobs (``test-mean`` of ``tests/plugins_for_tests.py`` on one
 ``digits`` class: 719 test items, well under a millisecond of work):
 
 1. **Driver cost per job** (ms): what ``run_jobs`` spends per job in the driver alone —
@@ -11,7 +11,11 @@ Three measurements, on no-op jobs (``test-mean`` of ``tests/plugins_for_tests.py
 2. **Jobs/s through ``RayRunner``** on a simulated cluster (``ray.cluster_utils.Cluster``,
    ``--nodes`` nodes of ``--node-cpus`` CPUs each), after a warm-up that starts the workers,
    against bare Ray tasks/s on the same cluster.
-3. **Driver memory**: resident memory (``/proc/self/statm``) after N and after 2N replayed jobs
+3. **The file system's share**: the file operations of one run (a hidden folder, three
+   files, a rename, a metrics file written aside and renamed) with nothing else, before and
+   after measurement 1, in the same temporary directory. On a virtual disk this is kernel CPU
+   time, and it varies by the minute; what the driver costs beyond it is the harness's.
+4. **Driver memory**: resident memory (``/proc/self/statm``) after N and after 2N replayed jobs
    (after a warm-up), and what is left per job: job loggers in ``logging``'s manager and lock
    files.
 
@@ -85,17 +89,21 @@ def job_loggers() -> int:
     return sum(1 for n in logging.Logger.manager.loggerDict if n.startswith("occbench.job."))
 
 
-def driver_cost(template: JobOutput, n: int) -> dict[str, Any]:
-    """ms per job of run_jobs with the replay runner, and memory after N and 2N jobs."""
+def driver_cost(template: JobOutput, n: int, writers: int | None = None) -> dict[str, Any]:
+    """ms per job of run_jobs with the replay runner, and memory after N and 2N jobs.
+    ``writers``: run_jobs's store-writer threads (None: its default; 0: every run written
+    before the next job, as before the writers)."""
+    kw = {} if writers is None else {"writers": writers}
     with tempfile.TemporaryDirectory(prefix="occbench-bench-") as d:
         store = RunStore(Path(d) / "store")
-        run_jobs(noop_jobs(20, 10**6), store, ReplayRunner(template))  # warm-up: imports, caches
+        # warm-up: imports, caches
+        run_jobs(noop_jobs(20, 10**6), store, ReplayRunner(template), **kw)
         rss0 = rss_mib()
         t0 = time.perf_counter()
-        s1 = run_jobs(noop_jobs(n), store, ReplayRunner(template))
+        s1 = run_jobs(noop_jobs(n), store, ReplayRunner(template), **kw)
         wall = time.perf_counter() - t0
         rss1 = rss_mib()
-        s2 = run_jobs(noop_jobs(n, n), store, ReplayRunner(template))
+        s2 = run_jobs(noop_jobs(n, n), store, ReplayRunner(template), **kw)
         rss2 = rss_mib()
         # the shared claims file stays (empty); anything else is left behind per job
         locks = sum(1 for p in store.locks_dir.iterdir()
@@ -107,6 +115,33 @@ def driver_cost(template: JobOutput, n: int) -> dict[str, Any]:
             "rss_mib_after_2n": round(rss2, 1),
             "rss_kib_per_job_second_n": round((rss2 - rss1) * 1024 / n, 2),
             "job_loggers_left": job_loggers(), "lock_files_left": locks}
+
+
+def file_pattern(n: int) -> dict[str, Any]:
+    """The file system's share of a run, without the harness: the operations ``write_run`` and
+    ``write_metrics`` make for a run (a hidden folder, three files of a no-op run's sizes, its
+    rename into ``runs/``, a metrics file written aside and renamed over), ``n`` times in a
+    fresh folder of the same temporary directory (ms per run, wall and CPU: on a virtual disk
+    the kernel's work shows as this process's CPU time)."""
+    raw, rec, met = os.urandom(9000), os.urandom(1500), os.urandom(2000)
+    with tempfile.TemporaryDirectory(prefix="occbench-bench-") as d:
+        runs, mdir = Path(d) / "runs", Path(d) / "metrics"
+        runs.mkdir()
+        mdir.mkdir()
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(n):
+            tmp = f"{runs}/.{i:020x}.tmp"
+            os.mkdir(tmp)
+            for name, data in (("raw.parquet", raw), ("log.txt", b""), ("record.json", rec)):
+                with open(f"{tmp}/{name}", "wb") as f:
+                    f.write(data)
+            os.rename(tmp, f"{runs}/{i:020x}")
+            with open(f"{mdir}/.{i:020x}.tmp", "wb") as f:
+                f.write(met)
+            os.replace(f"{mdir}/.{i:020x}.tmp", f"{mdir}/{i:020x}.json")
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"runs": n, "ms_per_run": round(wall / n * 1e3, 3),
+            "cpu_ms_per_run": round(cpu / n * 1e3, 3)}
 
 
 def bare_ray_tasks(n: int) -> dict[str, Any]:
@@ -152,6 +187,9 @@ def main() -> None:
     ap.add_argument("--driver-only", action="store_true",
                     help="measurement 1's driver cost and 3 only (no Ray): e.g. to compare two "
                          "checkouts run one after the other")
+    ap.add_argument("--inline", type=int, default=0, metavar="K",
+                    help="also measure the driver cost with runs written inline (writers=0), "
+                         "K times, alternated with K more of the default")
     args = ap.parse_args()
     import ray
     from ray.cluster_utils import Cluster
@@ -161,7 +199,19 @@ def main() -> None:
     template = execute_job(jobs[0], None, "cpu", "off")  # one real worker output
     if template.status != "ok":
         raise RuntimeError(f"the no-op job failed: {template.error}")
+    out["files_before"] = file_pattern(args.jobs)
     out["driver"] = driver_cost(template, args.jobs)
+    out["files_after"] = file_pattern(args.jobs)  # the disk's speed may change meanwhile
+    if args.inline:
+        # the baseline beside it: runs written inline (writers=0), alternated with the default
+        inline, threaded = [], [out["driver"]["ms_per_job"]]
+        for _ in range(args.inline):
+            inline.append(driver_cost(template, args.jobs, writers=0)["ms_per_job"])
+            threaded.append(driver_cost(template, args.jobs)["ms_per_job"])
+        out["driver_writers_vs_inline"] = {
+            "ms_per_job_writers": threaded, "ms_per_job_inline": inline,
+            "median_ratio": round(float(sorted(threaded)[len(threaded) // 2]
+                                        / sorted(inline)[len(inline) // 2]), 3)}
     if args.driver_only:
         import occbench.harness
 
@@ -186,8 +236,11 @@ def main() -> None:
         cluster.shutdown()
     bare = min(out["bare_ray"]["ms_per_task"], out["bare_ray_after"]["ms_per_task"])
     d = out["driver"]
+    files = min(out["files_before"]["ms_per_run"], out["files_after"]["ms_per_run"])
     out["ratios"] = {
         "driver_cost_vs_bare_ray_task": round(d["ms_per_job"] / bare, 2),
+        # what the harness adds to the disk's own work for a run
+        "driver_cost_minus_files_ms": round(d["ms_per_job"] - files, 3),
         "ray_runner_job_vs_bare_ray_task": round(out["ray_runner"]["ms_per_job"] / bare, 2),
         "driver_share_of_ray_runner_job": round(d["ms_per_job"]
                                                 / out["ray_runner"]["ms_per_job"], 2),
@@ -197,7 +250,7 @@ def main() -> None:
     }
     print(f"driver cost per job:        {d['ms_per_job']:8.3f} ms  "
           f"({out['ratios']['driver_cost_vs_bare_ray_task']}x a bare Ray task, "
-          f"{bare:.3f} ms)")
+          f"{bare:.3f} ms; the file system's share of a run alone: {files:.3f} ms)")
     print(f"RayRunner, {args.nodes} nodes x {args.node_cpus} CPU: "
           f"{out['ray_runner']['jobs_per_s']:8.1f} jobs/s  "
           f"(bare Ray tasks: {out['bare_ray']['tasks_per_s']} / "

@@ -366,3 +366,117 @@ def test_a_file_system_without_locks_is_one_clear_error(tmp_path: Path,
     line = r.output.strip().splitlines()[-1]
     assert line.startswith("error: cannot lock") and "claims" in line and "--store" in line
     assert store.job_ids() == []
+
+
+# -- store writers -------------------------------------------------------------------------
+
+
+def test_runs_written_beside_the_runner_are_stored_before_they_are_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With store-writer threads, a job is reported ok, and its claim released, only once its
+    run is in the store; every run is there when run_jobs returns, and the runs are the same
+    as those written inline (``writers=0``)."""
+    jobs = _jobs(12)
+    store = RunStore(tmp_path / "threads")
+    slow = store.write_run
+    writer_threads: set[str] = set()
+
+    def write_run(*a: object, **kw: object) -> bool:
+        import threading
+
+        writer_threads.add(threading.current_thread().name)
+        time.sleep(0.02)  # a slow disk: the runner goes on meanwhile
+        return slow(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "write_run", write_run)
+    claims = RunStore(store.path)  # another driver's view of the same store
+    reported: list[str] = []
+
+    def progress(event: str, job: Job, out: object) -> None:
+        if event == "ok":
+            assert store.has(job.job_id)
+            lock = claims.job_lock(job.job_id)
+            # the driver still holds the claim while it reports (released right after)
+            assert not lock.acquire()
+            reported.append(job.job_id)
+
+    s = run_jobs(jobs, store, SerialRunner(in_process=True, sealed="off"), progress=progress,
+                 writers=2)
+    assert s.ok == len(jobs) and s.failed == 0, s.failures
+    assert sorted(reported) == sorted(j.job_id for j in jobs)
+    assert writer_threads and all(n.startswith("occbench-store") for n in writer_threads)
+    assert store.job_ids() == sorted(j.job_id for j in jobs)
+    for j in jobs:  # every claim is free again
+        lock = claims.job_lock(j.job_id)
+        assert lock.acquire()
+        lock.release()
+    inline = RunStore(tmp_path / "inline")
+    assert run_jobs(jobs, inline, SerialRunner(in_process=True, sealed="off"), writers=0).ok \
+        == len(jobs)
+    for j in jobs:
+        a, b = store.record(j.job_id), inline.record(j.job_id)
+        assert a["metrics"] == b["metrics"]
+        assert a["files"]["raw.parquet"] == b["files"]["raw.parquet"]
+
+
+def test_a_full_disk_found_by_a_writer_thread_stops_the_run_and_loses_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from occbench.harness.store.runstore import DiskFullError
+
+    jobs = _jobs(10)
+    store = RunStore(tmp_path / "s")
+    real = store.write_run
+    calls = [0]
+
+    def write_run(record: dict, *a: object, **kw: object) -> bool:
+        calls[0] += 1
+        if calls[0] >= 4:
+            raise DiskFullError(f"{store.path}: no space left on the device; free some")
+        return real(record, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "write_run", write_run)
+    s = run_jobs(jobs, store, SerialRunner(in_process=True, sealed="off"), writers=2)
+    assert s.stop_reason is not None and "no space left" in s.stop_reason
+    assert s.ok == 3 and s.failed >= 1 and s.ok + s.failed < len(jobs)
+    # what was reported ok is in the store; nothing else is, and no claim is left held
+    assert len(store.job_ids()) == 3
+    for j in jobs:
+        lock = RunStore(store.path).job_lock(j.job_id)
+        assert lock.acquire()
+        lock.release()
+    monkeypatch.setattr(store, "write_run", real)  # space again: the rerun finishes the rest
+    again = run_jobs(jobs, store, SerialRunner(in_process=True, sealed="off"))
+    assert again.already_done == 3 and again.ok == len(jobs) - 3
+
+
+@pytest.mark.parametrize("layout", ["as-written", "interleaved", "row-groups", "plain-ids"])
+def test_split_read_equals_a_pandas_read_of_any_layout(tmp_path: Path, layout: str) -> None:
+    """Reading a scores file per video (dictionary codes, blocks in file order) gives what a
+    pandas group-by of the same file gives, videos in first-seen order, frames sorted: also
+    for files another writer made (rows interleaved or shuffled, several row groups, video
+    ids not dictionary-encoded)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from occbench.harness.store.runstore import _read_split, _write_parquet
+
+    rng = np.random.default_rng(3)
+    parts = [pd.DataFrame({"video_id": v, "frame": np.arange(n, dtype=np.int64),
+                           "raw": rng.standard_normal(n)})
+             for v, n in (("b_clip", 40), ("a_clip", 25), ("", 7), ("z", 1))]
+    df = pd.concat(parts, ignore_index=True)
+    p = tmp_path / "raw.parquet"
+    if layout == "as-written":
+        _write_parquet(df, p)
+    else:
+        if layout == "interleaved":
+            df = df.sample(frac=1.0, random_state=1).reset_index(drop=True)
+        t = pa.Table.from_pandas(df, preserve_index=False)
+        pq.write_table(t, p, row_group_size=16 if layout == "row-groups" else None,
+                       use_dictionary=layout != "plain-ids")
+    got = _read_split(p, "raw", np.float64)
+    want = {str(v): g.sort_values("frame", kind="stable")["raw"].to_numpy()
+            for v, g in df.groupby("video_id", sort=False)}
+    assert list(got) == list(want)
+    for v in want:
+        np.testing.assert_array_equal(got[v], want[v])

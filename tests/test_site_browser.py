@@ -114,6 +114,20 @@ def test_video_run_page_plots(site: Path, browser: Browser, shots: Path) -> None
     })()""")
     got = json.loads(info)
     assert got["vis"] == [False, True, False] and "video_01" in got["title"]
+    # the series arrive as typed arrays (base64): plotly.js decodes them into every point, and
+    # draws the line through them (600 frames of the shown video, under the 2,000 a video may
+    # show; the ROC keeps at most 400)
+    pts = json.loads(page.eval("""JSON.stringify((() => {
+      const tl = document.getElementById('timeline'), roc = document.getElementById('roc');
+      const tr = tl._fullData.find(d => d.visible === true), y = tr.y;
+      return {n: y.length, gaps: Array.from(y).filter(v => !Number.isFinite(v)).length,
+              x_last: tr.x[y.length - 1], roc: roc._fullData[0].x.length,
+              roc_end: [roc._fullData[0].x[roc._fullData[0].x.length - 1],
+                        roc._fullData[0].y[roc._fullData[0].y.length - 1]],
+              drawn: document.querySelector('#roc path.js-line').getAttribute('d').length};
+    })())"""))
+    assert pts["n"] == 600 and pts["gaps"] == 0 and pts["x_last"] == 599
+    assert 100 < pts["roc"] <= 400 and pts["roc_end"] == [100, 100] and pts["drawn"] > 1000
     page.close()
 
 

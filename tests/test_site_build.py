@@ -211,3 +211,21 @@ def test_parameter_values_are_shown_as_written() -> None:
 
     assert [sig(10.0), sig(1e-5), sig(0.000123456), sig("scale"), sig(float("nan"))] == \
         ["10", "1e-05", "0.0001235", "scale", "—"]
+
+
+def test_long_series_are_typed_arrays_that_decode_to_the_values() -> None:
+    """The timeline and ROC series go to plotly.js as base64 typed arrays: the bytes decode to
+    the values (float32), NaN gaps included, and equal input gives equal bytes."""
+    import base64
+
+    from occbench.leaderboard.plots import typed
+
+    y = np.array([0.5, np.nan, 1e-3, 12.35, -2.0])
+    t = typed(y)
+    assert t["dtype"] == "f4" and t == typed(y.copy())
+    back = np.frombuffer(base64.b64decode(t["bdata"]), dtype="<f4")
+    np.testing.assert_array_equal(back, y.astype(np.float32))
+    x = typed(np.arange(3000), "int32")
+    assert x["dtype"] == "i4"
+    assert np.frombuffer(base64.b64decode(x["bdata"]), dtype="<i4").tolist() == \
+        list(range(3000))

@@ -154,11 +154,13 @@ def test_disk_full_stops_cleanly_and_loses_nothing(tmp_path: Path,
     monkeypatch.setattr(store_mod, "_write_parquet", flaky)
     s = run_jobs(jobs, store, SerialRunner(in_process=True))
     assert s.stop_reason and "disk full" in s.stop_reason and "rerun" in s.stop_reason
-    assert len(store.job_ids()) == 2  # the runs before the failure are intact
+    # the runs before the failure are intact, and those the store's writer threads had in
+    # hand finished (a real full disk fails them too): every run reported ok is there
+    assert s.ok >= 2 and len(store.job_ids()) == s.ok and s.ok + s.failed < len(jobs)
     assert not [p for p in store.runs_dir.iterdir() if p.name.startswith(".")]  # no debris
     monkeypatch.setattr(store_mod, "_write_parquet", real)
     s2 = run_jobs(jobs, store, SerialRunner(in_process=True))
-    assert s2.ok == len(jobs) - 2 and len(store.job_ids()) == len(jobs)
+    assert s2.ok == len(jobs) - s.ok and len(store.job_ids()) == len(jobs)
 
 
 def test_store_refuses_foreign_folder_and_merges(tmp_path: Path) -> None:

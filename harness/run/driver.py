@@ -11,7 +11,9 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -131,13 +133,15 @@ def _sigint_to_flag(summary: RunSummary, runner: Runner | None = None) -> Iterat
 
 def run_jobs(
     jobs: Sequence[Job], store: RunStore, runner: Runner, data_root: str | None = None,
-    progress: ProgressFn | None = None, retry_failed: bool = False,
+    progress: ProgressFn | None = None, retry_failed: bool = False, writers: int = 2,
 ) -> RunSummary:
     """Run the jobs not yet in ``store``; safe against other drivers on the same store.
 
     A job whose last failure was the method's own error (``error.origin == "method"``: same
     method, data and seed raise the same way again) is not rerun unless ``retry_failed``;
-    timeouts, killed workers and harness errors are.
+    timeouts, killed workers and harness errors are. ``writers``: threads writing finished
+    runs into the store while the runner goes on (0: each run is written before the next job
+    is handed out).
     """
     store.init()
     summary = RunSummary(planned=len(jobs))
@@ -151,6 +155,12 @@ def run_jobs(
         else:
             todo.append(j)
     locks: dict[str, RangeClaim | JobLock] = {}
+    # the store's writes (parquet, JSON, five files and a rename a run) run in threads beside
+    # the runner's loop: on a disk they are mostly waiting on the file system, which released
+    # the GIL while the driver sat idle. A job is counted, reported and its claim released only
+    # once its run is in the store; at most ``2 * writers`` wait, so memory stays flat.
+    pool = ThreadPoolExecutor(writers, thread_name_prefix="occbench-store") if writers else None
+    pending: deque[tuple[Job, JobOutput, Future[None]]] = deque()
 
     def claim(job: Job) -> bool:
         if summary.stop_reason:
@@ -170,7 +180,43 @@ def run_jobs(
             progress("start", job, None)
         return True
 
+    def release(job: Job) -> None:
+        lock = locks.pop(job.job_id, None)
+        if lock is not None:
+            lock.release()
+
+    def stored(job: Job, out: JobOutput, exc: BaseException | None) -> None:
+        """A run's write finished (``exc``: why it did not): count and report it."""
+        try:
+            if isinstance(exc, DiskFullError):
+                summary.stop_reason = str(exc)
+                summary.failed += 1
+                summary.failures.append((job.display, str(exc)))
+                if progress:
+                    progress("failed", job, out)
+                return
+            if exc is not None:
+                raise exc
+            summary.ok += 1
+            if progress:
+                progress("ok", job, out)
+        finally:
+            release(job)
+
+    def drain(keep: int) -> None:
+        """Finish waiting writes, oldest first, until at most ``keep`` wait (the finished ones
+        beyond that are taken too, without waiting)."""
+        while pending and (len(pending) > keep or pending[0][2].done()):
+            job, out, fut = pending.popleft()
+            stored(job, out, fut.exception())
+
+    def write(job: Job, record: dict[str, Any], out: JobOutput, labels: Labels,
+              processed: Any) -> None:
+        store.write_run(record, out.raw, labels.per_video, out.log)
+        store.write_metrics(job.job_id, job.protocol, out.raw, labels.per_video, processed)
+
     def done(job: Job, out: JobOutput) -> None:
+        written = False
         try:
             summary.ran += 1
             if out.status == "ok":
@@ -185,20 +231,18 @@ def run_jobs(
                                     {"type": type(exc).__name__, "message": str(exc),
                                      "traceback": "", "origin": "harness"})
                 else:
-                    try:
-                        store.write_run(record, out.raw, labels.per_video, out.log)
-                        store.write_metrics(job.job_id, job.protocol, out.raw, labels.per_video,
-                                            processed)
-                    except DiskFullError as exc:
-                        summary.stop_reason = str(exc)
-                        summary.failed += 1
-                        summary.failures.append((job.display, str(exc)))
-                        if progress:
-                            progress("failed", job, out)
+                    written = True
+                    if pool is None:
+                        try:
+                            write(job, record, out, labels, processed)
+                        except DiskFullError as exc:
+                            stored(job, out, exc)
+                        else:
+                            stored(job, out, None)
                         return
-                    summary.ok += 1
-                    if progress:
-                        progress("ok", job, out)
+                    pending.append((job, out, pool.submit(write, job, record, out, labels,
+                                                          processed)))
+                    drain(2 * writers)
                     return
             summary.failed += 1
             msg = (out.error or {}).get("message", "unknown error")
@@ -210,20 +254,32 @@ def run_jobs(
             if progress:
                 progress("failed", job, out)
         finally:
-            lock = locks.pop(job.job_id, None)
-            if lock is not None:
-                lock.release()
+            if not written:
+                release(job)
+            elif pool is not None:
+                drain(2 * writers)  # report the writes that finished meanwhile
+
+    def stopped() -> bool:
+        drain(2 * writers)  # a full disk found by a write stops the run at the next job
+        return summary.stop_reason is not None
 
     with ExitStack() as stack:
         stack.enter_context(_sigint_to_flag(summary, runner))
         try:
-            runner.run(todo, data_root, claim, done, lambda: summary.stop_reason is not None)
+            runner.run(todo, data_root, claim, done, stopped)
         except KeyboardInterrupt:
             summary.interrupted = True
             summary.stop_reason = "interrupted (Ctrl-C): rerun the same command to resume"
         finally:
-            for lock in locks.values():
-                lock.release()
+            try:
+                # every run handed to a writer is stored (or its error raised) before returning:
+                # a caller reads the store right after
+                drain(0)
+            finally:
+                if pool is not None:
+                    pool.shutdown(wait=True)
+                for lock in locks.values():
+                    lock.release()
     return summary
 
 

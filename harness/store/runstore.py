@@ -38,6 +38,7 @@ import shutil
 import struct
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -67,6 +68,7 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _PROTOCOL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*@[0-9]+$")
 
 RUN_FILES = ("raw.parquet", "log.txt")
+_RECORD_AND_FILES = ("record.json", *RUN_FILES)
 
 
 class StoreError(RuntimeError):
@@ -233,30 +235,47 @@ def _read_split(path: Path, col: str, dtype: Any) -> dict[str, np.ndarray]:
     # thread pool cost 8x the parse on small files (2.6 ms against 0.32 ms a run)
     with open(path, "rb") as fh:
         data = fh.read()
-    t = pq.ParquetFile(pa.BufferReader(data)).read(columns=["video_id", "frame", col],
-                                                   use_threads=False)
-    vid = t.column("video_id").combine_chunks().dictionary_encode()
-    codes = np.asarray(vid.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-    names = [str(v) for v in vid.dictionary.to_pylist()]  # in order of first appearance
+    # video ids as the file's dictionary (written dictionary-encoded): codes without decoding
+    # and re-encoding a string per row, which was half of reading a small run
+    t = pq.ParquetFile(pa.BufferReader(data), read_dictionary=["video_id"]).read(
+        columns=["video_id", "frame", col], use_threads=False)
     vals = np.asarray(t.column(col).to_numpy(), dtype=dtype)
     frames = np.asarray(t.column("frame").to_numpy(), dtype=np.int64)
-    out: dict[str, np.ndarray] = {}
-    if not len(codes):
-        return out
+    vid = t.column("video_id")
+    if not len(vid):
+        return {}
+    if vid.num_chunks == 1 and pa.types.is_dictionary(vid.type):
+        chunk = vid.chunk(0)
+        codes = np.asarray(chunk.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        dictionary = chunk.dictionary.to_pylist()
+    else:  # several row groups (a file another writer made): one dictionary for all
+        enc = vid.cast(pa.large_string()).combine_chunks().dictionary_encode()
+        codes = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        dictionary = enc.dictionary.to_pylist()
     cuts = np.flatnonzero(np.diff(codes)) + 1
     starts = np.concatenate([[0], cuts])
     ends = np.concatenate([cuts, [len(codes)]])
-    contiguous = len(starts) == len(names)  # each video's rows in one block (as written)
-    for k, name in enumerate(names):
-        if contiguous:
-            sl = slice(int(starts[k]), int(ends[k]))
+    block_codes = codes[starts].tolist()
+    out: dict[str, np.ndarray] = {}
+    if len(set(block_codes)) == len(block_codes):
+        # each video's rows in one block (as written): the blocks in file order are the
+        # videos in first-seen order, whatever order the dictionary has
+        pieces = [(str(dictionary[c]), slice(int(a), int(b)))
+                  for c, a, b in zip(block_codes, starts, ends, strict=True)]
+        for name, sl in pieces:
             f, x = frames[sl], vals[sl]
-        else:
-            m = codes == k
-            f, x = frames[m], vals[m]
+            if len(f) and not np.array_equal(f, np.arange(len(f))):
+                x = x[np.argsort(f, kind="stable")]
+            out[name] = x
+        return out
+    # interleaved rows: each video's in first-seen order of its code
+    _, first = np.unique(codes, return_index=True)
+    for c in np.unique(codes)[np.argsort(first, kind="stable")]:
+        m = codes == c
+        f, x = frames[m], vals[m]
         if len(f) and not np.array_equal(f, np.arange(len(f))):
             x = x[np.argsort(f, kind="stable")]
-        out[name] = x
+        out[str(dictionary[int(c)])] = x
     return out
 
 
@@ -488,9 +507,10 @@ class RunStore:
         #: read and verified: every run of a test set writes its labels, and re-reading the
         #: parquet to see that it is intact cost 3 ms a run
         self._labels_file: dict[str, tuple[int, int, int]] = {}
-        #: (job id, stat key, record) of the record write_run wrote or check_run parsed last,
-        #: for run_record once (a board's read of a run checked it, then read it again)
-        self._fresh_record: tuple[str, tuple[Any, ...], dict[str, Any]] | None = None
+        #: per thread (the driver writes runs from several): (job id, stat key, record) of the
+        #: record write_run wrote or check_run parsed last, for run_record once (a board's
+        #: read of a run checked it, then read it again)
+        self._thread = threading.local()
         self._dirs_made: set[Path] = set()  # metrics folders known to exist
         self._locks_made = False  # locks/ known to exist
         #: labels digest -> (stat key, labels) of files read and verified (most recent last)
@@ -618,15 +638,17 @@ class RunStore:
         every file's size and sha256; ``deep=False`` checks sizes only)."""
         if not is_job_id(job_id):
             return "not a job id (20 lowercase hex characters)"
-        d = self.runs_dir / job_id
-        p = d / "record.json"
+        # text paths: pathlib's joins were a tenth of the driver's own cost per job
+        ds = f"{self.path}{os.sep}runs{os.sep}{job_id}{os.sep}"
         try:
-            st = [os.stat(d / n) for n in ("record.json", *RUN_FILES)]
+            st = [os.stat(ds + n) for n in _RECORD_AND_FILES]
         except FileNotFoundError as exc:
             return f"missing {Path(str(exc.filename)).name}"
         key = tuple((s.st_size, s.st_mtime_ns, s.st_ino) for s in st)
         if deep and self._verified.get(job_id) == key:
             return None
+        d = self.runs_dir / job_id
+        p = d / "record.json"
         try:
             rec = json.loads(p.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -674,7 +696,7 @@ class RunStore:
                 return why_labels
         if deep:
             self._verified[job_id] = key
-            self._fresh_record = (job_id, key, rec)
+            self._thread.fresh_record = (job_id, key, rec)
         return None
 
     def has(self, job_id: str) -> bool:
@@ -702,7 +724,8 @@ class RunStore:
         if why is not None:
             raise StoreError(f"{self.runs_dir / str(job_id)}: {why}; run `occbench store verify "
                              "--quarantine` and rerun")
-        jw, self._fresh_record = self._fresh_record, None
+        jw = getattr(self._thread, "fresh_record", None)
+        self._thread.fresh_record = None
         if jw is not None and jw[0] == job_id and self._verified.get(job_id) == jw[1]:
             # the record write_run just wrote or check_run just parsed, files unchanged since:
             # not read again (used once, so no caller shares the dict with a later one)
@@ -1014,10 +1037,10 @@ class RunStore:
                 raise exc
             # verified as written (the checksums were just taken of these files): reading the
             # run back (write_metrics, has) need not hash them again
-            self._verified[job_id] = key = tuple(
-                _stat_key(final / n) for n in ("record.json", *RUN_FILES))
+            fs = f"{final}{os.sep}"
+            self._verified[job_id] = key = tuple(_stat_key(fs + n) for n in _RECORD_AND_FILES)
             self._labels_ok[digest] = ""
-            self._fresh_record = (job_id, key, rec)
+            self._thread.fresh_record = (job_id, key, rec)
         except OSError as exc:
             _raise_disk_full(exc, final)
             raise
@@ -1280,7 +1303,7 @@ class RunStore:
         return copied, present
 
 
-def _stat_key(p: Path) -> tuple[int, int, int]:
+def _stat_key(p: Path | str) -> tuple[int, int, int]:
     """What tells a file changed: size, mtime (ns) and inode (as :meth:`RunStore.check_run`)."""
     st = os.stat(p)
     return (st.st_size, st.st_mtime_ns, st.st_ino)
