@@ -49,6 +49,8 @@ def headline(store: RunStore | str | Path, published: str | Path | None = None) 
             "dataset": r.dataset,
             "method": str(r.method) + (" [unsealed]" if getattr(r, "unsealed", False) else "")
             + (" [transductive]" if getattr(r, "transductive", False) else "")
+            + (" [unchecked]" if getattr(r, "unchecked", False)
+               and not getattr(r, "transductive", False) else "")
             + (" [memory > declared]" if getattr(r, "over_memory", False) else ""),
             "protocol": r.protocol,
             "classes": int(r.classes) if r.modality == "image" else "—",
@@ -62,7 +64,9 @@ def headline(store: RunStore | str | Path, published: str | Path | None = None) 
     note = ("AUC: class-mean one-vs-rest AUROC for images, frame-level micro AUC for video; "
             "mean ± std over seeds (a seed counts once it covers every class). [unsealed]: "
             "at least one of the entry's runs ran outside the sandbox, or was made before runs "
-            "recorded it (docs/plugins.md). Generated from the committed run store by "
+            "recorded it (docs/plugins.md). [transductive]: an item's score changed when the "
+            "rest of the test set changed; [unchecked]: some runs were made before runs were "
+            "checked for that, so it is not known. Generated from the committed run store by "
             "`occbench board --store results --readme README.md`.")
     return markdown(df) + "\n\n" + note
 

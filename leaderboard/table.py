@@ -27,7 +27,7 @@ RUN_COLUMNS = [
     "modality", "selected_on_test", "auc", "auc_macro", "eer", "n_items", "wall_time_s",
     "peak_rss_mb", "peak_gpu_mb", "n_parameters", "device", "git_sha", "gpus", "gpu_hours",
     "method_params", "dataset_params", "dataset_fingerprint", "started_at", "origin",
-    "unsealed", "transductive", "over_memory",
+    "unsealed", "transductive", "unchecked", "over_memory",
 ]
 #: What one entry of the board is measured on: a run is one seed of one class of it.
 SLOT = ["label", "dataset", "protocol", "normal_class", "seed", "selected_on_test"]
@@ -150,6 +150,9 @@ def _run_row(st: RunStore, rec: Mapping[str, Any]) -> dict[str, Any]:
         "unsealed": not prov.get("sealed", False),
         # its scores changed when the rest of the test set did (execute.run_method's check)
         "transductive": prov.get("test_independent") is False,
+        # no answer to that check: made before runs recorded it, or it could not run (a test
+        # set of one video): whether the method is transductive is not known
+        "unchecked": prov.get("test_independent") is None,
         # peak memory above what the method declared (provenance.warnings, the runners)
         "over_memory": any("memory" in str(w) for w in (prov.get("warnings") or [])),
     }
@@ -367,6 +370,7 @@ def runs_frame(store: RunStore | str | Path, include_superseded: bool = False,
     df["unsealed"] = df["unsealed"].astype(bool)
     df["over_memory"] = df["over_memory"].astype(bool)
     df["transductive"] = df["transductive"].astype(bool)
+    df["unchecked"] = df["unchecked"].astype(bool)
     cur, old = resolve_runs(df)
     if include_superseded:
         out = pd.concat([cur.assign(superseded=False), old.assign(superseded=True)])
@@ -412,7 +416,7 @@ AGG_COLUMNS = [
     "auc_mean", "auc_std", "auc_lo", "auc_hi", "auc_macro_mean", "auc_macro_std", "auc_macro_lo",
     "auc_macro_hi", "eer_mean", "eer_std", "eer_lo", "eer_hi", "wall_time_s", "gpu_hours",
     "peak_rss_mb", "peak_gpu_mb", "n_parameters", "origin", "unsealed", "transductive",
-    "over_memory",
+    "unchecked", "over_memory",
 ]
 
 
@@ -447,7 +451,7 @@ def aggregate(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     org = src.groupby(keys, dropna=False)["origin"].agg(_origin).rename("origin")
     out = out.merge(org.reset_index(), on=keys, how="left")
     # an entry is unsealed / transductive when any of its runs is
-    for flag in ("unsealed", "transductive", "over_memory"):
+    for flag in ("unsealed", "transductive", "unchecked", "over_memory"):
         col = df[flag] if flag in df.columns else pd.Series(False, index=df.index)
         f = df.assign(_f=col.astype(bool)).groupby(keys, dropna=False)["_f"].any()
         out = out.merge(f.rename(flag).reset_index(), on=keys, how="left")
@@ -496,6 +500,9 @@ def display_table(agg: pd.DataFrame) -> pd.DataFrame:
         + np.where(agg["selected_on_test"], " [selected on test]", "")
         + np.where(agg.get("unsealed", False), " [unsealed]", "")
         + np.where(agg.get("transductive", False), " [transductive]", "")
+        # (an entry already known to be transductive needs no "not known")
+        + np.where(np.asarray(agg.get("unchecked", False), bool)
+                   & ~np.asarray(agg.get("transductive", False), bool), " [unchecked]", "")
         + np.where(agg.get("over_memory", False), " [memory > declared]", ""),
         "protocol": agg["protocol"], "seeds": agg["seeds"],
         "AUC %": [_pm(m, s) for m, s in zip(agg["auc_mean"], agg["auc_std"], strict=True)],
@@ -513,6 +520,8 @@ TAG_MEANINGS = {
     "[selected on test]": "its configuration was chosen on test labels",
     "[unsealed]": "some runs ran outside the sandbox (the method could have read the labels)",
     "[transductive]": "an item's score changed when the rest of the test set changed",
+    "[unchecked]": "some runs were not checked for that (made before runs recorded it): "
+                   "whether the method is transductive is not known",
     "[memory > declared]": "peak memory above what the method declares",
 }
 

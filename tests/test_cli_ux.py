@@ -79,10 +79,15 @@ def test_output_off_a_terminal_has_progress_lines_and_whole_tables(tmp_path: Pat
     r = runner.invoke(app, [*ADHOC, "--store", str(tmp_path / "s")])
     assert r.exit_code == 0, r.output
     progress = [ln for ln in r.output.splitlines() if ln.startswith("progress ")]
-    # one line at the start and one per finished job here (6 jobs: every job is 10 %+)
+    # one line at the start and one per finished job here (6 jobs: every job is 10 %+), and
+    # one more whenever 5 s pass between events (a first job with the sandbox's start-up)
     assert progress[0].startswith("progress 0/6 jobs") and progress[-1].startswith(
         "progress 6/6 jobs (100 %)")
-    assert len(progress) == 7
+    done = [int(ln.split()[1].split("/")[0]) for ln in progress]
+    assert sorted(set(done)) == list(range(7)) and done == sorted(done)
+    assert len(progress) <= 7 + 3
+    # a job whose run is being stored is not "running": one job at a time runs serially
+    assert all("running 2" not in ln for ln in progress)
     # a CliRunner is not a terminal: rich would cut the table to 80 columns ("datas…")
     assert "…" not in r.output
     assert "AUC %" in r.output and "toy-video" in r.output and "iforest" in r.output

@@ -359,6 +359,50 @@ def test_board_marks_unsealed_and_transductive(tmp_path: Path) -> None:
     assert any(m.startswith("test-mean") and "[transductive]" not in m for m in shown)
 
 
+def test_runs_without_the_independence_check_are_marked_unchecked(tmp_path: Path) -> None:
+    """A run whose record has no answer to the test-independence check (made before runs
+    recorded it) is not shown as independent: its entry says [unchecked], on the board, in the
+    README table and on the site; an entry known to be transductive says only that."""
+    from occbench.leaderboard.readme import headline
+    from occbench.leaderboard.site import SiteOptions, build_site
+    from occbench.leaderboard.table import aggregate, display_table, runs_frame
+
+    spec = spec_from_dict({"name": "b", "seeds": [0, 1],
+                           "methods": [{"name": "test-mean"}, {"name": "test-transductive"}],
+                           "datasets": [{"name": "digits", "classes": ["0"]}]})
+    store = RunStore(tmp_path / "s")
+    run_jobs(expand(spec).jobs, store, SerialRunner(in_process=True, sealed="off"))
+    df = runs_frame(store)
+    assert not df["unchecked"].any()  # every fresh run answers the check
+    # records as old stores hold them: the same runs (another seed) without the check's answer
+    from occbench.harness.run.spec import Job
+
+    mean0 = df[(df["method"] == "test-mean") & (df["seed"] == 0)]["job_id"].iloc[0]
+    trans0 = df[(df["method"] == "test-transductive") & (df["seed"] == 0)]["job_id"].iloc[0]
+    for jid, label in ((mean0, "old-mean"), (trans0, "test-transductive")):
+        rec = store.run_record(jid)
+        job = Job.from_dict({**rec["job"], "label": label, "seed": 7})
+        prov = {k: v for k, v in rec["provenance"].items() if k != "test_independent"}
+        store.write_run({**rec, "job_id": job.job_id, "job": job.to_dict(), "provenance": prov},
+                        store.raw(jid), store.labels(jid), "")
+        store.write_metrics(job.job_id)
+    df = runs_frame(store)
+    agg = aggregate(df)
+    flags = {m: (bool(t), bool(u)) for m, t, u in
+             zip(agg["method"], agg["transductive"], agg["unchecked"], strict=True)}
+    assert flags == {"test-mean": (False, False), "old-mean": (False, True),
+                     "test-transductive": (True, True)}
+    shown = display_table(agg)["method"].tolist()
+    assert [m for m in shown if "[unchecked]" in m] == ["old-mean [unsealed] [unchecked]"]
+    assert any("test-transductive" in m and "[transductive]" in m and "[unchecked]" not in m
+               for m in shown)
+    assert "old-mean [unsealed] [unchecked]" in headline(store)
+    build_site(store, tmp_path / "site", options=SiteOptions(n_boot=0))
+    dataset_page = (tmp_path / "site" / "datasets" / "digits.html").read_text()
+    assert dataset_page.count(">unchecked</span>") >= 1
+    assert dataset_page.count(">transductive</span>") >= 1
+
+
 def test_refresh_require_sealed_refuses_to_publish_unsealed_runs(tmp_path: Path) -> None:
     from occbench.harness.cli.main import app
     from typer.testing import CliRunner

@@ -588,9 +588,11 @@ def _execute(jobs: list[Any], st: Any, root: str | None, runner: str | None, dev
     r = make_runner(runner or default_runner(), device, address, max_concurrent, seal_mode)
     todo = len(jobs)
     counts = {"ok": 0, "failed": 0, "running": 0, "gone": 0}  # gone: held by another driver
+    storing: set[str] = set()  # scored, their runs being written by the driver's writers
 
     def status() -> str:
-        queued = todo - counts["gone"] - counts["ok"] - counts["failed"] - counts["running"]
+        queued = (todo - counts["gone"] - counts["ok"] - counts["failed"] - counts["running"]
+                  - len(storing))
         return (f"ok {counts['ok']} · running {counts['running']} · failed {counts['failed']} "
                 f"· queued {max(queued, 0)}")
 
@@ -598,11 +600,17 @@ def _execute(jobs: list[Any], st: Any, root: str | None, runner: str | None, dev
         """Update the counts; True when a job finished."""
         if event == "start":
             counts["running"] += 1
+        elif event == "storing":
+            counts["running"] = max(counts["running"] - 1, 0)
+            storing.add(job.job_id)
         elif event == "locked":
             counts["gone"] += 1
         elif event in ("ok", "failed"):
             counts[event] += 1
-            counts["running"] = max(counts["running"] - 1, 0)
+            if job.job_id in storing:
+                storing.discard(job.job_id)
+            else:
+                counts["running"] = max(counts["running"] - 1, 0)
             if event == "failed":
                 e = (out.error or {}) if out is not None else {}
                 emit_line(f"[red]failed[/red] {escape(job.display)}: "

@@ -10,6 +10,7 @@ import json
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,6 +35,9 @@ from occbench.harness.store.runstore import (
     RunStore,
 )
 
+#: Progress events: ``start`` (claimed, handed to the runner), ``locked`` (another driver holds
+#: it), ``storing`` (scored and checked; its run goes to the store), then ``ok`` (stored) or
+#: ``failed`` (with or without ``storing`` before it).
 ProgressFn = Callable[[str, Job, JobOutput | None], None]
 
 
@@ -155,29 +159,39 @@ def run_jobs(
         else:
             todo.append(j)
     locks: dict[str, RangeClaim | JobLock] = {}
-    # the store's writes (parquet, JSON, five files and a rename a run) run in threads beside
-    # the runner's loop: on a disk they are mostly waiting on the file system, which released
-    # the GIL while the driver sat idle. A job is counted, reported and its claim released only
-    # once its run is in the store; at most ``2 * writers`` wait, so memory stays flat.
+    # the store's writes (parquet, JSON, five file operations a run) run in threads beside the
+    # runner's loop: on a virtual disk the file operations are the kernel's CPU time, and with
+    # pyarrow's encoding they release the GIL, so they use another core. A job is counted,
+    # reported and its claim released only once its run is in the store; at most
+    # ``2 * writers`` wait, so memory stays flat.
     pool = ThreadPoolExecutor(writers, thread_name_prefix="occbench-store") if writers else None
-    pending: deque[tuple[Job, JobOutput, Future[None]]] = deque()
+    pending: deque[Future[None]] = deque()
+    # a writer reports its run as soon as it is stored (not when the runner next calls back:
+    # a serial grid would show each job done one job late), so the counts and ``progress``
+    # are touched from several threads: one at a time
+    guard = threading.RLock()
+
+    def report(event: str, job: Job, out: JobOutput | None) -> None:
+        if progress:
+            with guard:
+                progress(event, job, out)
 
     def claim(job: Job) -> bool:
         if summary.stop_reason:
             return False
         lock = store.job_lock(job.job_id)
         if not lock.acquire():
-            summary.skipped_locked += 1
-            if progress:
-                progress("locked", job, None)
+            with guard:
+                summary.skipped_locked += 1
+            report("locked", job, None)
             return False
         if store.has(job.job_id):  # another driver finished it meanwhile
             lock.release()
-            summary.already_done += 1
+            with guard:
+                summary.already_done += 1
             return False
         locks[job.job_id] = lock
-        if progress:
-            progress("start", job, None)
+        report("start", job, None)
         return True
 
     def release(job: Job) -> None:
@@ -185,40 +199,39 @@ def run_jobs(
         if lock is not None:
             lock.release()
 
-    def stored(job: Job, out: JobOutput, exc: BaseException | None) -> None:
-        """A run's write finished (``exc``: why it did not): count and report it."""
+    def write(job: Job, record: dict[str, Any], out: JobOutput, labels: Labels,
+              processed: Any) -> None:
+        """Store one run, count and report it, release its claim (in a writer thread, or
+        inline with ``writers=0``). A full disk stops the run; any other error is raised where
+        the driver waits for the write."""
         try:
-            if isinstance(exc, DiskFullError):
+            store.write_run(record, out.raw, labels.per_video, out.log)
+            store.write_metrics(job.job_id, job.protocol, out.raw, labels.per_video, processed)
+        except DiskFullError as exc:
+            with guard:
                 summary.stop_reason = str(exc)
                 summary.failed += 1
                 summary.failures.append((job.display, str(exc)))
-                if progress:
-                    progress("failed", job, out)
-                return
-            if exc is not None:
-                raise exc
-            summary.ok += 1
-            if progress:
-                progress("ok", job, out)
+                report("failed", job, out)
+            return
+        else:
+            with guard:
+                summary.ok += 1
+                report("ok", job, out)
         finally:
             release(job)
 
     def drain(keep: int) -> None:
-        """Finish waiting writes, oldest first, until at most ``keep`` wait (the finished ones
-        beyond that are taken too, without waiting)."""
-        while pending and (len(pending) > keep or pending[0][2].done()):
-            job, out, fut = pending.popleft()
-            stored(job, out, fut.exception())
-
-    def write(job: Job, record: dict[str, Any], out: JobOutput, labels: Labels,
-              processed: Any) -> None:
-        store.write_run(record, out.raw, labels.per_video, out.log)
-        store.write_metrics(job.job_id, job.protocol, out.raw, labels.per_video, processed)
+        """Wait for the oldest writes until at most ``keep`` are in the writers' hands, and
+        raise the error of any that failed other than by a full disk."""
+        while pending and (len(pending) > keep or pending[0].done()):
+            pending.popleft().result()
 
     def done(job: Job, out: JobOutput) -> None:
         written = False
         try:
-            summary.ran += 1
+            with guard:
+                summary.ran += 1
             if out.status == "ok":
                 try:
                     labels = job_labels(job, data_root)
@@ -232,32 +245,27 @@ def run_jobs(
                                      "traceback": "", "origin": "harness"})
                 else:
                     written = True
+                    # out of the runner's hands; its run goes to the store
+                    report("storing", job, out)
                     if pool is None:
-                        try:
-                            write(job, record, out, labels, processed)
-                        except DiskFullError as exc:
-                            stored(job, out, exc)
-                        else:
-                            stored(job, out, None)
+                        write(job, record, out, labels, processed)
                         return
-                    pending.append((job, out, pool.submit(write, job, record, out, labels,
-                                                          processed)))
+                    pending.append(pool.submit(write, job, record, out, labels, processed))
                     drain(2 * writers)
                     return
-            summary.failed += 1
-            msg = (out.error or {}).get("message", "unknown error")
-            summary.failures.append((job.display, f"{(out.error or {}).get('type')}: {msg}"))
+            with guard:
+                summary.failed += 1
+                msg = (out.error or {}).get("message", "unknown error")
+                summary.failures.append((job.display,
+                                         f"{(out.error or {}).get('type')}: {msg}"))
             try:
                 store.write_failure(failure_record(job, out, runner.name))
             except OSError as exc:
                 summary.stop_reason = f"cannot record failures in {store.path}: {exc}"
-            if progress:
-                progress("failed", job, out)
+            report("failed", job, out)
         finally:
             if not written:
                 release(job)
-            elif pool is not None:
-                drain(2 * writers)  # report the writes that finished meanwhile
 
     def stopped() -> bool:
         drain(2 * writers)  # a full disk found by a write stops the run at the next job
