@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -66,7 +67,7 @@ MANIFEST_SCHEMA = "occbench.site-pages/1"
 #: The rows of the runs table as last read, keyed by their files' stat keys
 #: (:func:`occbench.leaderboard.table.runs_frame`).
 RUNS_CACHE = ".occbench-runs-cache.json"
-_RUN_PAGE_RE = re.compile(r"runs/[0-9a-f]{20}\.html|datasets/[\w.-]+-runs-[0-9]+\.html")
+_RUN_PAGE_RE = re.compile(r"runs/[0-9a-f]{20}\.html|datasets/[\w.-]+-runs-[\w.-]+\.html")
 #: A dataset page lists this many runs; the rest go to numbered run-list pages.
 RUNS_PER_PAGE = 500
 
@@ -554,44 +555,60 @@ class _Builder:
         ordered = runs.sort_values(["label", "protocol", "seed", "normal_class", "job_id"],
                                    key=_class_sort_key)
         n_runs = len(ordered)
-        # a sweep of thousands of runs would make a page of megabytes: list the first
-        # RUNS_PER_PAGE here, the rest on numbered pages of the same size
-        base = f"datasets/{self.dslug[ds]}"
-        run_pages: list[dict[str, Any]] = [{"n": k + 1, "first": k * RUNS_PER_PAGE + 1,
-                      "last": min((k + 1) * RUNS_PER_PAGE, n_runs),
-                      "href": f"{self.dslug[ds]}.html" if k == 0
-                      else f"{self.dslug[ds]}-runs-{k + 1}.html"}
-                     for k in range(max(1, math.ceil(n_runs / RUNS_PER_PAGE)))]
-        # each row's hash (of its values as text), for the numbered pages' keys: taken once
-        # for the whole list (per page of 500 rows it cost 14 ms, 3 s at 100,000 runs); a
-        # row's hash does not depend on the other rows, so the keys are what they were
-        row_hashes = (pd.util.hash_pandas_object(ordered.astype(str), index=False).to_numpy()
-                      if len(run_pages) > 1 else np.zeros(0, np.uint64))
-        for pg in run_pages[1:]:
-            lo, hi = int(pg["first"]) - 1, int(pg["last"])
-            sub = ordered.iloc[lo:hi]
-            rel = f"{base}-runs-{pg['n']}.html"
-            # keyed by its rows (hashed as a frame) and links: an unchanged page is kept
-            # unrendered, as run pages are (rendering was most of a rebuild at 10,000 runs)
-            key = hashlib.sha256(json.dumps(
-                [self.page_common, ds, n_runs, run_pages, pg["n"],
-                 list(map(str, sub.columns))], default=str).encode()
-                + row_hashes[lo:hi].tobytes()
-            ).hexdigest()
-            if self.keep_unchanged(rel, key):
-                continue
-            self.render(rel, "dataset_runs.html", dataset=ds,
-                        modality=str(runs["modality"].iloc[0]), n_runs=n_runs,
-                        runs=_records(sub), run_pages=run_pages, page=pg["n"])
-        runrows_shown = _records(ordered.iloc[:RUNS_PER_PAGE])
+        # a sweep of thousands of runs would make a page of megabytes: past RUNS_PER_PAGE the
+        # dataset page lists its methods instead, and each method's runs are on pages of their
+        # own (``<dataset>-runs-<method>[-<n>].html``) that depend on that method's runs only:
+        # a new run rebuilds its method's pages, not the dataset's whole list (paging the
+        # dataset's list as one made every page after the new run's change)
+        by_method: list[dict[str, Any]] = []
+        if n_runs > RUNS_PER_PAGE:
+            by_method = self._run_lists(ds, ordered, str(runs["modality"].iloc[0]))
+        runrows_shown = [] if by_method else _records(ordered)
         self.render(f"datasets/{self.dslug[ds]}.html", "dataset.html", dataset=ds,
                     info=_dataset_info(ds), modality=modality, tables=tables, spread=spread,
                     class_tables=class_tables, comparisons=comp, published=_records(pubrows),
                     n_unreproduced=n_unrep, sweeps=sweeps, runs=runrows_shown,
-                    n_runs=n_runs, run_pages=run_pages, page=1,
+                    n_runs=n_runs, by_method=by_method,
                     ranking_protocol=a.ranking_blocks.get(ds), all_pairs_max=ALL_PAIRS_MAX,
                     n_entries=int(runs.loc[~runs["selected_on_test"], "label"].nunique()),
                     failures=failure_groups(a.failures[a.failures["dataset"] == ds]))
+
+    def _run_lists(self, ds: str, ordered: pd.DataFrame, modality: str
+                   ) -> list[dict[str, Any]]:
+        """Each method's run-list pages on ``ds`` (``ordered``: the dataset's runs, sorted by
+        method label first), kept unrendered when their key is the previous build's; returns
+        the dataset page's index of them (method, runs, pages)."""
+        dslug = self.dslug[ds]
+        # each row's hash (of its values as text), taken once for the whole list: a row's hash
+        # does not depend on the other rows
+        row_hashes = pd.util.hash_pandas_object(ordered.astype(str), index=False).to_numpy()
+        labels = ordered["label"].astype(str).to_numpy()
+        cuts = [0, *(np.flatnonzero(labels[1:] != labels[:-1]) + 1).tolist(), len(labels)]
+        columns = list(map(str, ordered.columns))
+        index = []
+        for lo, hi in itertools.pairwise(cuts):
+            label, n = str(labels[lo]), hi - lo
+            base = f"{dslug}-runs-{self.mslug[label]}"
+            pages: list[dict[str, Any]] = [
+                {"n": k + 1, "first": k * RUNS_PER_PAGE + 1,
+                 "last": min((k + 1) * RUNS_PER_PAGE, n),
+                 "href": f"{base}.html" if k == 0 else f"{base}-{k + 1}.html"}
+                for k in range(math.ceil(n / RUNS_PER_PAGE))]
+            for pg in pages:
+                i0, i1 = lo + int(pg["first"]) - 1, lo + int(pg["last"])
+                rel = f"datasets/{pg['href']}"
+                # keyed by its rows (hashed) and links, as run pages are: an unchanged page is
+                # kept unrendered (rendering was most of a rebuild at 10,000 runs)
+                key = hashlib.sha256(json.dumps(
+                    [self.page_common, ds, label, n, pages, pg["n"], columns], default=str
+                ).encode() + row_hashes[i0:i1].tobytes()).hexdigest()
+                if self.keep_unchanged(rel, key):
+                    continue
+                self.render(rel, "dataset_runs.html", dataset=ds, method=label,
+                            modality=modality, n_runs=n, runs=_records(ordered.iloc[i0:i1]),
+                            run_pages=pages, page=pg["n"])
+            index.append({"method": label, "n": n, "pages": pages})
+        return index
 
     # -- method pages --------------------------------------------------------------------------
     def method(self, label: str) -> None:

@@ -84,22 +84,34 @@ def test_parallel_build_writes_the_same_bytes(tmp_path: Path,
 
 def test_dataset_pages_paginate_their_runs(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past RUNS_PER_PAGE runs a dataset page lists its methods, each linking its own run-list
+    pages of RUNS_PER_PAGE runs; every run is listed once, and a small dataset keeps its runs
+    on its page."""
+    import re
+
     st = make_store(tmp_path / "store", (SynthMethod("alpha", 2.0), SynthMethod("beta", 1.0)),
-                    image_datasets=("img",), video_datasets=(), seeds=(0, 1, 2), classes=3,
-                    n_images=30)
+                    image_datasets=("img",), video_datasets=("vid",), seeds=(0, 1, 2),
+                    classes=3, n_images=30, n_videos=2, frames=40)
     monkeypatch.setattr(site_mod, "RUNS_PER_PAGE", 7)
     build(st, tmp_path / "site", options=OPTS)
     d = tmp_path / "site" / "datasets"
     main = (d / "img.html").read_text()
-    # 18 runs: 7 here, then pages 2 and 3
-    assert main.count('href="../runs/') == 7
-    assert 'href="img-runs-2.html">8–14</a>' in main and 'href="img-runs-3.html">15–18' in main
-    p3 = (d / "img-runs-3.html").read_text()
-    assert p3.count('href="../runs/') == 4 and 'href="img.html">1–7</a>' in p3
-    listed = set()
-    for f in (d / "img.html", d / "img-runs-2.html", d / "img-runs-3.html"):
-        listed |= set(__import__("re").findall(r'runs/([0-9a-f]{20})\.html', f.read_text()))
-    assert listed == set(st.job_ids())
+    # 18 runs, 9 a method: alpha on img-runs-alpha.html (7) and img-runs-alpha-2.html (2)
+    assert main.count('href="../runs/') == 0
+    for m in ("alpha", "beta"):
+        assert f'href="img-runs-{m}.html">1–7</a> · <a href="img-runs-{m}-2.html">8–9</a>' \
+            in main
+    p2 = (d / "img-runs-beta-2.html").read_text()
+    assert p2.count('href="../runs/') == 2 and 'href="img-runs-beta.html">1–7</a>' in p2
+    assert "Runs of" in p2 and "of 9</h1>" in p2 and 'href="img.html#runs"' in p2
+    listed: list[str] = []
+    for f in sorted(d.glob("img-runs-*.html")):
+        listed += re.findall(r'runs/([0-9a-f]{20})\.html', f.read_text())
+    img_runs = [j for j in st.job_ids() if st.run_record(j)["job"]["dataset"] == "img"]
+    assert sorted(listed) == sorted(img_runs)  # each once
+    # 6 video runs: under the page size, listed on the dataset page itself
+    vid = (d / "vid.html").read_text()
+    assert vid.count('href="../runs/') == 6 and not list(d.glob("vid-runs-*.html"))
 
 
 def test_a_rebuild_reads_only_the_runs_that_changed(
@@ -153,9 +165,10 @@ def test_a_rebuild_reads_only_the_runs_that_changed(
 
 def test_unchanged_dataset_run_list_pages_are_kept_and_changed_ones_rebuilt(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Numbered run-list pages are keyed by their rows and links: an unchanged one is not
-    rewritten; a new run on one dataset rebuilds that dataset's pages (each shows the total),
-    and the other dataset's stay as they were; all equal a build from scratch."""
+    """Run-list pages are keyed by their rows and links: an unchanged one is not rewritten; a
+    new run rebuilds its own method's pages on its dataset only (each shows that method's
+    total), other methods' and other datasets' stay as they were; all equal a build from
+    scratch."""
     st = make_store(tmp_path / "store", (SynthMethod("alpha", 2.0), SynthMethod("beta", 1.0)),
                     image_datasets=("img", "other"), video_datasets=(), seeds=(0, 1, 2),
                     classes=3, n_images=30)
@@ -163,8 +176,9 @@ def test_unchanged_dataset_run_list_pages_are_kept_and_changed_ones_rebuilt(
     out = tmp_path / "site"
     build(st, out, options=OPTS)
     pages = sorted((out / "datasets").glob("*-runs-*.html"))
-    assert [p.name for p in pages] == ["img-runs-2.html", "img-runs-3.html",
-                                       "other-runs-2.html", "other-runs-3.html"]
+    assert [p.name for p in pages] == [
+        f"{d}-runs-{m}{n}.html" for d in ("img", "other") for m in ("alpha", "beta")
+        for n in ("-2", "")]
 
     def state() -> dict[str, tuple[int, bytes]]:
         return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in pages}
@@ -173,13 +187,14 @@ def test_unchanged_dataset_run_list_pages_are_kept_and_changed_ones_rebuilt(
     build(RunStore(st.path), out, options=OPTS)  # nothing changed: the files are not rewritten
     assert state() == before
     new = derive_run(st, next(j for j in st.job_ids()
-                              if st.run_record(j)["job"]["dataset"] == "img"), {"seed": 9})
+                              if st.run_record(j)["job"]["dataset"] == "img"
+                              and st.run_record(j)["job"]["method"] == "alpha"), {"seed": 9})
     build(RunStore(st.path), out, options=OPTS)
     after = state()
     assert any(new in (out / "datasets" / n).read_text()
-               for n in ("img.html", "img-runs-2.html", "img-runs-3.html"))
-    assert all(after[n] != before[n] for n in ("img-runs-2.html", "img-runs-3.html"))
-    assert all(after[n] == before[n] for n in ("other-runs-2.html", "other-runs-3.html"))
+               for n in ("img-runs-alpha.html", "img-runs-alpha-2.html"))
+    changed = sorted(n for n in after if after[n] != before[n])
+    assert changed == ["img-runs-alpha-2.html", "img-runs-alpha.html"]
     fresh = tmp_path / "fresh"
     build(RunStore(st.path), fresh, options=OPTS)
     for p in pages:
