@@ -124,6 +124,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=3000, help="frames per video")
     ap.add_argument("--jobs", type=int, default=0, help="build processes (0 = all cores)")
     ap.add_argument("--entries", type=int, default=1000, help="entries for the pairwise test")
+    ap.add_argument("--shared-labels", action="store_true",
+                    help="every run of a test set shares its labels, as in a real store (by "
+                         "default each run has labels of its own: the worst case for reading)")
     ap.add_argument("--phases", action="store_true",
                     help="also report the seconds of each step of the first build")
     ap.add_argument("--no-fresh", action="store_true",
@@ -138,7 +141,8 @@ def main() -> None:
     if not (store_dir / "runs").exists():
         make_store(store_dir, methods, image_datasets=("img-a", "img-b"),
                    video_datasets=("vid-a", "vid-b"), seeds=range(args.seeds),
-                   classes=args.classes, n_images=args.images, n_videos=8, frames=args.frames)
+                   classes=args.classes, n_images=args.images, n_videos=8, frames=args.frames,
+                   shared_labels=args.shared_labels)
     t_store = time.perf_counter() - t0
     t_read = _read_all(store_dir)
     opts = SiteOptions(n_boot=args.bootstrap, jobs=args.jobs)

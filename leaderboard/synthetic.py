@@ -8,6 +8,7 @@ exactly as it reads real runs.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +56,13 @@ def make_store(path: str | Path, methods: Sequence[SynthMethod] = DEFAULT_METHOD
                image_datasets: Sequence[str] = ("synth-img",),
                video_datasets: Sequence[str] = ("synth-vid",), seeds: Sequence[int] = (0, 1, 2),
                classes: int = 3, n_images: int = 200, n_videos: int = 4, frames: int = 300,
-               gpus: float = 0.0, border: int = 0) -> RunStore:
+               gpus: float = 0.0, border: int = 0, shared_labels: bool = False) -> RunStore:
     """Write a synthetic store; returns it. Sizes: images per class job, videos × frames.
 
     ``border`` > 0 makes the first/last ``border`` frames of each video unscorable (NaN raw score,
-    as a clip-based method), which the protocol then drops.
+    as a clip-based method), which the protocol then drops. ``shared_labels``: every run of a
+    test set (dataset and class) has the same labels, as in a real store; by default each run
+    draws labels of its own (a labels file per run: the worst case for a board's reads).
     """
     st = RunStore(path).init()
     for m in methods:
@@ -69,6 +72,8 @@ def make_store(path: str | Path, methods: Sequence[SynthMethod] = DEFAULT_METHOD
             for ds in image_datasets:
                 for c in range(classes):
                     y = (rng.random(n_images) < 0.5).astype(np.int8)
+                    if shared_labels:  # drawn from the test set alone (the run's rng moves on)
+                        y = (_test_set_rng(ds, str(c)).random(n_images) < 0.5).astype(np.int8)
                     img_raw = {"": rng.standard_normal(n_images) + d * y}
                     img_labels = {"": y}
                     job = _job(m, ds, "image", str(c), s, "image@2")
@@ -77,9 +82,10 @@ def make_store(path: str | Path, methods: Sequence[SynthMethod] = DEFAULT_METHOD
             for ds in video_datasets:
                 labels: dict[str, np.ndarray] = {}
                 raw: dict[str, np.ndarray] = {}
+                lab_rng = _test_set_rng(ds, "") if shared_labels else rng
                 for v in range(n_videos):
                     y = np.zeros(frames, np.int8)
-                    a = int(rng.integers(frames // 5, frames // 2))
+                    a = int(lab_rng.integers(frames // 5, frames // 2))
                     y[a:a + frames // 4] = 1
                     # temporally smooth scores: a slowly varying random walk plus the signal
                     noise = np.convolve(rng.standard_normal(frames + 9), np.ones(10) / 10,
@@ -93,6 +99,12 @@ def make_store(path: str | Path, methods: Sequence[SynthMethod] = DEFAULT_METHOD
                 st.write_run(_record(job, m, gpus), raw, labels)
                 st.write_metrics(job.job_id, None, raw, labels)
     return st
+
+
+def _test_set_rng(dataset: str, normal_class: str) -> np.random.Generator:
+    """A generator that depends on the test set only (its labels are the same in every run)."""
+    return np.random.default_rng(list(hashlib.sha256(f"{dataset}/{normal_class}".encode())
+                                      .digest()[:8]))
 
 
 def derive_run(store: RunStore, job_id: str, job_changes: dict[str, Any] | None = None,

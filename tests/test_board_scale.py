@@ -165,3 +165,22 @@ def test_t_interval_with_cached_quantiles_equals_scipy_bit_for_bit() -> None:
         mean, sem = float(x.mean()), float(x.std(ddof=1)) / np.sqrt(n)
         lo, hi = stats.t.interval(level, n - 1, loc=mean, scale=sem)
         assert t_interval(x, level) == (float(lo), float(hi))
+
+
+def test_a_synthetic_store_can_share_labels_per_test_set_as_real_stores_do(
+        tmp_path: Path) -> None:
+    """``shared_labels``: every run of a test set (dataset and class) has the same labels, so
+    the store holds one labels file per test set (by default, one per run: the worst case)."""
+    from occbench.leaderboard.synthetic import SynthMethod, make_store
+
+    methods = (SynthMethod("alpha", 2.0), SynthMethod("beta", 1.0))
+    kw = dict(image_datasets=("img",), video_datasets=("vid",), seeds=(0, 1), classes=2,
+              n_images=40, n_videos=2, frames=50)
+    shared = make_store(tmp_path / "shared", methods, shared_labels=True, **kw)
+    per_run = make_store(tmp_path / "per-run", methods, **kw)
+    assert len(list(shared.labels_dir.iterdir())) == 2 + 1  # 2 image classes, 1 video set
+    assert len(list(per_run.labels_dir.iterdir())) == len(per_run.job_ids()) == 12
+    for st in (shared, per_run):
+        m = [st.record(j)["metrics"] for j in st.job_ids()
+             if st.record(j)["job"]["method"] == "alpha"]
+        assert len(m) == 6 and all(x.get("auc", x.get("auc_micro")) > 0.6 for x in m)
