@@ -1028,10 +1028,12 @@ def build_tables(store: RunStore | str | Path, out: str | Path,
                  warn: Callable[[str], None] | None = None,
                  analysis: Analysis | None = None) -> list[Path]:
     """``occbench board --no-site``: leaderboard.csv/.md and the analysis CSVs into ``out``
-    (same folder rules as :func:`build`); returns the files written."""
+    (same folder rules as :func:`build`); returns the files written. A site an earlier build
+    left in ``out`` stays as it is (it was deleted as files of the previous build)."""
     st = _store_of(store)
     outp = Path(out)
     with site_output(outp) as so:
+        so.keep |= so.prev  # every earlier file this build does not write again
         a = analysis or analyze(st, published_path, n_boot=n_boot or 200,
                                 warn=warn or _warn_stderr)
         _write_leaderboard(st, a, so.stage)

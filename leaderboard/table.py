@@ -520,8 +520,8 @@ TAG_MEANINGS = {
     "[selected on test]": "its configuration was chosen on test labels",
     "[unsealed]": "some runs ran outside the sandbox (the method could have read the labels)",
     "[transductive]": "an item's score changed when the rest of the test set changed",
-    "[unchecked]": "some runs were not checked for that (made before runs recorded it): "
-                   "whether the method is transductive is not known",
+    "[unchecked]": "some runs were made before runs were checked for transductive scoring: "
+                   "whether an item's score depends on the rest of the test set is not known",
     "[memory > declared]": "peak memory above what the method declares",
 }
 

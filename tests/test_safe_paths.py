@@ -195,6 +195,28 @@ def test_no_site_tables_follow_the_same_rules(tmp_path: Path, store: RunStore) -
     assert (tmp_path / "n" / "failures.csv").exists()
 
 
+
+def test_tables_only_leave_an_earlier_site_in_place(tmp_path: Path, store: RunStore) -> None:
+    """``--no-site`` into a folder holding a site writes the tables and deletes nothing: the
+    site stays, and a later full build still keeps its unchanged pages."""
+    out = tmp_path / "b"
+    build_site(store, out, options=OPTS)
+    pages = sorted(p.relative_to(out) for p in out.rglob("*.html"))
+    before = {p: (out / p).read_bytes() for p in pages}
+    r = CliRunner().invoke(app, ["board", "--store", str(store.path), "--out", str(out),
+                                 "--no-site", "--bootstrap", "0"])
+    assert r.exit_code == 0, r.output
+    assert (out / "leaderboard.md").is_file() and (out / "failures.csv").is_file()
+    assert {p: (out / p).read_bytes() for p in pages} == before
+    from occbench.leaderboard.site import build
+
+    again = build(RunStore(store.path), out, options=OPTS)
+    assert again.runs_built == 0 and again.runs_kept == len(store.job_ids())
+    # the tables-only call's own files belong to the folder's builds: the site build, which
+    # writes its tables under data/, removes them
+    assert not (out / "failures.csv").exists() and (out / "data" / "failures.csv").is_file()
+
+
 # -- finding 3: ids and names from records and sweeps never escape ---------------------------
 
 

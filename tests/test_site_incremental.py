@@ -103,7 +103,7 @@ def test_dataset_pages_paginate_their_runs(tmp_path: Path,
             in main
     p2 = (d / "img-runs-beta-2.html").read_text()
     assert p2.count('href="../runs/') == 2 and 'href="img-runs-beta.html">1–7</a>' in p2
-    assert "Runs of" in p2 and "of 9</h1>" in p2 and 'href="img.html#runs"' in p2
+    assert "Runs of" in p2 and "of 9</h1>" in p2 and 'href="img.html#run-list"' in p2
     listed: list[str] = []
     for f in sorted(d.glob("img-runs-*.html")):
         listed += re.findall(r'runs/([0-9a-f]{20})\.html', f.read_text())
@@ -112,6 +112,9 @@ def test_dataset_pages_paginate_their_runs(tmp_path: Path,
     # 6 video runs: under the page size, listed on the dataset page itself
     vid = (d / "vid.html").read_text()
     assert vid.count('href="../runs/') == 6 and not list(d.glob("vid-runs-*.html"))
+    for f in d.glob("*.html"):  # element ids are unique on every page (scripts look them up)
+        ids = re.findall(r'\sid="([^"]+)"', f.read_text())
+        assert len(ids) == len(set(ids)), (f.name, sorted(ids))
 
 
 def test_a_rebuild_reads_only_the_runs_that_changed(

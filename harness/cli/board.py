@@ -31,7 +31,8 @@ def board(
     store: StoreOpt = Path("runs"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("board"),
     site: Annotated[bool, typer.Option(
-        "--site/--no-site", help="Also build the static HTML site into --out.")] = True,
+        "--site/--no-site", help="Also build the static HTML site into --out (--no-site: the "
+                                 "tables only; a site already in --out is left as it is).")] = True,
     serve: Annotated[bool, typer.Option(
         help="Serve --out on http://127.0.0.1:PORT after building (Ctrl-C stops).")] = False,
     port: Annotated[int, typer.Option(help="Port for --serve.")] = 8000,
