@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 from occbench.harness.store.runstore import RunStore
 from occbench.leaderboard.published import load_published
-from occbench.leaderboard.table import aggregate, markdown, runs_frame
+from occbench.leaderboard.table import aggregate, display_table, markdown, runs_frame
 
 START, END = "<!-- occbench:headline:start -->", "<!-- occbench:headline:end -->"
 
@@ -42,16 +42,14 @@ def headline(store: RunStore | str | Path, published: str | Path | None = None) 
         return "_No runs in the store yet._"
     pub = load_published(published)
     agg = agg[~agg["selected_on_test"].astype(bool)]
+    # the method column with its marks, as the board's table writes it
+    shown = display_table(agg)["method"].tolist()
     rows = []
-    for r in agg.itertuples(index=False):
+    for r, method in zip(agg.itertuples(index=False), shown, strict=True):
         metric = "auc" if r.modality == "image" else "auc_micro"
         rows.append({
             "dataset": r.dataset,
-            "method": str(r.method) + (" [unsealed]" if getattr(r, "unsealed", False) else "")
-            + (" [transductive]" if getattr(r, "transductive", False) else "")
-            + (" [unchecked]" if getattr(r, "unchecked", False)
-               and not getattr(r, "transductive", False) else "")
-            + (" [memory > declared]" if getattr(r, "over_memory", False) else ""),
+            "method": method,
             "protocol": r.protocol,
             "classes": int(r.classes) if r.modality == "image" else "—",
             "seeds": int(r.seeds),

@@ -268,7 +268,8 @@ def run_jobs(
                 release(job)
 
     def stopped() -> bool:
-        drain(2 * writers)  # a full disk found by a write stops the run at the next job
+        # a writer's error surfaces here; a full disk found by a writer set stop_reason itself
+        drain(2 * writers)
         return summary.stop_reason is not None
 
     with ExitStack() as stack:

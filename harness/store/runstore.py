@@ -256,27 +256,25 @@ def _read_split(path: Path, col: str, dtype: Any) -> dict[str, np.ndarray]:
     starts = np.concatenate([[0], cuts])
     ends = np.concatenate([cuts, [len(codes)]])
     block_codes = codes[starts].tolist()
-    out: dict[str, np.ndarray] = {}
     if len(set(block_codes)) == len(block_codes):
         # each video's rows in one block (as written): the blocks in file order are the
         # videos in first-seen order, whatever order the dictionary has
-        pieces = [(str(dictionary[c]), slice(int(a), int(b)))
-                  for c, a, b in zip(block_codes, starts, ends, strict=True)]
-        for name, sl in pieces:
-            f, x = frames[sl], vals[sl]
-            if len(f) and not np.array_equal(f, np.arange(len(f))):
-                x = x[np.argsort(f, kind="stable")]
-            out[name] = x
-        return out
+        return {str(dictionary[c]): _in_frame_order(frames[a:b], vals[a:b])
+                for c, a, b in zip(block_codes, starts.tolist(), ends.tolist(), strict=True)}
     # interleaved rows: each video's in first-seen order of its code
     _, first = np.unique(codes, return_index=True)
+    out: dict[str, np.ndarray] = {}
     for c in np.unique(codes)[np.argsort(first, kind="stable")]:
         m = codes == c
-        f, x = frames[m], vals[m]
-        if len(f) and not np.array_equal(f, np.arange(len(f))):
-            x = x[np.argsort(f, kind="stable")]
-        out[str(dictionary[int(c)])] = x
+        out[str(dictionary[int(c)])] = _in_frame_order(frames[m], vals[m])
     return out
+
+
+def _in_frame_order(frames: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` sorted by their ``frames`` (as they are when written in frame order)."""
+    if len(frames) and not np.array_equal(frames, np.arange(len(frames))):
+        return values[np.argsort(frames, kind="stable")]
+    return values
 
 
 #: Test sets whose labels a :class:`RunStore` keeps in memory once read (a few MB at most:
@@ -1279,7 +1277,7 @@ class RunStore:
                     self._quarantine(self.runs_dir / jid, "run", str(self.check_run(jid)))
                 tmp = Path(tempfile.mkdtemp(prefix=f".{jid}.", dir=self.runs_dir))
                 try:
-                    for n in ("record.json", *RUN_FILES):
+                    for n in _RECORD_AND_FILES:
                         shutil.copy2(other.runs_dir / jid / n, tmp / n)
                     try:
                         os.rename(tmp, self.runs_dir / jid)
