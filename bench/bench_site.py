@@ -86,7 +86,7 @@ def _pairwise(entries: int) -> dict[str, float]:
 #: the run pages themselves.
 _PHASES = (("site", "analyze", "analysis"), ("_Builder", "overview", "overview_page"),
            ("_Builder", "dataset", "dataset_pages"), ("_Builder", "method", "method_pages"),
-           ("site", "_run_key", "run_page_keys"), ("site", "_build_run_pages", "run_pages"))
+           ("site", "_run_page_keys", "run_page_keys"), ("site", "_build_run_pages", "run_pages"))
 
 
 def _time_phases() -> dict[str, float]:

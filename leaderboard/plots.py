@@ -120,16 +120,18 @@ def _evaluated(score: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.nda
     return s[keep], np.asarray(label)[keep]
 
 
-def roc_figure(score: np.ndarray, label: np.ndarray, div_id: str, max_points: int = 400) -> str:
+def roc_figure(score: np.ndarray, label: np.ndarray, div_id: str, max_points: int = 400,
+               order: np.ndarray | None = None) -> str:
     """ROC curve of a run's evaluated scores (``score``, ``label``: per test item, NaN scores
-    are items the protocol dropped and are left out; higher score = more anomalous)."""
+    are items the protocol dropped and are left out; higher score = more anomalous).
+    ``order``: ``np.argsort`` (stable) of the kept items' scores, when the caller has it."""
     from occbench.harness.scoring.protocols import roc_points
 
     s, y = _evaluated(score, label)
     data: list[Fig] = []
     if len(np.unique(y)) == 2:
         # roc_curve's points bit for bit, without its input checks (a third of a page's time)
-        fpr, tpr = roc_points(y, s)
+        fpr, tpr = roc_points(y, s, order=order)
         if len(fpr) > max_points:  # keep the curve's shape: sample evenly along its points
             idx = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
             fpr, tpr = fpr[idx], tpr[idx]

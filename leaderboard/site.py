@@ -26,7 +26,6 @@ import math
 import os
 import re
 import shutil
-import stat
 import sys
 import tempfile
 import uuid
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 from occbench.harness.store.paths import UnsafePathError, inside, is_job_id, safe_name
 from occbench.harness.store.runstore import RunStore
@@ -166,8 +165,15 @@ class SiteOptions:
     jobs: int = 0  # processes building run pages; 0 = every core this process may use
 
 
+def _templates_dir() -> Path:
+    """``occbench.site``'s ``templates/`` folder."""
+    import occbench.site
+
+    return Path(occbench.site.__file__).resolve().parent / "templates"
+
+
 def _env() -> Environment:
-    env = Environment(loader=PackageLoader("occbench.site", "templates"),
+    env = Environment(loader=FileSystemLoader(_templates_dir()),
                       autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                       keep_trailing_newline=True)
@@ -223,13 +229,37 @@ def _manifest(out: Path) -> set[str]:
     return out_files
 
 
-def _plain_file(path: str) -> bool:
-    """A regular file, not a symlink (one ``lstat``: Path.is_file and is_symlink were two
-    stats and two Path objects per page, a second per 100,000 pages)."""
+class _PlainFiles:
+    """``rel in files``: ``root/rel`` is a regular file, not a symlink, from one ``scandir``
+    per folder (the entry types a folder listing gives: an ``lstat`` per page was a second of
+    a rebuild at 100,000 pages, and it was taken twice)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = str(root)
+        self.dirs: dict[str, set[str]] = {}
+
+    def __contains__(self, rel: str) -> bool:
+        d, _, name = rel.rpartition("/")
+        names = self.dirs.get(d)
+        if names is None:
+            names = self.dirs[d] = set()
+            try:
+                with os.scandir(f"{self.root}/{d}" if d else self.root) as it:
+                    for e in it:
+                        with contextlib.suppress(OSError):
+                            if e.is_file(follow_symlinks=False):
+                                names.add(e.name)
+            except OSError:  # no such folder (yet), or not one
+                pass
+        return name in names
+
+
+def _marker_stat(out: Path) -> tuple[int, int, int] | None:
     try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
+        st = os.lstat(out / MARKER)
     except OSError:
-        return False
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _write_marker(out: Path, files: Iterable[str]) -> None:
@@ -263,7 +293,8 @@ def site_output(out: str | Path) -> Iterator[SiteOutput]:
     but the (empty) marker of a folder this build just made.
     """
     outp = Path(out)
-    _manifest(outp)  # refuse a foreign folder before creating anything in it
+    seen = _marker_stat(outp)
+    first = _manifest(outp)  # refuse a foreign folder before creating anything in it
     outp.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(outp / LOCK))
     try:
@@ -272,7 +303,9 @@ def site_output(out: str | Path) -> Iterator[SiteOutput]:
         raise SiteError(f"another `occbench board` is writing into {outp}; wait for it to "
                         "finish or choose another --out") from None
     try:
-        prev = _manifest(outp)  # again, now that no other build can change it
+        # again, now that no other build can change it (unless the marker is as it was: a
+        # list of 100,000 pages is not read twice)
+        prev = first if seen is not None and _marker_stat(outp) == seen else _manifest(outp)
         if not (outp / MARKER).exists():
             _write_marker(outp, prev)  # claim the folder before anything else is written
         for p in outp.glob(f"{STAGING_PREFIX}*"):  # a build killed before it finished
@@ -293,7 +326,8 @@ def site_output(out: str | Path) -> Iterator[SiteOutput]:
 def _commit(out: Path, stage: Path, prev: set[str], keep: set[str]) -> None:
     new = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*")
                  if p.is_file() and not p.is_symlink())
-    keep = {k for k in keep - set(new) if _plain_file(f"{out}/{k}")}
+    plain = _PlainFiles(out)
+    keep = {k for k in keep - set(new) if k in plain}
     for rel in new:
         dst = out / rel
         try:
@@ -349,17 +383,40 @@ def _write_manifest(out: Path, pages: dict[str, str]) -> None:
     os.replace(tmp, out / MANIFEST)
 
 
-@functools.lru_cache(maxsize=1)
-def _code_fingerprint() -> str:
-    """Digest of the code and templates a run page is made by: a new occbench rebuilds them."""
-    import occbench.site
+def _templates_used(template: str) -> list[str]:
+    """``template`` and every template it extends, includes or imports, recursively (found in
+    their source by jinja2), sorted."""
+    from jinja2 import meta
+
+    env = _env()
+    seen: set[str] = set()
+    todo = [template]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        assert env.loader is not None
+        source = env.loader.get_source(env, name)[0]
+        for ref in meta.find_referenced_templates(env.parse(source)):
+            if ref is None:  # a computed name: every template might be used
+                return sorted(t for t in env.list_templates() if t.endswith(".html"))
+            todo.append(ref)
+    return sorted(seen)
+
+
+@functools.lru_cache(maxsize=8)
+def _code_fingerprint(template: str) -> str:
+    """Digest of the code and the templates a page made from ``template`` is made by (that
+    template and those it uses; not the others: a new overview does not make 100,000 run
+    pages again): a new occbench rebuilds them."""
     import plotly
 
     h = hashlib.sha256(plotly.__version__.encode())
     here = Path(__file__).resolve().parent
-    tpl = Path(occbench.site.__file__).resolve().parent / "templates"
+    tpl = _templates_dir()
     for f in (here / "site.py", here / "plots.py", here / "stats.py", here / "analysis.py",
-              *sorted(tpl.glob("*.html"))):
+              *(tpl / t for t in _templates_used(template))):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
@@ -437,13 +494,23 @@ class _Builder:
     keys: dict[str, str]
     page_common: str
     store_out: Path
+    plain: _PlainFiles  # the regular files of the previous build in --out
+
+    @functools.cached_property
+    def row_hashes(self) -> np.ndarray:
+        """Each run row's hash (uint64, of its values as text), in ``a.runs`` order: taken
+        once for the run-page keys and the run-list pages (a row's hash does not depend on
+        the other rows)."""
+        if self.a.runs.empty:
+            return np.zeros(0, dtype=np.uint64)
+        return pd.util.hash_pandas_object(self.a.runs.astype(str), index=False).to_numpy()
 
     def keep_unchanged(self, rel: str, key: str) -> bool:
         """Record ``rel``'s key; True (and the page kept as it is) when the previous build
         made it from the same inputs and it is still there, untouched by anyone else."""
         self.keys[rel] = key
         if (self.previous.get(rel) == key and rel in self.prev_files
-                and _plain_file(f"{self.store_out}/{rel}")):
+                and rel in self.plain):
             self.keep.add(rel)
             return True
         return False
@@ -579,9 +646,8 @@ class _Builder:
         method label first), kept unrendered when their key is the previous build's; returns
         the dataset page's index of them (method, runs, pages)."""
         dslug = self.dslug[ds]
-        # each row's hash (of its values as text), taken once for the whole list: a row's hash
-        # does not depend on the other rows
-        row_hashes = pd.util.hash_pandas_object(ordered.astype(str), index=False).to_numpy()
+        # ``ordered``'s index is its rows' positions in a.runs (a RangeIndex, filtered, sorted)
+        row_hashes = self.row_hashes[self.a.runs.index.get_indexer(ordered.index)]
         labels = ordered["label"].astype(str).to_numpy()
         cuts = [0, *(np.flatnonzero(labels[1:] != labels[:-1]) + 1).tolist(), len(labels)]
         columns = list(map(str, ordered.columns))
@@ -634,11 +700,13 @@ class _Builder:
                     published=_records(mine[rep]), unreproduced=_records(mine[~rep]))
 
     # -- run pages -----------------------------------------------------------------------------
-    def run_items(self) -> list[tuple[dict[str, Any], tuple[list[str], list[float]] | None]]:
-        """Each run row with what its page shows of its siblings (image runs: the AUC of every
-        class of the same entry and seed)."""
+    def run_items(self, rows: Sequence[int] | None = None
+                  ) -> list[tuple[dict[str, Any], tuple[list[str], list[float]] | None]]:
+        """Each run row (or those at positions ``rows`` of ``a.runs``) with what its page shows
+        of its siblings (image runs: the AUC of every class of the same entry and seed)."""
         items: list[tuple[dict[str, Any], tuple[list[str], list[float]] | None]] = []
-        for row in _records(self.a.runs):
+        runs = self.a.runs if rows is None else self.a.runs.iloc[list(rows)]
+        for row in _records(runs):
             sib = None
             if row["modality"] != "video":
                 sib = self.siblings[(row["label"], row["dataset"], row["protocol"], row["seed"])]
@@ -685,8 +753,8 @@ class _RunContext:
 
     def common_key(self) -> str:
         # the number of processes does not change a page
-        return json.dumps([_code_fingerprint(), repr(replace(self.opts, jobs=0)), self.has_sweeps,
-                           self.protocol], default=str)
+        return json.dumps([_code_fingerprint("run.html"), repr(replace(self.opts, jobs=0)),
+                           self.has_sweeps, self.protocol], default=str)
 
 
 _RunItem = tuple[dict[str, Any], tuple[list[str], list[float]] | None]
@@ -709,19 +777,23 @@ class _RunPages:
         rec = run.record
         videos = run.per_video()
         score, label = run.items()
-        figs = [plots.roc_figure(score, label, "roc")]
+        kept = ~np.isnan(score)
+        # the kept frames sorted once, for the ROC and the bootstrap (two sorts of 24,000
+        # scores were a tenth of a video page)
+        order = np.argsort(score[kept], kind="stable")
+        figs = [plots.roc_figure(score, label, "roc", order=order)]
         boot = None
         if row["modality"] == "video":
             per_video_auc = (rec.get("metrics") or {}).get("per_video_auc") or {}
             figs.insert(0, plots.score_timeline_figure(videos, "timeline",
                                                        self.opts.timeline_points,
                                                        per_video_auc))
-            kept = ~np.isnan(score)
             if self.opts.n_boot > 0 and len(np.unique(label[kept])) == 2:
-                # the point estimates are the record's: not computed again per page
+                # the point estimates are the record's: not computed again per page; the
+                # kept frames in ``videos`` order are ``score[kept]`` (run.items())
                 boot = bootstrap_per_video(videos, self.opts.n_boot,
                                            stable_seed(jid, "videos"),
-                                           auc=row["auc"], eer=row["eer"])
+                                           auc=row["auc"], eer=row["eer"], order=order)
         else:
             classes, aucs = sib or ([], [])
             figs.append(plots.class_bars_figure(
@@ -741,29 +813,25 @@ class _RunPages:
                        log=log, protocol=rec.get("protocol") or {})
 
 
-def _run_key(store: RunStore, ctx: _RunContext, common: str, item: _RunItem,
-             row_key: str | None = None) -> str:
-    """What a run page is a function of: the run's files (immutable once written: their size
-    and modification time stand for their content), its metrics file under the page's
-    protocol, that protocol's code, its row and siblings in the tables, the links it makes,
-    the site code and options. Equal keys mean byte-identical pages."""
+def _files_key(store: RunStore, jid: str, protocol: str) -> str:
+    """The stat key of a run's files and its metrics file under ``protocol`` (for an analysis
+    made elsewhere, without the row pass's keys)."""
+    files = []
+    d = store.runs_dir / jid
+    for name in sorted(os.listdir(d)):
+        st = os.stat(d / name)
+        files.append(f"{name}.{st.st_size}.{st.st_mtime_ns}")
+    try:
+        st = os.stat(store.metrics_path(jid, protocol))
+        files.append(f"metrics.{st.st_size}.{st.st_mtime_ns}")
+    except (OSError, ValueError):
+        files.append("metrics.-")
+    return "|".join(files)
+
+
+def _protocol_digest(pid: str) -> str:
     from occbench.harness.scoring.protocols import get_protocol
 
-    row, sib = item
-    jid = str(row["job_id"])
-    files: Any = row_key
-    if files is None:  # not read through the tables' row pass (an analysis made elsewhere)
-        files = []
-        d = store.runs_dir / jid
-        for name in sorted(os.listdir(d)):
-            st = os.stat(d / name)
-            files.append((name, st.st_size, st.st_mtime_ns))
-        try:
-            st = os.stat(store.metrics_path(jid, str(row["protocol"])))
-            files.append(("metrics", st.st_size, st.st_mtime_ns))
-        except (OSError, ValueError):
-            files.append(("metrics", -1, -1))
-    pid = str(row["protocol"])
     pdig = _PROTOCOL_DIGESTS.get(pid)
     if pdig is None:
         try:
@@ -771,12 +839,47 @@ def _run_key(store: RunStore, ctx: _RunContext, common: str, item: _RunItem,
         except Exception:  # an unknown protocol: the page says so, keyed by its id
             pdig = pid
         _PROTOCOL_DIGESTS[pid] = pdig
-    # the row's values in column order (the columns are in ``common``): json.dumps of the
-    # row as a dict with sorted keys cost 40 % more, 1.5 s of a rebuild at 100,000 runs
-    text = json.dumps([common, pdig, files, list(row.values()), sib,
-                       ctx.mslug.get(str(row["label"])), ctx.dslug.get(str(row["dataset"]))],
-                      default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return pdig
+
+
+#: Two independent keys of the row hash (pandas' SipHash key is 16 characters): a page key
+#: has 128 bits of the inputs' hash.
+_HASH_KEYS = ("occbench-pages-1", "occbench-pages-2")
+
+
+def _run_page_keys(store: RunStore, common: str, b: _Builder) -> list[str]:
+    """Each run page's key, in ``a.runs`` order: what the page is a function of. The run's
+    files (immutable once written: their size, modification time and inode stand for their
+    content, as the row pass read them), its metrics file under the page's protocol, that
+    protocol's code, its row and siblings in the tables, the links it makes (the slugs), and
+    ``common`` (the site code, options and the table's columns). Equal keys mean
+    byte-identical pages.
+
+    Hashed for all runs at once (pandas' hash of each row, two 64-bit SipHash keys): a JSON
+    text and a sha256 per run were 6 s of a rebuild at 100,000 runs."""
+    a = b.a
+    runs = a.runs
+    if runs.empty:
+        return []
+    jids = runs["job_id"].astype(str).tolist()
+    protocols = runs["protocol"].astype(str).tolist()
+    files = [a.row_keys.get(j) or _files_key(store, j, p)
+             for j, p in zip(jids, protocols, strict=True)]
+    sib_text: dict[tuple[Any, ...], str] = {k: json.dumps(v) for k, v in b.siblings.items()}
+    image = (runs["modality"] != "video").to_numpy()
+    sibs = [sib_text[k] if img else ""
+            for k, img in zip(zip(runs["label"], runs["dataset"], runs["protocol"],
+                                  runs["seed"], strict=True), image, strict=True)]
+    frame = pd.DataFrame({
+        "row": b.row_hashes, "files": files, "sib": sibs,
+        "protocol": [_protocol_digest(p) for p in protocols],
+        "mslug": runs["label"].astype(str).map(b.mslug).fillna(""),
+        "dslug": runs["dataset"].astype(str).map(b.dslug).fillna(""),
+    })
+    h1, h2 = (pd.util.hash_pandas_object(frame, index=False, hash_key=k).to_numpy()
+              for k in _HASH_KEYS)
+    c = hashlib.sha256(common.encode()).hexdigest()[:16]
+    return [f"{c}{x:016x}{y:016x}" for x, y in zip(h1.tolist(), h2.tolist(), strict=True)]
 
 
 #: protocol id -> digest, for run-page keys (one lookup per protocol, not per run)
@@ -993,7 +1096,10 @@ def build(store: RunStore | str | Path, out: str | Path,
         keys: dict[str, str] = {}
         b.previous, b.prev_files, b.keep, b.keys = previous, so.prev, so.keep, keys
         b.store_out = outp
-        b.page_common = json.dumps([_code_fingerprint(), b.mslug, b.dslug, bool(a.sweeps)])
+        b.plain = _PlainFiles(outp)
+        # (what the keyed pages but run pages depend on: the run-list pages)
+        b.page_common = json.dumps([_code_fingerprint("dataset_runs.html"), b.mslug, b.dslug,
+                                    bool(a.sweeps)])
         b.overview()
         for ds in sorted(b.dslug):
             b.dataset(ds)
@@ -1001,13 +1107,14 @@ def build(store: RunStore | str | Path, out: str | Path,
             b.method(m)
         ctx = b.run_context()
         common = json.dumps([ctx.common_key(), [str(c) for c in a.runs.columns]])
-        todo: list[_RunItem] = []
-        for item in b.run_items():
-            rel = f"runs/{item[0]['job_id']}.html"
-            key = _run_key(st, ctx, common, item, a.row_keys.get(str(item[0]["job_id"])))
+        rows: list[int] = []
+        run_ids = a.runs["job_id"].astype(str).tolist() if not a.runs.empty else []
+        for i, (jid, key) in enumerate(zip(run_ids, _run_page_keys(st, common, b),
+                                           strict=True)):
             # an unchanged page of the previous build stays where it is (the marker keeps it)
-            if not b.keep_unchanged(rel, key):
-                todo.append(item)
+            if not b.keep_unchanged(f"runs/{jid}.html", key):
+                rows.append(i)
+        todo: list[_RunItem] = b.run_items(rows)
         if todo:
             ctx = replace(ctx, verified={
                 j: k for j in (str(it[0]["job_id"]) for it in todo)

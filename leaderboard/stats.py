@@ -80,8 +80,15 @@ def summarize(df: pd.DataFrame, keys: list[str], value: str, level: float = 0.95
     of a mean near 1 can otherwise poke past it); ``None`` leaves it as scipy gives it.
     """
     rows = []
-    for k, g in df.groupby(keys, dropna=False, sort=True):
-        x = pd.to_numeric(g[value], errors="coerce").to_numpy(dtype=np.float64)
+    values = pd.to_numeric(df[value], errors="coerce").to_numpy(dtype=np.float64)
+    # each group's rows by position, in the frame's order (as iterating the groups gives
+    # them): pandas' per-group frames were most of the board's tables at 100,000 runs
+    gb = df.groupby(keys, dropna=False, sort=True)
+    codes = gb.ngroup().to_numpy()
+    order = np.argsort(codes, kind="stable")
+    edges = np.searchsorted(codes[order], np.arange(gb.ngroups + 1))
+    for j, k in enumerate(gb.size().index):
+        x = values[order[edges[j]:edges[j + 1]]]
         x = x[~np.isnan(x)]
         lo, hi = t_interval(x, level)
         if bounds is not None and not math.isnan(lo):
@@ -138,9 +145,9 @@ class _VideoROC:
     """
 
     def __init__(self, scores: np.ndarray, labels: np.ndarray, video_index: np.ndarray,
-                 n_videos: int, grid: int = 2000) -> None:
+                 n_videos: int, grid: int = 2000, order: np.ndarray | None = None) -> None:
         # one sort of all frames; every per-video, per-class list below is a sorted subsequence
-        order = np.argsort(scores, kind="stable")
+        order = np.argsort(scores, kind="stable") if order is None else order
         s_sorted, y_sorted, v_sorted = scores[order], labels[order] == 1, video_index[order]
         self.P = np.bincount(video_index[labels == 1], minlength=n_videos).astype(np.float64)
         self.N = np.bincount(video_index[labels != 1], minlength=n_videos).astype(np.float64)
@@ -262,11 +269,14 @@ def video_bootstrap(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
 
 def bootstrap_per_video(videos: Mapping[str, tuple[np.ndarray, np.ndarray]],
                         n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-                        auc: float | None = None, eer: float | None = None) -> VideoBootstrap:
+                        auc: float | None = None, eer: float | None = None,
+                        order: np.ndarray | None = None) -> VideoBootstrap:
     """:func:`video_bootstrap` of a run's frames per video (video id -> (score, NaN where the
     protocol dropped the frame; label), as ``RunRead.per_video`` gives them), without a
     frame: the videos with a kept frame numbered in sorted order of their ids, as
-    :func:`video_bootstrap` numbers them, so a seed draws the same replicates."""
+    :func:`video_bootstrap` numbers them, so a seed draws the same replicates. ``order``:
+    ``np.argsort(kept, kind="stable")`` of the kept frames' scores, concatenated in the order
+    of ``videos``, when the caller has it (the sort is done once for a run page)."""
     shown = sorted(v for v, (s, _) in videos.items() if (~np.isnan(s)).any())
     number = {v: i for i, v in enumerate(shown)}
     scores, labels, index = [np.array([], np.float64)], [np.array([], np.int64)], \
@@ -278,22 +288,23 @@ def bootstrap_per_video(videos: Mapping[str, tuple[np.ndarray, np.ndarray]],
         index.append(np.full(int(kept.sum()), number.get(v, -1), np.int64))
     return bootstrap_videos(np.concatenate(scores), np.concatenate(labels),
                             np.concatenate(index), len(shown), n_boot, seed, level,
-                            auc=auc, eer=eer)
+                            auc=auc, eer=eer, order=order)
 
 
 def bootstrap_videos(s: np.ndarray, y: np.ndarray, video_index: np.ndarray, n_videos: int,
                      n_boot: int = 1000, seed: int = 0, level: float = 0.95,
                      chunk: int = 1000, auc: float | None = None,
-                     eer: float | None = None) -> VideoBootstrap:
+                     eer: float | None = None, order: np.ndarray | None = None
+                     ) -> VideoBootstrap:
     """:func:`video_bootstrap` of arrays: the evaluated frames' scores ``s`` and labels ``y``
     (no NaN), and ``video_index``, each frame's video numbered 0..n_videos-1 in sorted order
     of the video ids (the numbering decides which videos a seed's replicates draw; the order
-    of the frames does not matter)."""
+    of the frames does not matter). ``order``: ``np.argsort(s, kind="stable")`` if known."""
     s, y = np.asarray(s, dtype=np.float64), np.asarray(y, dtype=np.int64)
     if not len(s):
         raise ValueError("no evaluated frames (all scores NaN)")
     nv = n_videos
-    roc = _VideoROC(s, y, video_index, nv)
+    roc = _VideoROC(s, y, video_index, nv, order=order)
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, nv, size=(n_boot, nv))
     res_auc, res_eer = [], []

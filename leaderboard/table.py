@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -74,17 +75,24 @@ def _disambiguate(df: pd.DataFrame, name: str, params: str, also: str | None = N
     dataset, for method labels) only runs sharing that value are compared: a method set up
     differently for another dataset is still the same entry name there."""
     keys = [name] + ([within] if within else [])
-    for gkey, g in df.groupby(keys, sort=False):
+    cols = [params] + ([also] if also else [])
+    # only names with more than one configuration need a look (found on the distinct
+    # combinations: a pass over every name's runs cost 1.5 s at 100,000 runs)
+    distinct = df[keys + cols].drop_duplicates().groupby(keys, sort=False).size()
+    several = distinct.index[distinct.to_numpy() > 1]
+    if len(several) == 0:
+        return
+    at = df.set_index(keys).index.isin(several)
+    for gkey, g in df[at].groupby(keys, sort=False):
         value = gkey[0] if isinstance(gkey, tuple) else gkey
-        cols = [params] + ([also] if also else [])
         combos = g[cols].drop_duplicates()
         if len(combos) < 2:
             continue
         parsed = {tuple(r): json.loads(r[0]) for r in combos.itertuples(index=False)}
-        keys = sorted({k for p in parsed.values() for k in p})
+        pkeys = sorted({k for p in parsed.values() for k in p})
         # a key only some runs have (a parameter added by a later method version, with its
         # default) does not make another configuration: only values that disagree do
-        differ = [k for k in keys if len({json.dumps(p[k], sort_keys=True)
+        differ = [k for k in pkeys if len({json.dumps(p[k], sort_keys=True)
                                           for p in parsed.values() if k in p}) > 1]
         methods = {c[1] for c in parsed} if also else set()
         if not differ and len(methods) < 2:
@@ -219,20 +227,32 @@ class _Keys:
         return f"{m}|{self.labels[digest]}|{o}"
 
 
-def _read_rows_cache(path: Path, common: str) -> dict[str, tuple[str, list[Any]]]:
-    """job id -> (key, row values in :data:`_ROW_COLUMNS` order) of a cache file written by
-    :func:`_write_rows_cache` for the same ``common``; empty when there is none or it is of
-    another store, code or protocol set, or unreadable (the store is then read in full)."""
+class _RowsCache:
+    """A row cache file as written by :func:`_write_rows_cache`, kept as its columns:
+    ``pos`` (job id -> row), ``keys`` and ``cols`` (:data:`_ROW_COLUMNS` -> values)."""
+
+    def __init__(self, ids: list[str], keys: list[str], cols: dict[str, list[Any]]) -> None:
+        self.ids, self.keys, self.cols = ids, keys, cols
+        self.pos = {j: i for i, j in enumerate(ids)}
+
+
+def _read_rows_cache(path: Path, common: str) -> _RowsCache | None:
+    """The cache file at ``path`` if it was written by :func:`_write_rows_cache` for the same
+    ``common``; None when there is none or it is of another store, code or protocol set, or
+    unreadable (the store is then read in full)."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         if doc.get("common") != common or doc.get("columns") != _ROW_COLUMNS:
-            return {}
-        cols = doc["cols"]
-        rows = list(zip(*(cols[c] for c in _ROW_COLUMNS), strict=True))
-        return {j: (k, list(r)) for j, k, r in zip(doc["job_ids"], doc["keys"], rows,
-                                                     strict=True)}
+            return None
+        ids, keys, cols = doc["job_ids"], doc["keys"], doc["cols"]
+        n = len(ids)
+        if (not isinstance(ids, list) or not isinstance(keys, list) or len(keys) != n
+                or not all(isinstance(cols.get(c), list) and len(cols[c]) == n
+                           for c in _ROW_COLUMNS)):
+            return None
+        return _RowsCache(ids, keys, cols)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
+        return None
 
 
 def _write_rows_cache(path: Path, common: str, ids: list[str], keys: list[str],
@@ -304,38 +324,55 @@ def _rows(st: RunStore, cache_in: Path | None, cache_out: Path | None,
     """Every good run's row, as columns; rows of runs whose files are unchanged since the
     cache was written are taken from it, unread (see :func:`runs_frame`)."""
     common = _cache_common(st) if (cache_in or cache_out) else ""
-    cached = _read_rows_cache(cache_in, common) if cache_in else {}
+    cache = _read_rows_cache(cache_in, common) if cache_in else None
     keys = _Keys(st)
-    i_proto = _ROW_COLUMNS.index("protocol")
     names = sorted(n for n in os.listdir(st.runs_dir) if not n.startswith(".")) \
         if st.runs_dir.is_dir() else []
-    found: dict[str, tuple[str, list[Any]]] = {}
+    # each run's row: its position in the cache (>= 0) or, read afresh, -1 - its position in
+    # ``fresh``; a run with a bad entry has none
+    where: dict[str, int] = {}
+    fresh_keys: list[str] = []
+    fresh: list[list[Any]] = []
     misses: list[str] = []
-    for jid in names:
-        hit = cached.get(jid)
-        if hit is not None:
-            key, values = hit
-            digest = key.rsplit("#", 1)[-1]
-            files = keys.run_files(jid)
-            if key == f"{files}|{keys.derived(jid, str(values[i_proto]), digest)}#{digest}":
-                found[jid] = hit
-                continue
-        misses.append(jid)
+    if cache is not None:
+        pos, ckeys, cproto = cache.pos, cache.keys, cache.cols["protocol"]
+        run_files, derived = keys.run_files, keys.derived
+        for jid in names:
+            i = pos.get(jid)
+            if i is not None:
+                key = ckeys[i]
+                digest = key.rsplit("#", 1)[-1]
+                if key == f"{run_files(jid)}|{derived(jid, str(cproto[i]), digest)}#{digest}":
+                    where[jid] = i
+                    continue
+            misses.append(jid)
+    else:
+        misses = names
     for jid, why, key, got, _ in _read_all(st, keys, misses):
         if why is not None or got is None:
             st._report(BadEntry(st.runs_dir / jid, str(why), "run"))
         else:
-            found[jid] = (key, got)
-    ids = [j for j in names if j in found]
-    key_list = [found[j][0] for j in ids]
-    cols: dict[str, list[Any]] = {c: [] for c in _ROW_COLUMNS}
-    # rows to columns in one transpose (a lookup per value and column was a second at
-    # 100,000 runs)
-    transposed = zip(*(found[j][1] for j in ids), strict=True)
-    for c, column in zip(_ROW_COLUMNS, transposed, strict=False):  # no rows: nothing to zip
-        cols[c] = list(column)
+            where[jid] = -1 - len(fresh)
+            fresh_keys.append(key)
+            fresh.append(got)
+    ids = [j for j in names if j in where]
+    idx = [where[j] for j in ids]
+    cols: dict[str, list[Any]] = {}
+    if cache is not None and not fresh and idx == list(range(len(cache.ids))):
+        # nothing changed since the cache was written: its columns as they are
+        cols, key_list = cache.cols, cache.keys
+    else:
+        fresh_cols = list(zip(*fresh, strict=True)) if fresh else [()] * len(_ROW_COLUMNS)
+        for c, fc in zip(_ROW_COLUMNS, fresh_cols, strict=True):
+            cc: list[Any] = cache.cols[c] if cache is not None else []
+            cols[c] = [cc[i] if i >= 0 else fc[-1 - i] for i in idx]
+        ck: list[str] = cache.keys if cache is not None else []
+        key_list = [ck[i] if i >= 0 else fresh_keys[-1 - i] for i in idx]
     if cache_out is not None:
-        _write_rows_cache(cache_out, common, ids, key_list, cols)
+        if cache is not None and cols is cache.cols and cache_in is not None:
+            shutil.copyfile(cache_in, cache_out)  # the same content: not encoded again
+        else:
+            _write_rows_cache(cache_out, common, ids, key_list, cols)
     if keys_out is not None:
         keys_out.update(zip(ids, key_list, strict=True))
     return cols

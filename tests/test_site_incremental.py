@@ -202,3 +202,43 @@ def test_unchanged_dataset_run_list_pages_are_kept_and_changed_ones_rebuilt(
     build(RunStore(st.path), fresh, options=OPTS)
     for p in pages:
         assert p.read_bytes() == (fresh / "datasets" / p.name).read_bytes()
+
+
+def test_run_pages_depend_only_on_the_templates_they_are_made_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A changed overview template rebuilds no run page; a changed run-page template (or one
+    it uses) rebuilds every run page; either way the site equals a fresh build."""
+    import shutil
+
+    tpl = tmp_path / "templates"
+    shutil.copytree(site_mod._templates_dir(), tpl)
+    monkeypatch.setattr(site_mod, "_templates_dir", lambda: tpl)
+    site_mod._code_fingerprint.cache_clear()
+    monkeypatch.setattr(site_mod, "_code_fingerprint", site_mod._code_fingerprint)
+    assert site_mod._templates_used("run.html") == ["_links.html", "base.html", "run.html"]
+    st = _store(tmp_path / "store")
+    out = tmp_path / "site"
+    n = build(st, out, options=OPTS).runs_built
+
+    def edit(name: str, marker: str) -> None:
+        p = tpl / name
+        text, block = p.read_text(), "{% block content %}"
+        # inside a child template's block (its text outside blocks is not rendered)
+        p.write_text(text.replace(block, f"{block}<!-- {marker} -->", 1)
+                     if block in text and "{% extends" in text else text + f"<!-- {marker} -->\n")
+        site_mod._code_fingerprint.cache_clear()
+
+    edit("index.html", "overview changed")
+    b = build(RunStore(st.path), out, options=OPTS)
+    assert (b.runs_built, b.runs_kept) == (0, n)
+    assert "overview changed" in (out / "index.html").read_text()
+    for name in ("base.html", "_links.html", "run.html"):  # each used by run pages
+        edit(name, f"{name} changed")
+        b = build(RunStore(st.path), out, options=OPTS)
+        assert (b.runs_built, b.runs_kept) == (n, 0), name
+        page = next((out / "runs").glob("*.html")).read_text()
+        assert f"{name} changed" in page or name == "_links.html"
+    fresh = tmp_path / "fresh"
+    build(RunStore(st.path), fresh, options=OPTS)
+    assert _tree(out) == _tree(fresh)
+    site_mod._code_fingerprint.cache_clear()
