@@ -12,7 +12,6 @@ the modality's default protocol when it has runs, else the protocol with most ru
 
 from __future__ import annotations
 
-import hashlib
 import html
 import sys
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from occbench.leaderboard.stats import (
     friedman_nemenyi,
     pairwise_comparisons,
     rank_bootstrap,
+    stable_seed,
 )
 from occbench.leaderboard.table import aggregate, markdown, per_class, per_seed, runs_frame
 
@@ -61,12 +61,6 @@ class Analysis:
         columns=FAILURE_COLUMNS))  # see failures_frame
     #: job id -> stat key of the files each row was read from (``runs_frame``'s ``keys_out``)
     row_keys: dict[str, str] = field(default_factory=dict)
-
-
-def stable_seed(*parts: object) -> int:
-    """A seed derived from strings (Python's ``hash`` is salted per process, this is not)."""
-    h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(h[:4], "little")
 
 
 def ranking_protocols(runs: pd.DataFrame) -> dict[str, str]:

@@ -21,6 +21,7 @@ Why these choices (see docs/leaderboard.md for the long version):
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,12 @@ from threadpoolctl import ThreadpoolController
 NEMENYI_Q05: dict[int, float] = {
     2: 1.960, 3: 2.343, 4: 2.569, 5: 2.728, 6: 2.850, 7: 2.949, 8: 3.031, 9: 3.102, 10: 3.164,
 }
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed derived from strings (Python's ``hash`` is salted per process, this is not)."""
+    h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:4], "little")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -73,7 +73,9 @@ def test_changed_inputs_rebuild_and_gone_runs_lose_their_page(tmp_path: Path) ->
 def test_parallel_build_writes_the_same_bytes(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     st = _store(tmp_path / "store")
-    monkeypatch.setattr(site_mod, "_BATCH", 2)  # several tasks even for a small store
+    from occbench.leaderboard import pages
+
+    monkeypatch.setattr(pages, "_BATCH", 2)  # several tasks even for a small store
     par = build(st, tmp_path / "par", options=SiteOptions(n_boot=30, timeline_points=300,
                                                           jobs=2))
     assert par.runs_built == len(st.job_ids())
@@ -210,12 +212,13 @@ def test_run_pages_depend_only_on_the_templates_they_are_made_from(
     it uses) rebuilds every run page; either way the site equals a fresh build."""
     import shutil
 
+    from occbench.leaderboard import pages
+
     tpl = tmp_path / "templates"
-    shutil.copytree(site_mod._templates_dir(), tpl)
-    monkeypatch.setattr(site_mod, "_templates_dir", lambda: tpl)
-    site_mod._code_fingerprint.cache_clear()
-    monkeypatch.setattr(site_mod, "_code_fingerprint", site_mod._code_fingerprint)
-    assert site_mod._templates_used("run.html") == ["_links.html", "base.html", "run.html"]
+    shutil.copytree(pages._templates_dir(), tpl)
+    monkeypatch.setattr(pages, "_templates_dir", lambda: tpl)
+    pages.code_fingerprint.cache_clear()
+    assert pages._templates_used("run.html") == ["_links.html", "base.html", "run.html"]
     st = _store(tmp_path / "store")
     out = tmp_path / "site"
     n = build(st, out, options=OPTS).runs_built
@@ -226,7 +229,7 @@ def test_run_pages_depend_only_on_the_templates_they_are_made_from(
         # inside a child template's block (its text outside blocks is not rendered)
         p.write_text(text.replace(block, f"{block}<!-- {marker} -->", 1)
                      if block in text and "{% extends" in text else text + f"<!-- {marker} -->\n")
-        site_mod._code_fingerprint.cache_clear()
+        pages.code_fingerprint.cache_clear()
 
     edit("index.html", "overview changed")
     b = build(RunStore(st.path), out, options=OPTS)
@@ -241,4 +244,4 @@ def test_run_pages_depend_only_on_the_templates_they_are_made_from(
     fresh = tmp_path / "fresh"
     build(RunStore(st.path), fresh, options=OPTS)
     assert _tree(out) == _tree(fresh)
-    site_mod._code_fingerprint.cache_clear()
+    pages.code_fingerprint.cache_clear()
