@@ -409,7 +409,10 @@ class _Builder:
                     r = row.loc[m]
                     cells.append({"mean": r["auc_mean"], "lo": r["auc_lo"], "hi": r["auc_hi"],
                                   "n": int(r["seeds"]),
-                                  "best": bool(r["auc_mean"] == best)})
+                                  "best": bool(r["auc_mean"] == best),
+                                  # the trust tags the dataset pages show, on its number here
+                                  **{f: bool(r.get(f, False)) for f in
+                                     ("unsealed", "transductive", "unchecked")}})
                 else:
                     cells.append(None)
             matrix.append({"dataset": ds, "protocol": pr, "cells": cells,

@@ -401,6 +401,12 @@ def test_runs_without_the_independence_check_are_marked_unchecked(tmp_path: Path
     dataset_page = (tmp_path / "site" / "datasets" / "digits.html").read_text()
     assert dataset_page.count(">unchecked</span>") >= 1
     assert dataset_page.count(">transductive</span>") >= 1
+    # the overview's cells carry the same tags: one unchecked entry, one transductive, all
+    # unsealed (three entries, plus the legend's one of each)
+    overview = (tmp_path / "site" / "index.html").read_text()
+    assert overview.count(">unchecked</span>") == 1 + 1
+    assert overview.count(">transductive</span>") == 1 + 1
+    assert overview.count(">unsealed</span>") == 3 + 1
 
 
 def test_refresh_require_sealed_refuses_to_publish_unsealed_runs(tmp_path: Path) -> None:
