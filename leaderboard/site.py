@@ -146,8 +146,7 @@ class _PlainFiles:
         self.root = str(root)
         self.dirs: dict[str, set[str]] = {}
 
-    def __contains__(self, rel: str) -> bool:
-        d, _, name = rel.rpartition("/")
+    def _names(self, d: str) -> set[str]:
         names = self.dirs.get(d)
         if names is None:
             names = self.dirs[d] = set()
@@ -159,7 +158,23 @@ class _PlainFiles:
                                 names.add(e.name)
             except OSError:  # no such folder (yet), or not one
                 pass
-        return name in names
+        return names
+
+    def __contains__(self, rel: str) -> bool:
+        d, _, name = rel.rpartition("/")
+        return name in self._names(d)
+
+    def among(self, rels: Iterable[str]) -> set[str]:
+        """Those of ``rels`` that are regular files (as ``in``: a set operation per folder)."""
+        by_dir: dict[str, set[str]] = {}
+        for rel in rels:
+            d, _, name = rel.rpartition("/")
+            by_dir.setdefault(d, set()).add(name)
+        out: set[str] = set()
+        for d, names in by_dir.items():
+            found = names & self._names(d)
+            out.update((f"{d}/{n}" for n in found) if d else found)
+        return out
 
 
 def _marker_stat(out: Path) -> tuple[int, int, int] | None:
@@ -234,8 +249,7 @@ def site_output(out: str | Path) -> Iterator[SiteOutput]:
 def _commit(out: Path, stage: Path, prev: set[str], keep: set[str]) -> None:
     new = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*")
                  if p.is_file() and not p.is_symlink())
-    plain = _PlainFiles(out)
-    keep = {k for k in keep - set(new) if k in plain}
+    keep = _PlainFiles(out).among(keep - set(new))
     for rel in new:
         dst = out / rel
         try:
@@ -368,12 +382,13 @@ class _Builder:
 
     @functools.cached_property
     def row_hashes(self) -> np.ndarray:
-        """Each run row's hash (uint64, of its values as text), in ``a.runs`` order: taken
-        once for the run-page keys and the run-list pages (a row's hash does not depend on
-        the other rows)."""
+        """Each run row's hash (uint64, of its values with their types), in ``a.runs`` order:
+        taken once for the run-page keys and the run-list pages (a row's hash does not
+        depend on the other rows). Hashed as they are: as text they took 1.5 s at 100,000
+        runs, against 0.12 s."""
         if self.a.runs.empty:
             return np.zeros(0, dtype=np.uint64)
-        return pd.util.hash_pandas_object(self.a.runs.astype(str), index=False).to_numpy()
+        return pd.util.hash_pandas_object(self.a.runs, index=False).to_numpy()
 
     def keep_unchanged(self, rel: str, key: str) -> bool:
         """Record ``rel``'s key; True (and the page kept as it is) when the previous build
@@ -652,12 +667,14 @@ def _run_page_keys(store: RunStore, common: str, b: _Builder) -> list[str]:
              for j, p in zip(jids, protocols, strict=True)]
     sib_text: dict[tuple[Any, ...], str] = {k: json.dumps(v) for k, v in b.siblings.items()}
     image = (runs["modality"] != "video").to_numpy()
-    sibs = [sib_text[k] if img else ""
-            for k, img in zip(zip(runs["label"], runs["dataset"], runs["protocol"],
-                                  runs["seed"], strict=True), image, strict=True)]
+    # (columns as lists: iterating an arrow-backed column boxes each value, a second here)
+    group = zip(*(runs[c].tolist() for c in ("label", "dataset", "protocol", "seed")),
+                strict=True)
+    sibs = [sib_text[k] if img else "" for k, img in zip(group, image.tolist(), strict=True)]
     frame = pd.DataFrame({
         "row": b.row_hashes, "files": files, "sib": sibs,
-        "protocol": [_protocol_digest(p) for p in protocols],
+        "protocol": runs["protocol"].astype(str).map(
+            {p: _protocol_digest(p) for p in set(protocols)}),
         "mslug": runs["label"].astype(str).map(b.mslug).fillna(""),
         "dslug": runs["dataset"].astype(str).map(b.dslug).fillna(""),
     })
