@@ -23,6 +23,9 @@ Absolute figures depend on the machine and its load; the ratios are what to comp
 the repository root::
 
     nice -n 10 python bench/bench_driver.py --jobs 300 --json out.json
+
+``--in-flight 4,8,16`` adds RayRunner's jobs/s with that many jobs in flight at most (beyond
+the cluster's CPUs, tasks wait queued at their node).
 """
 
 from __future__ import annotations
@@ -160,13 +163,14 @@ def bare_ray_tasks(n: int) -> dict[str, Any]:
             "tasks_per_s": round(n / wall, 1)}
 
 
-def ray_runner_throughput(n: int) -> dict[str, Any]:
-    """No-op jobs/s through RayRunner on the running cluster, after a warm-up."""
+def ray_runner_throughput(n: int, max_concurrent: int | None = None) -> dict[str, Any]:
+    """No-op jobs/s through RayRunner on the running cluster, after a warm-up (at most
+    ``max_concurrent`` jobs in flight; default: the cluster's CPUs)."""
     from occbench.harness.run.ray_runner import RayRunner
 
     with tempfile.TemporaryDirectory(prefix="occbench-bench-") as d:
         store = RunStore(Path(d) / "store")
-        runner = RayRunner(sealed="off")
+        runner = RayRunner(sealed="off", max_concurrent=max_concurrent)
         warm = run_jobs(noop_jobs(16, 10**6), store, runner)  # starts a worker on every node
         t0 = time.perf_counter()
         s = run_jobs(noop_jobs(n), store, runner)
@@ -187,6 +191,10 @@ def main() -> None:
     ap.add_argument("--driver-only", action="store_true",
                     help="measurement 1's driver cost and 3 only (no Ray): e.g. to compare two "
                          "checkouts run one after the other")
+    ap.add_argument("--in-flight", default="", metavar="A,B,...",
+                    help="also measure RayRunner's jobs/s with at most A, B, ... jobs in "
+                         "flight (queued at the nodes beyond their CPUs), twice each, "
+                         "alternated")
     ap.add_argument("--inline", type=int, default=0, metavar="K",
                     help="also measure the driver cost with runs written inline (writers=0), "
                          "K times, alternated with K more of the default")
@@ -230,6 +238,13 @@ def main() -> None:
     try:
         out["bare_ray"] = bare_ray_tasks(args.jobs)
         out["ray_runner"] = ray_runner_throughput(args.jobs)
+        caps = [int(c) for c in args.in_flight.split(",") if c.strip()]
+        if caps:  # does a deeper queue hide the round trip between a node's jobs?
+            out["ray_runner_in_flight"] = {str(c): [] for c in caps}
+            for _ in range(2):
+                for c in caps:
+                    out["ray_runner_in_flight"][str(c)].append(
+                        ray_runner_throughput(args.jobs, c)["jobs_per_s"])
         out["bare_ray_after"] = bare_ray_tasks(args.jobs)  # the load may have changed meanwhile
     finally:
         ray.shutdown()
@@ -255,6 +270,9 @@ def main() -> None:
           f"{out['ray_runner']['jobs_per_s']:8.1f} jobs/s  "
           f"(bare Ray tasks: {out['bare_ray']['tasks_per_s']} / "
           f"{out['bare_ray_after']['tasks_per_s']} tasks/s before / after)")
+    if "ray_runner_in_flight" in out:
+        print("RayRunner jobs/s by jobs in flight (two runs each): " + "; ".join(
+            f"{c}: {v}" for c, v in out["ray_runner_in_flight"].items()))
     print(f"driver RSS: {d['rss_mib_after_warmup']} MiB after warm-up, {d['rss_mib_after_n']} "
           f"after N={args.jobs}, {d['rss_mib_after_2n']} after 2N "
           f"({d['rss_kib_per_job_second_n']} KiB/job over the second N); left behind: "
