@@ -17,7 +17,8 @@ Writes a synthetic store (methods × seeds × (2 image datasets × classes + 2 v
 * ``byte_identical_rebuild``: the incremental folder equals a build from scratch;
 * ``first_build_phases_s`` (``--phases``): the first build's seconds in the analysis (reading
   and verifying every run, the tables), the overview, dataset and method pages, the run-page
-  keys and the run pages;
+  keys and the run pages; ``rebuild_after_one_run_phases_s``: the same for the rebuild after
+  one new run, with the row pass (inside the analysis) and the commit;
 * ``pairwise``: paired comparisons of ``--entries`` entries on one dataset against today's
   cost of one scipy test per pair (timed on 200 pairs, times the pairs all-pairs would need).
 """
@@ -83,10 +84,13 @@ def _pairwise(entries: int) -> dict[str, float]:
 
 #: The steps of a build timed by ``--phases`` (module, attribute): the analysis (reading and
 #: verifying every run, the tables), the overview/dataset/method pages, the run-page keys and
-#: the run pages themselves.
-_PHASES = (("site", "analyze", "analysis"), ("_Builder", "overview", "overview_page"),
+#: the run pages themselves; within the analysis, the row pass (reading, or the stats of the
+#: row cache); the commit into ``--out``.
+_PHASES = (("site", "analyze", "analysis"), ("table", "_rows", "analysis_row_pass"),
+           ("_Builder", "overview", "overview_page"),
            ("_Builder", "dataset", "dataset_pages"), ("_Builder", "method", "method_pages"),
-           ("site", "_run_page_keys", "run_page_keys"), ("site", "_build_run_pages", "run_pages"))
+           ("site", "_run_page_keys", "run_page_keys"), ("site", "_build_run_pages", "run_pages"),
+           ("site", "_commit", "commit"))
 
 
 def _time_phases() -> dict[str, float]:
@@ -95,10 +99,11 @@ def _time_phases() -> dict[str, float]:
     import functools
 
     from occbench.leaderboard import site as site_mod
+    from occbench.leaderboard import table as table_mod
 
     spent: dict[str, float] = {}
     for owner, name, label in _PHASES:
-        obj: Any = site_mod if owner == "site" else getattr(site_mod, owner)
+        obj: Any = {"site": site_mod, "table": table_mod}.get(owner) or getattr(site_mod, owner)
         f = getattr(obj, name)
 
         def timed(*a: Any, _f: Any = f, _n: str = label, **k: Any) -> Any:
@@ -128,7 +133,8 @@ def main() -> None:
                     help="every run of a test set shares its labels, as in a real store (by "
                          "default each run has labels of its own: the worst case for reading)")
     ap.add_argument("--phases", action="store_true",
-                    help="also report the seconds of each step of the first build")
+                    help="also report the seconds of each step of the first build and of "
+                         "the rebuild after one new run")
     ap.add_argument("--no-fresh", action="store_true",
                     help="skip the second build from scratch (and the byte-identity check): "
                          "for very large stores")
@@ -157,9 +163,11 @@ def main() -> None:
     t_same = time.perf_counter() - t
     st = RunStore(store_dir)
     derive_run(st, st.job_ids()[0], {"seed": 10_000})
+    spent.clear()
     t = time.perf_counter()
     one = build(RunStore(store_dir), site, options=opts)
     t_one = time.perf_counter() - t
+    one_phases = {k: round(v, 2) for k, v in spent.items()}
     fresh = work / "fresh"
     if not args.no_fresh:
         build(RunStore(store_dir), fresh, options=opts)
@@ -177,6 +185,7 @@ def main() -> None:
         "rebuild_after_one_run_s": round(t_one, 1),
         "rebuild_after_one_run_over_read_all": round(t_one / t_read, 2),
         "rebuild_after_one_run_built_kept": [one.runs_built, one.runs_kept],
+        **({"rebuild_after_one_run_phases_s": one_phases} if args.phases else {}),
         "peak_rss_mb": {
             "builder": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "largest_worker": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
