@@ -225,6 +225,25 @@ def test_complete_blocks_and_too_few_methods() -> None:
     assert friedman_nemenyi(m[["a", "c"]]) is None  # needs 3 methods
 
 
+def test_complete_blocks_keeps_a_rankable_matrix_where_a_greedy_drop_loses_it() -> None:
+    """Three methods ran on two datasets: a ranking exists. Dropping the sparsest row or column
+    first (greedy, columns on ties) ends with 2 methods × 3 datasets, which cannot be ranked."""
+    from occbench.leaderboard import stats as stats_mod
+
+    nan = np.nan
+    m = pd.DataFrame({"A": [0.9, 0.8, 0.7], "B": [nan, 0.7, nan], "C": [nan, 0.6, 0.5],
+                      "D": [nan, 0.5, nan], "E": [0.6, 0.4, 0.3]}, index=["d0", "d1", "d2"])
+    full, dm, db = complete_blocks(m)
+    assert list(full.index) == ["d1", "d2"] and list(full.columns) == ["A", "C", "E"]
+    assert dm == ["B", "D"] and db == ["d0"]
+    fr = friedman_nemenyi(m)
+    assert fr is not None and fr.methods == ["A", "C", "E"] and fr.blocks == ["d1", "d2"]
+    greedy = pytest.MonkeyPatch.context()
+    with greedy as mp:  # the greedy drop (used past EXACT_BLOCKS_MAX blocks) loses it
+        mp.setattr(stats_mod, "EXACT_BLOCKS_MAX", 0)
+        assert complete_blocks(m)[0].shape == (3, 2) and friedman_nemenyi(m) is None
+
+
 def test_rank_bootstrap_reflects_seed_overlap() -> None:
     rows = []
     for b in ("d1", "d2"):
