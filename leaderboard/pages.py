@@ -3,7 +3,8 @@ pages (rendered in the building process or in parallel build processes), and the
 the code a page is made by.
 
 A run page is a function of its run's files, its row in the tables and the code here (with
-:mod:`plots`, :mod:`stats`, the store's reader and the templates it uses): that code, not the
+:mod:`plots`, :mod:`stats`, the store's reader, the protocols' ROC code and the templates it
+uses): that code, not the
 rest of the site's, is in its key (:func:`code_fingerprint`), so a change to the overview or
 the dataset pages does not make 100,000 run pages again.
 """
@@ -160,9 +161,11 @@ def _templates_used(template: str) -> list[str]:
 @functools.lru_cache(maxsize=8)
 def code_fingerprint(template: str, *modules: str) -> str:
     """Digest of the code and the templates a page made from ``template`` is made by: this
-    module, :mod:`plots`, :mod:`stats`, the store's reader, the ``modules`` named (files of
+    module, :mod:`plots`, :mod:`stats`, the store's reader, the ROC code of the protocols
+    (``roc_points``), the ``modules`` named (files of
     this package, e.g. ``"site.py"`` for pages whose rows it orders), and ``template`` with
     the templates it uses (not the others). A new occbench rebuilds exactly those pages."""
+    import occbench.harness.scoring.protocols as protocols
     import occbench.harness.store.runstore as runstore
     import plotly
 
@@ -170,7 +173,8 @@ def code_fingerprint(template: str, *modules: str) -> str:
     here = Path(__file__).resolve().parent
     tpl = _templates_dir()
     for f in (here / "pages.py", here / "plots.py", here / "stats.py", Path(runstore.__file__),
-              *(here / m for m in modules), *(tpl / t for t in _templates_used(template))):
+              Path(protocols.__file__), *(here / m for m in modules),
+              *(tpl / t for t in _templates_used(template))):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 

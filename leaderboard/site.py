@@ -648,8 +648,9 @@ def _protocol_digest(pid: str) -> str:
 _HASH_KEYS = ("occbench-pages-1", "occbench-pages-2")
 
 
-def _run_page_keys(store: RunStore, common: str, b: _Builder) -> list[str]:
-    """Each run page's key, in ``a.runs`` order: what the page is a function of. The run's
+def _run_page_keys(store: RunStore, common: str, b: _Builder) -> list[tuple[str, str]]:
+    """Each run's job id and its page's key, in ``a.runs`` order: what the page is a function
+    of. The run's
     files (immutable once written: their size, modification time and inode stand for their
     content, as the row pass read them), its metrics file under the page's protocol, that
     protocol's code, its row and siblings in the tables, the links it makes (the slugs), and
@@ -682,7 +683,8 @@ def _run_page_keys(store: RunStore, common: str, b: _Builder) -> list[str]:
     h1, h2 = (pd.util.hash_pandas_object(frame, index=False, hash_key=k).to_numpy()
               for k in _HASH_KEYS)
     c = hashlib.sha256(common.encode()).hexdigest()[:16]
-    return [f"{c}{x:016x}{y:016x}" for x, y in zip(h1.tolist(), h2.tolist(), strict=True)]
+    return [(j, f"{c}{x:016x}{y:016x}")
+            for j, x, y in zip(jids, h1.tolist(), h2.tolist(), strict=True)]
 
 
 #: protocol id -> digest, for run-page keys (one lookup per protocol, not per run)
@@ -877,9 +879,7 @@ def build(store: RunStore | str | Path, out: str | Path,
         ctx = b.run_context()
         common = json.dumps([ctx.common_key(), [str(c) for c in a.runs.columns]])
         rows: list[int] = []
-        run_ids = a.runs["job_id"].astype(str).tolist() if not a.runs.empty else []
-        for i, (jid, key) in enumerate(zip(run_ids, _run_page_keys(st, common, b),
-                                           strict=True)):
+        for i, (jid, key) in enumerate(_run_page_keys(st, common, b)):
             # an unchanged page of the previous build stays where it is (the marker keeps it)
             if not b.keep_unchanged(f"runs/{jid}.html", key):
                 rows.append(i)
