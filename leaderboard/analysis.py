@@ -244,7 +244,7 @@ def analyze(store: RunStore | str | Path, published_path: str | Path | None = No
     runs = trusted_runs(runs_frame(st, cache_in=cache_in, cache_out=cache_out,
                                    keys_out=row_keys), warn)
     seeds = per_seed(runs) if not runs.empty else pd.DataFrame()
-    agg = aggregate(runs, level)
+    agg = aggregate(runs, level, seeds=seeds if not runs.empty else None)
     classes = per_class(runs, level) if not runs.empty else pd.DataFrame()
     comp = comparisons(runs)
     blocks = ranking_protocols(runs) if not runs.empty else {}

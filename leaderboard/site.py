@@ -74,8 +74,8 @@ MANIFEST = ".occbench-pages.json"
 MANIFEST_SCHEMA = "occbench.site-pages/1"
 #: The rows of the runs table as last read, keyed by their files' stat keys
 #: (:func:`occbench.leaderboard.table.runs_frame`).
-RUNS_CACHE = ".occbench-runs-cache.json"
-_RUN_PAGE_RE = re.compile(r"runs/[0-9a-f]{20}\.html|datasets/[\w.-]+-runs-[\w.-]+\.html")
+RUNS_CACHE = ".occbench-runs-cache.arrow"
+_RUN_PAGE_RE = re.compile(r"runs/[0-9a-f]{20}\.html|(datasets|methods)/[\w.-]+\.html")
 #: A dataset page lists this many runs; the rest go to numbered run-list pages.
 RUNS_PER_PAGE = 500
 
@@ -150,12 +150,20 @@ class _PlainFiles:
         names = self.dirs.get(d)
         if names is None:
             names = self.dirs[d] = set()
+            path = f"{self.root}/{d}" if d else self.root
             try:
-                with os.scandir(f"{self.root}/{d}" if d else self.root) as it:
-                    for e in it:
-                        with contextlib.suppress(OSError):
-                            if e.is_file(follow_symlinks=False):
-                                names.add(e.name)
+                try:
+                    with os.scandir(path) as it:
+                        names.update(e.name for e in it if e.is_file(follow_symlinks=False))
+                except FileNotFoundError:
+                    raise
+                except OSError:  # an entry of unknown type gone while listing: one by one
+                    names.clear()
+                    with os.scandir(path) as it:
+                        for e in it:
+                            with contextlib.suppress(OSError):
+                                if e.is_file(follow_symlinks=False):
+                                    names.add(e.name)
             except OSError:  # no such folder (yet), or not one
                 pass
         return names
@@ -165,15 +173,15 @@ class _PlainFiles:
         return name in self._names(d)
 
     def among(self, rels: Iterable[str]) -> set[str]:
-        """Those of ``rels`` that are regular files (as ``in``: a set operation per folder)."""
-        by_dir: dict[str, set[str]] = {}
+        """Those of ``rels`` that are regular files (as ``in``, with one listing per
+        folder)."""
+        out: set[str] = set()
+        dirs = self.dirs
         for rel in rels:
             d, _, name = rel.rpartition("/")
-            by_dir.setdefault(d, set()).add(name)
-        out: set[str] = set()
-        for d, names in by_dir.items():
-            found = names & self._names(d)
-            out.update((f"{d}/{n}" for n in found) if d else found)
+            names = dirs.get(d)
+            if name in (names if names is not None else self._names(d)):
+                out.add(rel)
         return out
 
 
@@ -185,11 +193,25 @@ def _marker_stat(out: Path) -> tuple[int, int, int] | None:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+def _json_lines(head: dict[str, Any], name: str, items: Iterable[str],
+                mapping: bool = False) -> str:
+    """A JSON object: ``head``'s fields, then ``name`` holding ``items`` (JSON texts, one per
+    line) as a list, or as an object when ``mapping`` (items are ``"key": value``). The
+    items are quoted by the C encoder's function: ``json.dumps(indent=...)`` runs Python's
+    encoder, half a second per 100,000 pages."""
+    body = ",\n ".join(items)
+    opening, closing = ("{", "}") if mapping else ("[", "]")
+    return (json.dumps(head)[:-1] + f', "{name}": {opening}'
+            + (f"\n {body}\n" if body else "") + closing + "}\n")
+
+
 def _write_marker(out: Path, files: Iterable[str]) -> None:
     tmp = out / f"{MARKER}.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(json.dumps({"schema": MARKER_SCHEMA, "note": "written by `occbench board`; "
-                               "a rebuild deletes only the files listed here",
-                               "files": sorted(set(files))}, indent=1) + "\n", encoding="utf-8")
+    head = {"schema": MARKER_SCHEMA,
+            "note": "written by `occbench board`; a rebuild deletes only the files listed here"}
+    quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+    tmp.write_text(_json_lines(head, "files", map(quote, sorted(set(files)))),
+                   encoding="utf-8")
     os.replace(tmp, out / MARKER)
 
 
@@ -300,8 +322,11 @@ def _read_manifest(out: Path) -> dict[str, str]:
 
 def _write_manifest(out: Path, pages: dict[str, str]) -> None:
     tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"schema": MANIFEST_SCHEMA, "pages": dict(sorted(pages.items()))},
-                              indent=0) + "\n")
+    quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+    tmp.write_text(_json_lines({"schema": MANIFEST_SCHEMA}, "pages",
+                               (f"{quote(k)}: {quote(v)}" for k, v in sorted(pages.items())),
+                               mapping=True),
+                   encoding="utf-8")
     os.replace(tmp, out / MANIFEST)
 
 
@@ -316,6 +341,13 @@ def _copy_static(out: Path) -> None:
     for p in sorted(src.iterdir()):
         if p.is_file() and p.suffix in (".css", ".js"):
             shutil.copyfile(p, st / p.name)
+
+
+def _plain(v: Any) -> Any:
+    """A page context's value as JSON can write it exactly (numpy scalars), or TypeError."""
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(f"no exact text for {type(v).__name__}")
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -369,6 +401,7 @@ class _Builder:
         # image run pages show their siblings (other classes, same seed): group once, not per run
         img = a.runs[a.runs["modality"] == "image"] if not a.runs.empty else a.runs
         self.siblings = _siblings(img)
+        self._groups: dict[str, dict[Any, np.ndarray]] = {}
 
     #: set by :func:`build`: the previous build's page keys and files, what this build keeps
     #: unchanged, the keys of this build's keyed pages, and what every keyed page depends on
@@ -399,6 +432,30 @@ class _Builder:
             self.keep.add(rel)
             return True
         return False
+
+    def keep_unchanged_all(self, pages: list[tuple[str, str]]) -> list[bool]:
+        """:meth:`keep_unchanged` of each (page, key), with set operations (a call per page
+        was a third of a second at 100,000 pages)."""
+        self.keys.update(pages)
+        prev = self.previous
+        same = {rel for rel, key in pages if prev.get(rel) == key} & self.prev_files
+        kept = self.plain.among(same)
+        self.keep |= kept
+        return [rel in kept for rel, _ in pages]
+
+    def render_keyed(self, rel: str, template: str, **ctx: Any) -> None:
+        """:meth:`render`, unless the previous build rendered ``rel`` from the same context
+        and the same code (then it is kept as it is): a new run changes one dataset's page
+        and few method pages."""
+        try:
+            text = json.dumps([code_fingerprint(template, "site.py"), self.mslug, self.dslug,
+                               bool(self.a.sweeps), rel, ctx], default=_plain)
+        except (TypeError, ValueError):  # a value without an exact text: always rendered
+            text = None
+        if text is not None and self.keep_unchanged(
+                rel, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()):
+            return
+        self.render(rel, template, **ctx)
 
     def render(self, rel: str, template: str, **ctx: Any) -> None:
         self.written.append(_render(self.env, self.out, rel, template, self.mslug, self.dslug,
@@ -463,7 +520,7 @@ class _Builder:
     # -- dataset pages -------------------------------------------------------------------------
     def dataset(self, ds: str) -> None:
         a = self.a
-        runs = a.runs[a.runs["dataset"] == ds]
+        runs = self.runs_of("dataset", ds)
         agg = a.agg[a.agg["dataset"] == ds]
         pb = a.p_best[a.p_best["dataset"] == ds].set_index("method") if len(a.p_best) else None
         tables = []
@@ -520,7 +577,7 @@ class _Builder:
         if n_runs > RUNS_PER_PAGE:
             by_method = self._run_lists(ds, ordered, str(runs["modality"].iloc[0]))
         runrows_shown = [] if by_method else _records(ordered)
-        self.render(f"datasets/{self.dslug[ds]}.html", "dataset.html", dataset=ds,
+        self.render_keyed(f"datasets/{self.dslug[ds]}.html", "dataset.html", dataset=ds,
                     info=_dataset_info(ds), modality=modality, tables=tables, spread=spread,
                     class_tables=class_tables, comparisons=comp, published=_records(pubrows),
                     n_unreproduced=n_unrep, sweeps=sweeps, runs=runrows_shown,
@@ -566,9 +623,21 @@ class _Builder:
         return index
 
     # -- method pages --------------------------------------------------------------------------
+    def runs_of(self, column: str, value: str) -> pd.DataFrame:
+        """The rows of ``a.runs`` whose ``column`` (as text) is ``value``, in table order
+        (the groups found once: a comparison over 100,000 rows per page was a second of a
+        rebuild)."""
+        groups = self._groups.get(column)
+        if groups is None:
+            groups = self._groups[column] = (
+                self.a.runs.groupby(self.a.runs[column].astype(str), sort=False).indices
+                if not self.a.runs.empty else {})
+        at = groups.get(value)
+        return self.a.runs.take(at) if at is not None else self.a.runs.iloc[0:0]
+
     def method(self, label: str) -> None:
         a = self.a
-        runs = a.runs[a.runs["label"] == label]
+        runs = self.runs_of("label", label)
         plugin = str(runs["method"].iloc[0])
         versions = sorted(runs["method_version"].astype(str).unique())
         params = []
@@ -583,7 +652,7 @@ class _Builder:
         gpu = bool((mg["gpu_hours"].fillna(0) > 0).any() or mg["peak_gpu_mb"].notna().any())
         mine = a.published[a.published["method"] == label]
         rep = mine["status"] != "not reproduced"
-        self.render(f"methods/{self.mslug[label]}.html", "method.html", label=label,
+        self.render_keyed(f"methods/{self.mslug[label]}.html", "method.html", label=label,
                     plugin=plugin, info=_method_info(plugin), versions=versions,
                     params=params[:20], n_param_sets=len(params), results=agg, gpu=gpu,
                     published=_records(mine[rep]), unreproduced=_records(mine[~rep]))
@@ -665,26 +734,55 @@ def _run_page_keys(store: RunStore, common: str, b: _Builder) -> list[tuple[str,
         return []
     jids = runs["job_id"].astype(str).tolist()
     protocols = runs["protocol"].astype(str).tolist()
-    files = [a.row_keys.get(j) or _files_key(store, j, p)
-             for j, p in zip(jids, protocols, strict=True)]
-    sib_text: dict[tuple[Any, ...], str] = {k: json.dumps(v) for k, v in b.siblings.items()}
+    files = runs["job_id"].astype(object).map(a.row_keys).astype(object)
+    if files.isna().any():  # an analysis made elsewhere: without the row pass's keys
+        files = pd.Series([k if isinstance(k, str) else _files_key(store, j, p)
+                           for k, j, p in zip(files, jids, protocols, strict=True)],
+                          dtype=object)
+    files = files.reset_index(drop=True)
+    # what many rows share is hashed once and taken by each row: its siblings (one text per
+    # entry and seed), protocol digest and slugs (hashing a text per row and column was
+    # most of the keys' time)
+    groups = list(b.siblings)
+    at = {k: n for n, k in enumerate(groups)}
     image = (runs["modality"] != "video").to_numpy()
-    # (columns as lists: iterating an arrow-backed column boxes each value, a second here)
-    group = zip(*(runs[c].tolist() for c in ("label", "dataset", "protocol", "seed")),
-                strict=True)
-    sibs = [sib_text[k] if img else "" for k, img in zip(group, image.tolist(), strict=True)]
-    frame = pd.DataFrame({
-        "row": b.row_hashes, "files": files, "sib": sibs,
-        "protocol": runs["protocol"].astype(str).map(
-            {p: _protocol_digest(p) for p in set(protocols)}),
-        "mslug": runs["label"].astype(str).map(b.mslug).fillna(""),
-        "dslug": runs["dataset"].astype(str).map(b.dslug).fillna(""),
-    })
-    h1, h2 = (pd.util.hash_pandas_object(frame, index=False, hash_key=k).to_numpy()
-              for k in _HASH_KEYS)
+    cols = zip(*(runs[c].tolist() for c in ("label", "dataset", "protocol", "seed")),
+               strict=True)
+    sib_code = np.fromiter((at[k] if img else -1 for k, img in zip(cols, image.tolist(),
+                                                                   strict=True)),
+                           np.int64, len(runs))
+    sib_text = pd.Series([json.dumps(b.siblings[k]) for k in groups], dtype=object)
+    shared = {
+        "sib": (sib_code, sib_text),
+        "protocol": _codes(protocols, _protocol_digest),
+        "mslug": _codes(runs["label"].astype(str).tolist(), lambda v: b.mslug.get(v, "")),
+        "dslug": _codes(runs["dataset"].astype(str).tolist(), lambda v: b.dslug.get(v, "")),
+    }
+    h: list[np.ndarray] = []
+    for key in _HASH_KEYS:
+        frame = pd.DataFrame({"row": b.row_hashes, "files": files, **{
+            name: _taken(codes, pd.util.hash_array(texts.to_numpy(), hash_key=key))
+            for name, (codes, texts) in shared.items()}})
+        # (not categorized first: every run's files key is its own)
+        h.append(pd.util.hash_pandas_object(frame, index=False, hash_key=key,
+                                            categorize=False).to_numpy())
     c = hashlib.sha256(common.encode()).hexdigest()[:16]
     return [(j, f"{c}{x:016x}{y:016x}")
-            for j, x, y in zip(jids, h1.tolist(), h2.tolist(), strict=True)]
+            for j, x, y in zip(jids, h[0].tolist(), h[1].tolist(), strict=True)]
+
+
+def _codes(values: list[str], text: Callable[[str], str]) -> tuple[np.ndarray, pd.Series]:
+    """Each value's position among the distinct values, and ``text`` of each distinct one."""
+    codes, uniques = pd.factorize(pd.Series(values, dtype=object))
+    return codes, pd.Series([text(str(u)) for u in uniques], dtype=object)
+
+
+def _taken(codes: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """``hashes[codes]``, 0 where a code is -1 (a video run has no siblings)."""
+    out = np.zeros(len(codes), dtype=np.uint64)
+    ok = codes >= 0
+    out[ok] = hashes[codes[ok]]
+    return out
 
 
 #: protocol id -> digest, for run-page keys (one lookup per protocol, not per run)
@@ -878,11 +976,10 @@ def build(store: RunStore | str | Path, out: str | Path,
             b.method(m)
         ctx = b.run_context()
         common = json.dumps([ctx.common_key(), [str(c) for c in a.runs.columns]])
-        rows: list[int] = []
-        for i, (jid, key) in enumerate(_run_page_keys(st, common, b)):
-            # an unchanged page of the previous build stays where it is (the marker keeps it)
-            if not b.keep_unchanged(f"runs/{jid}.html", key):
-                rows.append(i)
+        # an unchanged page of the previous build stays where it is (the marker keeps it)
+        kept = b.keep_unchanged_all([(f"runs/{jid}.html", key)
+                                     for jid, key in _run_page_keys(st, common, b)])
+        rows = [i for i, k in enumerate(kept) if not k]
         todo: list[_RunItem] = b.run_items(rows)
         if todo:
             ctx = replace(ctx, verified={

@@ -701,11 +701,16 @@ def rank_bootstrap(seed_values: pd.DataFrame, methods: Sequence[str], blocks: Se
     rng = np.random.default_rng(seed)
     ms, bs = list(methods), list(blocks)
     cells: list[list[np.ndarray]] = []
+    # each cell's rows (in table order) found in one pass, not a comparison of the whole
+    # table per cell
+    where = seed_values.groupby([block, method], sort=False).indices \
+        if len(seed_values) else {}
+    values = seed_values[value].to_numpy(np.float64)
     for b in bs:
         row = []
         for mth in ms:
-            x = seed_values.loc[(seed_values[block] == b) & (seed_values[method] == mth), value]
-            x = x.to_numpy(np.float64)
+            at = where.get((b, mth))
+            x = values[at] if at is not None else values[:0]
             if len(x) == 0:
                 raise ValueError(f"no values for method {mth!r} on block {b!r}")
             row.append(x)

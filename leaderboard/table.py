@@ -20,7 +20,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.ipc
 from occbench.harness.store.runstore import RUN_FILES, BadEntry, RunStore, StoreError
+from occbench.leaderboard import _statcheck
 from occbench.leaderboard.stats import summarize
 
 RUN_COLUMNS = [
@@ -121,26 +124,45 @@ def resolve_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     df = df.copy()
     _disambiguate(df, "dataset", "dataset_params")
     _disambiguate(df, "label", "method_params", also="method", within="dataset")
-    df["_n"] = pd.to_numeric(df["n_items"], errors="coerce").fillna(-1)
-    df = df.sort_values(["_n", "started_at", "job_id"], kind="stable", na_position="first")
-    df = df.drop(columns="_n")
-    dup = df.duplicated(SLOT, keep="last")
-    cur, old = df[~dup], df[dup]
+    # the order of preference sorted on its keys alone, then marked on the rows where they
+    # are (sorting the whole frame, twice, was a fifth of the tables at 100,000 runs)
+    df = df.reset_index(drop=True)
+    pref = pd.DataFrame({"_n": pd.to_numeric(df["n_items"], errors="coerce").fillna(-1),
+                         "started_at": df["started_at"], "job_id": df["job_id"]})
+    order = pref.sort_values(["_n", "started_at", "job_id"], kind="stable",
+                             na_position="first").index.to_numpy()
+    dup = np.empty(len(df), dtype=bool)
+    dup[order] = df[SLOT].take(order).duplicated(keep="last").to_numpy()
+    if df["job_id"].is_unique:  # (as in a store) the job id alone orders the rows
+        by_id = df.sort_values("job_id", kind="stable") \
+            if not df["job_id"].is_monotonic_increasing else df
+        keep = ~dup[by_id.index.to_numpy()]
+        return (by_id[keep].reset_index(drop=True), by_id[~keep].reset_index(drop=True))
+    df = df.take(order)
+    cur, old = df[~dup[order]], df[dup[order]]
     return (cur.sort_values("job_id", kind="stable").reset_index(drop=True),
             old.sort_values("job_id", kind="stable").reset_index(drop=True))
 
 
 def _run_row(st: RunStore, rec: Mapping[str, Any]) -> dict[str, Any]:
     """The :data:`RUN_COLUMNS` values (but ``gpu_hours``) of one run, from its record with
-    metrics (:meth:`RunStore.record`): plain JSON values, so a cached row reads back equal."""
+    metrics (:meth:`RunStore.record`), each of its column's type (:data:`_ROW_TYPES`: text,
+    a number or None, a bool), so that a row read afresh and one from the cache are the same
+    values. Raises :class:`StoreError` for a record whose seed is not an integer."""
     job, m, prov = rec["job"], rec["metrics"] or {}, rec.get("provenance") or {}
     video = job["modality"] == "video"
-    return {
+    seed = job["seed"]
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise StoreError(f"run {rec['job_id']}: its job's seed {seed!r} is not an integer "
+                         "(a hand-made or damaged record; `occbench store verify` lists it)")
+    row = {
         "job_id": rec["job_id"], "method": job["method"],
         "label": job.get("label") or job["method"], "method_version": job["method_version"],
         "dataset": job["dataset"], "normal_class": job["normal_class"],
         "protocol": (rec.get("protocol") or {}).get("id") or job["protocol"],
-        "seed": job["seed"], "modality": job["modality"],
+        "seed": seed, "modality": job["modality"],
         "selected_on_test": bool(job.get("selected_on_test", False)),
         "auc": m.get("auc_micro") if video else m.get("auc"),
         "auc_macro": m.get("auc_macro") if video else None,
@@ -164,20 +186,61 @@ def _run_row(st: RunStore, rec: Mapping[str, Any]) -> dict[str, Any]:
         # peak memory above what the method declared (provenance.warnings, the runners)
         "over_memory": any("memory" in str(w) for w in (prov.get("warnings") or [])),
     }
+    for c in _TEXT_COLUMNS:
+        row[c] = _text(row[c])
+    for c in _REAL_COLUMNS:
+        row[c] = _real(row[c])
+    row["n_items"] = _count(row["n_items"])
+    return row
+
+
+def _text(v: Any) -> str | None:
+    """A text column's value: text as it is, None, or anything else as JSON."""
+    return v if v is None or isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+
+
+def _real(v: Any) -> float | None:
+    """A number column's value, as ``pd.to_numeric(errors="coerce")`` reads it (text that is
+    a number is one; anything else that is not a number is None)."""
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+def _count(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return None
 
 
 #: The columns a row cache holds (every run column but the derived ``gpu_hours``).
 _ROW_COLUMNS = [c for c in RUN_COLUMNS if c != "gpu_hours"]
+_REAL_COLUMNS = ("auc", "auc_macro", "eer", "wall_time_s", "peak_rss_mb", "peak_gpu_mb",
+                 "n_parameters", "gpus")
+_BOOL_COLUMNS = ("selected_on_test", "unsealed", "transductive", "unchecked", "over_memory")
+_TEXT_COLUMNS = tuple(c for c in _ROW_COLUMNS
+                      if c not in (*_REAL_COLUMNS, *_BOOL_COLUMNS, "seed", "n_items"))
+#: The Arrow type of each row column: every row (read afresh or from the cache) goes through
+#: one table of these types into the runs frame, so the frame is the same either way.
+_ROW_TYPES: dict[str, pa.DataType] = {
+    **{c: pa.string() for c in _TEXT_COLUMNS}, **{c: pa.float64() for c in _REAL_COLUMNS},
+    **{c: pa.bool_() for c in _BOOL_COLUMNS}, "seed": pa.int64(), "n_items": pa.int64()}
+#: A row table: the row columns and each run's stat key (``_key``).
+_ROWS_SCHEMA = pa.schema([*((c, _ROW_TYPES[c]) for c in _ROW_COLUMNS), ("_key", pa.string())])
 #: Version of the row cache's layout (a cache of another version is not read).
-ROWS_CACHE_SCHEMA = "occbench.runs-cache/1"
+ROWS_CACHE_SCHEMA = "occbench.runs-cache/2"
 
 
-def _stat_text(p: str) -> str:
-    try:
-        st = os.stat(p)
-    except (FileNotFoundError, NotADirectoryError):
-        return "-"
-    return f"{st.st_size}.{st.st_mtime_ns}.{st.st_ino}"
+_stat_text = _statcheck.stat_text
 
 
 def _cache_common(st: RunStore) -> str:
@@ -192,6 +255,57 @@ def _cache_common(st: RunStore) -> str:
     return json.dumps([ROWS_CACHE_SCHEMA, h.hexdigest(), str(st.path.resolve()),
                        st.protocol, sorted((p.id, p.digest) for p in protocols())],
                       default=str)
+
+
+#: Cached rows checked in helper processes too when there are at least this many (a helper
+#: costs about 20 ms to start; checking a run's five files about 10 µs).
+PARALLEL_CHECK_MIN = 20_000
+
+
+def _run_checks(header: list[str], lines: list[str]) -> bytes:
+    """:func:`occbench.leaderboard._statcheck.check` of ``lines``; many are shared with
+    helper processes on the other cores (threads only contend for the GIL)."""
+    n = min(len(os.sched_getaffinity(0)), 4, len(lines) // (PARALLEL_CHECK_MIN // 2) or 1)
+    if n < 2 or any(("\t" in h or "\n" in h) for h in header):
+        return _statcheck.check(header, lines)
+    import subprocess
+    import sys
+
+    # this process takes a smaller share: it also sends the others theirs and reads them
+    size = math.ceil(len(lines) / (n - 0.3))
+    shares = [lines[i:i + size] for i in range(0, len(lines), size)]
+    mine, others = shares[-1], shares[:-1]
+    procs: list[subprocess.Popen[bytes] | None] = []
+    head = "\t".join(header) + "\n"
+    for share in others:
+        try:
+            pr = subprocess.Popen([sys.executable, "-I", "-S", _statcheck.__file__],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL)
+        except OSError:  # no helper here: this process checks that share too
+            procs.append(None)
+            continue
+        assert pr.stdin is not None
+        try:
+            pr.stdin.write(os.fsencode(head + "\n".join(share)))
+            pr.stdin.close()
+        except OSError:  # the helper died at once (no such file, ...): read below, failed
+            pass
+        procs.append(pr)
+    local = _statcheck.check(header, mine)
+    out = []
+    for helper, share in zip(procs, others, strict=True):
+        got = b""
+        if helper is not None:
+            assert helper.stdout is not None
+            got = helper.stdout.read()
+            helper.stdout.close()
+            if helper.wait() != 0:
+                got = b""
+        # a helper that failed (a file it may not stat): this process checks its share, and
+        # raises what that raises
+        out.append(got if len(got) == len(share) else _statcheck.check(header, share))
+    return b"".join(out) + local
 
 
 class _Keys:
@@ -212,9 +326,8 @@ class _Keys:
         d = f"{self.runs}/{jid}/"
         return "|".join([_stat_text(d + n) for n in self.names])
 
-    def derived(self, jid: str, protocol: str, digest: str) -> str:
-        if digest not in self.labels:
-            self.labels[digest] = _stat_text(f"{self.ld}/{digest}.parquet")
+    def metrics_dir(self, protocol: str) -> str | None:
+        """The folder of the metrics files under ``protocol`` (None: not a protocol id)."""
         md = self.metrics_dirs.get(protocol, "")
         if md == "":
             try:  # the protocol id checked once (it becomes a folder name)
@@ -222,18 +335,30 @@ class _Keys:
                                                                             protocol).parent)
             except ValueError:
                 md = self.metrics_dirs[protocol] = None
+        return md
+
+    def derived(self, jid: str, protocol: str, digest: str) -> str:
+        if digest not in self.labels:
+            self.labels[digest] = _stat_text(f"{self.ld}/{digest}.parquet")
+        md = self.metrics_dir(protocol)
         m = "?" if md is None else _stat_text(f"{md}/{jid}.json")
         o = _stat_text(f"{self.od}/{jid}.json") if f"{jid}.json" in self.origins else "-"
         return f"{m}|{self.labels[digest]}|{o}"
 
 
 class _RowsCache:
-    """A row cache file as written by :func:`_write_rows_cache`, kept as its columns:
-    ``pos`` (job id -> row), ``keys`` and ``cols`` (:data:`_ROW_COLUMNS` -> values)."""
+    """A row cache file as written by :func:`_write_rows_cache`: its table (``_ROWS_SCHEMA``),
+    and as lists its job ids (``pos``: job id -> row), keys and protocols."""
 
-    def __init__(self, ids: list[str], keys: list[str], cols: dict[str, list[Any]]) -> None:
-        self.ids, self.keys, self.cols = ids, keys, cols
-        self.pos = {j: i for i, j in enumerate(ids)}
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.ids: list[str] = table.column("job_id").to_pylist()
+        self.keys: list[str] = table.column("_key").to_pylist()
+        self.protocols: list[str] = table.column("protocol").to_pylist()
+        self.pos = {j: i for i, j in enumerate(self.ids)}
+
+
+_CACHE_META = b"occbench"
 
 
 def _read_rows_cache(path: Path, common: str) -> _RowsCache | None:
@@ -241,27 +366,36 @@ def _read_rows_cache(path: Path, common: str) -> _RowsCache | None:
     ``common``; None when there is none or it is of another store, code or protocol set, or
     unreadable (the store is then read in full)."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc.get("common") != common or doc.get("columns") != _ROW_COLUMNS:
+        with pa.OSFile(str(path)) as f:  # read whole: not mapped (a file replaced under a
+            table = pa.ipc.open_file(f).read_all()  # mapping must not fault the reader)
+        meta = json.loads((table.schema.metadata or {}).get(_CACHE_META, b"{}"))
+        if (meta.get("schema") != ROWS_CACHE_SCHEMA or meta.get("common") != common
+                or not table.schema.remove_metadata().equals(_ROWS_SCHEMA)
+                or any(table.column(c).null_count for c in ("job_id", "_key", "protocol"))):
             return None
-        ids, keys, cols = doc["job_ids"], doc["keys"], doc["cols"]
-        n = len(ids)
-        if (not isinstance(ids, list) or not isinstance(keys, list) or len(keys) != n
-                or not all(isinstance(cols.get(c), list) and len(cols[c]) == n
-                           for c in _ROW_COLUMNS)):
-            return None
-        return _RowsCache(ids, keys, cols)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        cache = _RowsCache(table)
+        return cache if len(cache.pos) == len(cache.ids) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, pa.ArrowException):
         return None
 
 
-def _write_rows_cache(path: Path, common: str, ids: list[str], keys: list[str],
-                      cols: dict[str, list[Any]]) -> None:
+def _write_rows_cache(path: Path, common: str, table: pa.Table) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"schema": ROWS_CACHE_SCHEMA, "common": common,
-                               "columns": _ROW_COLUMNS, "job_ids": ids, "keys": keys,
-                               "cols": cols}, separators=(",", ":")), encoding="utf-8")
+    meta = {_CACHE_META: json.dumps({"schema": ROWS_CACHE_SCHEMA, "common": common}).encode()}
+    table = table.replace_schema_metadata(meta)
+    with pa.OSFile(str(tmp), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+        w.write_table(table)
     os.replace(tmp, path)
+
+
+def _rows_table(rows: list[list[Any]], keys: list[str]) -> pa.Table:
+    """Rows read afresh (values in :data:`_ROW_COLUMNS` order, as :func:`_run_row` made
+    them) and their stat keys as a table of :data:`_ROWS_SCHEMA`."""
+    cols = list(zip(*rows, strict=True)) if rows else [()] * len(_ROW_COLUMNS)
+    arrays = [pa.array(list(v), type=_ROW_TYPES[c])
+              for c, v in zip(_ROW_COLUMNS, cols, strict=True)]
+    return pa.Table.from_arrays([*arrays, pa.array(keys, type=pa.string())],
+                                schema=_ROWS_SCHEMA)
 
 
 #: Runs read in parallel processes when at least this many are missing from the row cache
@@ -286,9 +420,9 @@ def _read_one(st: RunStore, keys: _Keys, jid: str) -> _Read:
         digest = str(rec.get("labels"))
         key = f"{files}|{keys.derived(jid, pid, digest)}#{digest}"
         st.with_metrics(jid, rec, pid)  # st.record(jid), without reading the record again
+        row = _run_row(st, rec)
     except StoreError as exc:
         return jid, str(exc), "", None, None
-    row = json.loads(json.dumps(_run_row(st, rec)))  # as a cached row reads back
     return jid, None, key, [row[c] for c in _ROW_COLUMNS], st._verified.get(jid)
 
 
@@ -319,10 +453,32 @@ def _read_all(st: RunStore, keys: _Keys, jids: list[str]) -> list[_Read]:
     return out
 
 
+def _check_cached(keys: _Keys, cache: _RowsCache, names: list[str]) -> list[int | None]:
+    """For each of ``names``: its row in ``cache`` when its stat key (:class:`_Keys`) is
+    still the cached one, else None (:mod:`._statcheck` checks, on every core)."""
+    pos, ckeys, cproto, origins = cache.pos, cache.keys, cache.protocols, keys.origins
+    cand: list[tuple[str, int]] = []
+    lines: list[str] = []
+    for jid in names:
+        i = pos.get(jid)
+        if i is None:
+            continue
+        line = (f"{jid}\t{keys.metrics_dir(cproto[i]) or ''}\t"
+                f"{1 if f'{jid}.json' in origins else 0}\t{ckeys[i]}")
+        if line.count("\t") == 3 and "\n" not in line:  # (else it is read afresh)
+            cand.append((jid, i))
+            lines.append(line)
+    header = [keys.runs, keys.ld, keys.od, *keys.names]
+    found = {jid: i for (jid, i), b in zip(cand, _run_checks(header, lines), strict=True)
+             if b == 49}  # b"1"
+    return [found.get(j) for j in names]
+
+
 def _rows(st: RunStore, cache_in: Path | None, cache_out: Path | None,
-          keys_out: dict[str, str] | None = None) -> dict[str, list[Any]]:
-    """Every good run's row, as columns; rows of runs whose files are unchanged since the
-    cache was written are taken from it, unread (see :func:`runs_frame`)."""
+          keys_out: dict[str, str] | None = None) -> pa.Table:
+    """Every good run's row, as a table of :data:`_ROWS_SCHEMA` sorted by job id; rows of
+    runs whose files are unchanged since the cache was written are taken from it, unread (see
+    :func:`runs_frame`)."""
     common = _cache_common(st) if (cache_in or cache_out) else ""
     cache = _read_rows_cache(cache_in, common) if cache_in else None
     keys = _Keys(st)
@@ -335,17 +491,11 @@ def _rows(st: RunStore, cache_in: Path | None, cache_out: Path | None,
     fresh: list[list[Any]] = []
     misses: list[str] = []
     if cache is not None:
-        pos, ckeys, cproto = cache.pos, cache.keys, cache.cols["protocol"]
-        run_files, derived = keys.run_files, keys.derived
-        for jid in names:
-            i = pos.get(jid)
-            if i is not None:
-                key = ckeys[i]
-                digest = key.rsplit("#", 1)[-1]
-                if key == f"{run_files(jid)}|{derived(jid, str(cproto[i]), digest)}#{digest}":
-                    where[jid] = i
-                    continue
-            misses.append(jid)
+        for jid, i in zip(names, _check_cached(keys, cache, names), strict=True):
+            if i is None:
+                misses.append(jid)
+            else:
+                where[jid] = i
     else:
         misses = names
     for jid, why, key, got, _ in _read_all(st, keys, misses):
@@ -357,25 +507,38 @@ def _rows(st: RunStore, cache_in: Path | None, cache_out: Path | None,
             fresh.append(got)
     ids = [j for j in names if j in where]
     idx = [where[j] for j in ids]
-    cols: dict[str, list[Any]] = {}
     if cache is not None and not fresh and idx == list(range(len(cache.ids))):
-        # nothing changed since the cache was written: its columns as they are
-        cols, key_list = cache.cols, cache.keys
-    else:
-        fresh_cols = list(zip(*fresh, strict=True)) if fresh else [()] * len(_ROW_COLUMNS)
-        for c, fc in zip(_ROW_COLUMNS, fresh_cols, strict=True):
-            cc: list[Any] = cache.cols[c] if cache is not None else []
-            cols[c] = [cc[i] if i >= 0 else fc[-1 - i] for i in idx]
-        ck: list[str] = cache.keys if cache is not None else []
-        key_list = [ck[i] if i >= 0 else fresh_keys[-1 - i] for i in idx]
-    if cache_out is not None:
-        if cache is not None and cols is cache.cols and cache_in is not None:
+        # nothing changed since the cache was written: its table as it is
+        table = cache.table.replace_schema_metadata(None)
+        if cache_out is not None and cache_in is not None:
             shutil.copyfile(cache_in, cache_out)  # the same content: not encoded again
-        else:
-            _write_rows_cache(cache_out, common, ids, key_list, cols)
+    else:
+        # the cached rows, then the fresh ones: row i of the cache is i, fresh row j is n + j
+        n = len(cache.ids) if cache is not None else 0
+        parts = [cache.table.replace_schema_metadata(None)] if cache is not None else []
+        table = pa.concat_tables([*parts, _rows_table(fresh, fresh_keys)])
+        take = np.fromiter((i if i >= 0 else n - 1 - i for i in idx), np.int64, len(idx))
+        if not (len(take) == table.num_rows and (take == np.arange(len(take))).all()):
+            table = table.take(pa.array(take))
+        table = table.combine_chunks()
+        if cache_out is not None:
+            _write_rows_cache(cache_out, common, table)
     if keys_out is not None:
-        keys_out.update(zip(ids, key_list, strict=True))
-    return cols
+        keys_out.update(zip(ids, table.column("_key").to_pylist(), strict=True))
+    return table
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    """The row table as a frame (:data:`_ROW_COLUMNS`). A column with no value at all is
+    None values of dtype object, as a frame built from lists makes it."""
+    n = table.num_rows
+    if n == 0:
+        return pd.DataFrame({c: [] for c in _ROW_COLUMNS}, columns=_ROW_COLUMNS)
+    empty = [c for c in _ROW_COLUMNS if table.column(c).null_count == n]
+    df = table.select([c for c in _ROW_COLUMNS if c not in empty]).to_pandas()
+    for c in empty:
+        df[c] = pd.Series([None] * n, dtype=object, index=df.index)
+    return df[_ROW_COLUMNS]
 
 
 def runs_frame(store: RunStore | str | Path, include_superseded: bool = False,
@@ -385,17 +548,17 @@ def runs_frame(store: RunStore | str | Path, include_superseded: bool = False,
     :func:`resolve_runs`; ``include_superseded=True`` keeps them, flagged in ``superseded``).
     The number left out is in ``df.attrs["superseded"]``.
 
-    ``cache_in``/``cache_out``: a row cache (JSON, written by the board into its own output
-    folder). A run whose record, raw scores, log, metrics file, labels file and origin mark
-    have the size, modification time and inode they had when the cache was written is not
-    read again, nor verified again (it verified when it was read); any other run is read and
-    verified as without a cache. A cache of another store, occbench version or protocol set
-    is ignored. The frame is the same with or without a cache. ``keys_out``: filled with each
+    ``cache_in``/``cache_out``: a row cache (an Arrow IPC file, written by the board into its
+    own output folder). A run whose record, raw scores, log, metrics file, labels file and
+    origin mark have the size, modification time and inode they had when the cache was
+    written is not read again, nor verified again (it verified when it was read); any other
+    run is read and verified as without a cache. A cache of another store, occbench version
+    or protocol set is ignored. The frame is the same with or without a cache (both go
+    through one Arrow table of fixed column types). ``keys_out``: filled with each
     run's key (job id -> text that changes when any of those files does).
     """
     st = store if isinstance(store, RunStore) else RunStore(store)
-    cols = _rows(st, cache_in, cache_out, keys_out)
-    df = pd.DataFrame(cols, columns=_ROW_COLUMNS)
+    df = _frame(_rows(st, cache_in, cache_out, keys_out))
     df["gpu_hours"] = np.nan
     df = df[RUN_COLUMNS]
     for c in ("auc", "auc_macro", "eer", "wall_time_s", "peak_rss_mb", "peak_gpu_mb",
@@ -457,22 +620,19 @@ AGG_COLUMNS = [
 ]
 
 
-def _origin(values: pd.Series) -> str:
-    u = set(values.fillna("verified"))
-    return u.pop() if len(u) == 1 else "mixed"
-
-
-def aggregate(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+def aggregate(df: pd.DataFrame, level: float = 0.95,
+              seeds: pd.DataFrame | None = None) -> pd.DataFrame:
     """Mean, std, seeds and a ``level`` t interval over seeds per (method label, dataset, protocol).
 
     Seeds :func:`per_seed` leaves out are counted in ``out.attrs["incomplete_seeds"]``.
 
     ``wall_time_s``/``gpu_hours`` are the mean per seed (one full protocol run); memory and
     parameter count the maximum over runs. Sorted by dataset, protocol, then AUC (best first).
+    ``seeds``: ``per_seed(df)`` when the caller has it.
     """
     if df.empty:
         return pd.DataFrame(columns=AGG_COLUMNS)
-    ps = per_seed(df)
+    ps = per_seed(df) if seeds is None else seeds
     keys = ["label", "dataset", "protocol", "selected_on_test"]
     out = ps.groupby(keys, dropna=False, sort=True).agg(
         modality=("modality", "first"), seeds=("seed", "nunique"), classes=("n_classes", "max"),
@@ -485,7 +645,9 @@ def aggregate(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         out = out.merge(s, on=keys, how="left")
     # verified (made by CI or a maintainer from the plugin's code) or self-reported (merged)
     src = df if "origin" in df else df.assign(origin="verified")
-    org = src.groupby(keys, dropna=False)["origin"].agg(_origin).rename("origin")
+    # an entry's origin is that of all its runs, or "mixed" (counted for all entries at once)
+    g = src["origin"].fillna("verified").groupby([src[k] for k in keys], dropna=False)
+    org = g.first().where(g.nunique() == 1, "mixed").rename("origin")
     out = out.merge(org.reset_index(), on=keys, how="left")
     # an entry is unsealed / transductive when any of its runs is
     for flag in ("unsealed", "transductive", "unchecked", "over_memory"):

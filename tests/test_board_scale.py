@@ -184,3 +184,145 @@ def test_a_synthetic_store_can_share_labels_per_test_set_as_real_stores_do(
         m = [st.record(j)["metrics"] for j in st.job_ids()
              if st.record(j)["job"]["method"] == "alpha"]
         assert len(m) == 6 and all(x.get("auc", x.get("auc_micro")) > 0.6 for x in m)
+
+
+def _small_store(path: Path) -> RunStore:
+    return make_store(path, (SynthMethod("alpha", 2.0), SynthMethod("beta", 1.0)),
+                      image_datasets=("img",), video_datasets=("vid",), seeds=(0, 1),
+                      classes=2, n_images=40, n_videos=2, frames=120)
+
+
+def test_statcheck_tells_which_cached_keys_still_match_in_process_and_as_a_helper(
+        tmp_path: Path) -> None:
+    """The stat check of cached rows (``leaderboard/_statcheck.py``): ``1`` for a run whose
+    files are as the key says, ``0`` for one whose file changed or went; the helper program
+    (``python -I -S``, no package imported) answers as the in-process check does."""
+    from occbench.leaderboard import _statcheck, table
+
+    st = _small_store(tmp_path / "store")
+    keys: dict[str, str] = {}
+    runs_frame(RunStore(st.path), keys_out=keys)
+    k = table._Keys(st)
+    header = [k.runs, k.ld, k.od, *k.names]
+    proto = {j: st.view_protocol(st.run_record(j)) for j in keys}
+    ids = sorted(keys)
+    lines = [f"{j}\t{k.metrics_dir(proto[j])}\t0\t{keys[j]}" for j in ids]
+    assert _statcheck.check(header, lines) == b"1" * len(ids)
+    log = st.runs_dir / ids[0] / "log.txt"
+    log.write_text(log.read_text() + "x")  # rewritten in place
+    (st.runs_dir / ids[1] / "raw.parquet").unlink()  # gone
+    lines.append(f"{ids[2]}\t{k.metrics_dir(proto[ids[2]])}\t0\t{keys[ids[2]]}x")  # other key
+    want = b"00" + b"1" * (len(ids) - 2) + b"0"
+    assert _statcheck.check(header, lines) == want
+    helper = subprocess.run([sys.executable, "-I", "-S", _statcheck.__file__],
+                            input=("\t".join(header) + "\n" + "\n".join(lines)).encode(),
+                            capture_output=True, timeout=60, check=True)
+    assert helper.stdout == want
+
+
+def test_the_row_cache_is_checked_in_helper_processes_with_the_same_frame(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past PARALLEL_CHECK_MIN cached rows the stat check is shared with helper processes:
+    the same frame as a full read, and a run rewritten in place is read (and found bad)."""
+    from occbench.leaderboard import table
+
+    st = _small_store(tmp_path / "store")
+    c1, c2 = tmp_path / "c1.arrow", tmp_path / "c2.arrow"
+    runs_frame(RunStore(st.path), cache_out=c1)
+    bad = st.job_ids()[2]
+    (st.runs_dir / bad / "log.txt").write_text("edited")
+    monkeypatch.setattr(table, "PARALLEL_CHECK_MIN", 2)
+    monkeypatch.setattr(table.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    helpers: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    def counting_popen(args: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        helpers.append(list(args))
+        return real_popen(args, **kw)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(subprocess, "Popen", counting_popen)
+    reported: list[str] = []
+    cached = runs_frame(RunStore(st.path, on_bad=lambda b: reported.append(b.line())),
+                        cache_in=c1, cache_out=c2)
+    assert len(helpers) == 2 and all(h[1:3] == ["-I", "-S"] for h in helpers)
+    full = runs_frame(RunStore(st.path, on_bad=lambda b: None))
+    pd.testing.assert_frame_equal(cached, full, check_exact=True)
+    assert len(reported) == 1 and bad in reported[0] and bad not in set(cached["job_id"])
+    # the next check of that cache: the same frame, every good row from the cache (only
+    # the bad run, which no cache holds, is read again)
+    reads: list[str] = []
+    real_read = table._read_one
+
+    def counting_read(st_: RunStore, keys: object, jid: str) -> object:
+        reads.append(jid)
+        return real_read(st_, keys, jid)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(table, "_read_one", counting_read)
+    again = runs_frame(RunStore(st.path, on_bad=lambda b: None), cache_in=c2)
+    pd.testing.assert_frame_equal(again, full, check_exact=True)
+    assert reads == [bad]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other-schema"])
+def test_a_damaged_row_cache_is_ignored(tmp_path: Path, damage: str) -> None:
+    st = _small_store(tmp_path / "store")
+    cache = tmp_path / "c.arrow"
+    full = runs_frame(RunStore(st.path), cache_out=cache)
+    if damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    elif damage == "garbage":
+        cache.write_bytes(b"not an arrow file")
+    else:  # a well-formed Arrow file of other columns
+        import pyarrow.ipc
+
+        t = pa.table({"job_id": pa.array(["x"])})
+        with pa.OSFile(str(cache), "wb") as f, pyarrow.ipc.new_file(f, t.schema) as w:
+            w.write_table(t)
+    pd.testing.assert_frame_equal(runs_frame(RunStore(st.path), cache_in=cache), full,
+                                  check_exact=True)
+
+
+def test_odd_record_values_fit_their_columns_alike_with_and_without_the_cache(
+        tmp_path: Path) -> None:
+    """Records are plugin- and user-made text: a class given as a number is text, a wall
+    time given as text is a number, and a seed that is not an integer leaves the run out
+    with a line saying why; a cached frame equals the full read."""
+    st = _small_store(tmp_path / "store")
+    img = next(j for j in st.job_ids() if st.run_record(j)["job"]["modality"] == "image")
+    as_number = derive_run(st, img, {"normal_class": 7, "seed": 41},
+                           {"wall_time_s": "12.5", "n_parameters": "many"})
+    odd_seed = derive_run(st, img, {"seed": "3"})
+    reported: list[str] = []
+    c = tmp_path / "c.arrow"
+    full = runs_frame(RunStore(st.path, on_bad=lambda b: reported.append(b.line())),
+                      cache_out=c)
+    cached = runs_frame(RunStore(st.path, on_bad=lambda b: None), cache_in=c)
+    pd.testing.assert_frame_equal(cached, full, check_exact=True)
+    row = full.set_index("job_id").loc[as_number]
+    assert row["normal_class"] == "7" and row["wall_time_s"] == 12.5
+    assert np.isnan(row["n_parameters"])
+    assert odd_seed not in set(full["job_id"])
+    assert len(reported) == 1 and odd_seed in reported[0] and "seed" in reported[0]
+
+
+def test_a_helper_that_cannot_start_leaves_its_share_to_the_building_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from occbench.leaderboard import _statcheck, table
+
+    st = _small_store(tmp_path / "store")
+    c = tmp_path / "c.arrow"
+    full = runs_frame(RunStore(st.path), cache_out=c)
+    monkeypatch.setattr(table, "PARALLEL_CHECK_MIN", 2)
+    monkeypatch.setattr(table.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(_statcheck, "__file__", str(tmp_path / "gone.py"))
+    checked: list[int] = []
+    real_check = _statcheck.check
+
+    def counting(header: list[str], lines: list[str]) -> bytes:
+        checked.append(len(lines))
+        return real_check(header, lines)
+
+    monkeypatch.setattr(_statcheck, "check", counting)
+    pd.testing.assert_frame_equal(runs_frame(RunStore(st.path), cache_in=c), full,
+                                  check_exact=True)
+    assert sum(checked) == len(full) and len(checked) == 2  # its share, then the helper's

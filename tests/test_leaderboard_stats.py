@@ -261,6 +261,28 @@ def test_rank_bootstrap_reflects_seed_overlap() -> None:
     pd.testing.assert_frame_equal(r, again)
 
 
+def test_rank_bootstrap_equals_a_cell_by_cell_reference_on_shuffled_rows() -> None:
+    """The cells found in one grouping pass give what selecting each cell's rows (in table
+    order) gave: bit for bit, rows shuffled, other methods and blocks in the table."""
+    rng = np.random.default_rng(3)
+    rows = [{"block": f"d{b}", "method": f"m{m}", "seed": s, "auc": float(rng.random())}
+            for b in range(3) for m in range(5) for s in range(4 + m % 2)]
+    df = pd.DataFrame(rows).sample(frac=1.0, random_state=1).reset_index(drop=True)
+    ms, bs = ["m3", "m0", "m1"], ["d2", "d0"]
+    got = rank_bootstrap(df, ms, bs, n_boot=300, seed=5)
+    r = np.random.default_rng(5)
+    mat = np.empty((300, len(bs), len(ms)))
+    for i, b in enumerate(bs):
+        for j, m in enumerate(ms):
+            x = df.loc[(df["block"] == b) & (df["method"] == m), "auc"].to_numpy(np.float64)
+            mat[:, i, j] = x[r.integers(0, len(x), size=(300, len(x)))].mean(axis=1)
+    avg = stats.rankdata(-mat, axis=2, method="average").mean(axis=1)
+    assert np.array_equal(got["rank_mean"].to_numpy(), avg.mean(axis=0))
+    assert np.array_equal(got["rank_lo"].to_numpy(), np.quantile(avg, 0.025, axis=0))
+    with pytest.raises(ValueError, match="no values for method 'nope'"):
+        rank_bootstrap(df, ["m0", "nope"], bs, n_boot=10)
+
+
 # -- bootstrap over videos ----------------------------------------------------------------------
 
 

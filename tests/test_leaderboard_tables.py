@@ -281,3 +281,24 @@ def test_peak_memory_above_the_declared_is_flagged_on_the_board(tmp_path: Path) 
                {"warnings": warn, "started_at": "2999-01-01T00:00:00Z"})
     shown = display_table(aggregate(runs_frame(st)))["method"]
     assert shown.str.contains(r"\[memory > declared\]").any()
+
+
+def test_resolve_runs_keeps_the_newest_run_of_each_slot_in_any_row_order(tmp_path: Path
+                                                                         ) -> None:
+    from occbench.harness.store.runstore import RunStore
+    from occbench.leaderboard.synthetic import derive_run
+    from occbench.leaderboard.table import resolve_runs
+
+    st = make_store(tmp_path / "s", (SynthMethod("alpha", 2.0),), seeds=(0, 1), classes=2,
+                    n_images=30, n_videos=2, frames=60)
+    ids = st.job_ids()
+    newer = [derive_run(st, j, {"method_version": "2"}, {"started_at": "2999-01-01T00:00:00Z"})
+             for j in ids[:3]]
+    every = runs_frame(RunStore(st.path), include_superseded=True).drop(columns="superseded")
+    cur, old = resolve_runs(every)
+    assert set(newer) <= set(cur["job_id"]) and set(old["job_id"]) == set(ids[:3])
+    assert list(cur["job_id"]) == sorted(cur["job_id"])
+    shuffled = every.sample(frac=1.0, random_state=2).reset_index(drop=True)
+    cur2, old2 = resolve_runs(shuffled)
+    pd.testing.assert_frame_equal(cur2, cur, check_exact=True)
+    pd.testing.assert_frame_equal(old2, old, check_exact=True)

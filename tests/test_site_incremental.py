@@ -33,17 +33,29 @@ def test_rebuild_after_one_new_run_builds_only_its_page(tmp_path: Path) -> None:
     n = len(st.job_ids())
     assert (first.runs_built, first.runs_kept) == (n, 0)
     manifest = json.loads((out / MANIFEST).read_text())["pages"]
-    assert sorted(manifest) == sorted(f"runs/{j}.html" for j in st.job_ids())
+    assert sorted(k for k in manifest if k.startswith("runs/")) == \
+        sorted(f"runs/{j}.html" for j in st.job_ids())
+    # dataset and method pages are keyed by their context too
+    assert {"datasets/img.html", "datasets/vid.html", "methods/alpha.html"} <= set(manifest)
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.html")}
 
     again = build(RunStore(st.path), out, options=OPTS)  # nothing changed: nothing rebuilt
     assert (again.runs_built, again.runs_kept) == (0, n)
 
-    new = derive_run(st, st.job_ids()[0], {"seed": 7})
+    video = next(j for j in st.job_ids() if st.run_record(j)["job"]["modality"] == "video")
+    pages = {p: p.stat().st_mtime_ns for p in [*(out / "datasets").glob("*.html"),
+                                                 *(out / "methods").glob("*.html")]}
+    new = derive_run(st, video, {"seed": 7})
     third = build(RunStore(st.path), out, options=OPTS)
     assert (third.runs_built, third.runs_kept) == (1, n)
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # untouched
     assert (out / "runs" / f"{new}.html").exists()
+    # a new seed of a video entry: its dataset's page and its method's are made again (they
+    # count its seeds), the other dataset's page and the other method's stay as they were
+    redone = {p.relative_to(out).as_posix() for p, t in pages.items()
+              if p.stat().st_mtime_ns != t}
+    method = st.run_record(video)["job"]["method"]
+    assert redone == {"datasets/vid.html", f"methods/{method}.html"}
     # the kept pages are exactly what a build from scratch writes
     fresh = tmp_path / "fresh"
     build(RunStore(st.path), fresh, options=OPTS)
