@@ -230,3 +230,37 @@ def test_oclr_dual_score_is_deterministic_and_differs_from_generator_score(toy) 
     np.testing.assert_array_equal(dual, OCLR(**kw).fit(train, FAST).score(test, FAST))
     m.score_mode = "g"  # same fitted networks, the generator's own reconstruction error
     assert not np.allclose(dual, m.score(test, FAST))
+
+
+def test_kde_is_exact_and_chooses_the_bandwidth_gridsearchcv_chose() -> None:
+    """The kde baseline's density is the exact Gaussian KDE: where scikit-learn's tree estimate
+    is accurate (few dimensions) they agree, with the same cross-validated bandwidth; in many
+    dimensions with a small bandwidth the tree's is wrong, the exact one is not, and a point's
+    score does not depend on the others scored with it (the test-independence check)."""
+    from occbench.methods.classic import KDE, gaussian_log_density
+    from scipy.special import logsumexp
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.neighbors import KernelDensity
+
+    rng = np.random.default_rng(0)
+    train = rng.random((120, 8, 8, 1)) * 255
+    test = rng.random((40, 8, 8, 1)) * 255
+    m = KDE(pca=4, cv=3).fit(ImageData(train.astype(np.uint8)), Context(seed=0))
+    z = m.train_z_
+    grid = (np.std(z) * np.sqrt(z.shape[1]) * 2.0 ** np.arange(-4.5, 5.0, 0.5)).tolist()
+    ref = GridSearchCV(KernelDensity(kernel="gaussian"), {"bandwidth": grid}, cv=3).fit(z)
+    assert m.bandwidth_ == ref.best_params_["bandwidth"]
+    zt = m.pca_.transform(m._features(ImageData(test.astype(np.uint8)))[0])
+    tree = KernelDensity(kernel="gaussian", bandwidth=m.bandwidth_).fit(z)
+    np.testing.assert_allclose(-m.score(ImageData(test.astype(np.uint8)), Context()),
+                               tree.score_samples(zt), rtol=1e-9)
+    # many dimensions, a small bandwidth: a direct log-sum-exp is the reference
+    x = rng.normal(size=(200, 300))
+    q = rng.normal(size=(30, 300)) * 1.3
+    h = 0.15
+    d2 = ((q[:, None, :] - x[None, :, :]) ** 2).sum(axis=2)
+    want = logsumexp(-d2 / (2 * h * h), axis=1) - np.log(200) - 150 * np.log(2 * np.pi * h * h)
+    got = gaussian_log_density(q, x, [h])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    np.testing.assert_allclose(gaussian_log_density(q[::-2], x, [h])[0], got[::-2], rtol=1e-12)
+    assert m.n_parameters() == z.size + m.pca_.components_.size + m.pca_.mean_.size
