@@ -538,7 +538,8 @@ def run(
                            retry_failed)
     wall = time.perf_counter() - t0
 
-    console.print(f"ran {summary.ran} jobs in {wall:.1f} s: {summary.ok} ok, {summary.failed} "
+    console.print(f"ran {summary.ran} job{'' if summary.ran == 1 else 's'} in {wall:.1f} s: "
+                  f"{summary.ok} ok, {summary.failed} "
                   f"failed, {summary.already_done + len(plan.jobs) - len(pending)} already done"
                   + (f", {summary.skipped_locked} held by another driver"
                      if summary.skipped_locked else "")
