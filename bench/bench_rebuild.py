@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
@@ -40,8 +39,7 @@ def main() -> None:
         from occbench.leaderboard.synthetic import derive_run
 
         st = RunStore(args.store)
-        first = min(n for n in os.listdir(st.runs_dir) if not n.startswith("."))
-        derive_run(st, first, {"seed": args.add_run})
+        derive_run(st, st.job_ids()[0], {"seed": args.add_run})  # as bench_site.py adds one
     spent = bench_site._time_phases()
     t = time.perf_counter()
     r = build(RunStore(args.store), args.site,

@@ -33,6 +33,16 @@ def stat_text(p: str) -> str:
     return f"{st.st_size}.{st.st_mtime_ns}.{st.st_ino}"
 
 
+def derived_text(jid: str, metrics_dir: str | None, labels: str, origins_dir: str,
+                 has_origin: bool) -> str:
+    """The key's part after the run's own files: its metrics file (``?`` when the protocol
+    is not a folder name, ``metrics_dir`` None), its labels file's stat text (``labels``)
+    and its origin mark (``-`` when it has none)."""
+    m = stat_text(f"{metrics_dir}/{jid}.json") if metrics_dir else "?"
+    o = stat_text(f"{origins_dir}/{jid}.json") if has_origin else "-"
+    return f"{m}|{labels}|{o}"
+
+
 def check(header: list[str], lines: list[str]) -> bytes:
     """For each line (see the module docstring), ``1`` if its cached key is still the run's
     key, else ``0``."""
@@ -47,9 +57,7 @@ def check(header: list[str], lines: list[str]) -> bytes:
             lab = labels[digest] = stat_text(f"{labels_dir}/{digest}.parquet")
         d = f"{runs}/{jid}/"
         parts = [stat_text(d + n) for n in names]
-        parts.append(stat_text(f"{md}/{jid}.json") if md else "?")
-        parts.append(lab)
-        parts.append(stat_text(f"{origins_dir}/{jid}.json") if has_origin == "1" else "-")
+        parts.append(derived_text(jid, md or None, lab, origins_dir, has_origin == "1"))
         out[k] = 49 if key == "|".join(parts) + "#" + digest else 48  # "1" / "0"
     return bytes(out)
 

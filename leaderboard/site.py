@@ -426,12 +426,7 @@ class _Builder:
     def keep_unchanged(self, rel: str, key: str) -> bool:
         """Record ``rel``'s key; True (and the page kept as it is) when the previous build
         made it from the same inputs and it is still there, untouched by anyone else."""
-        self.keys[rel] = key
-        if (self.previous.get(rel) == key and rel in self.prev_files
-                and rel in self.plain):
-            self.keep.add(rel)
-            return True
-        return False
+        return self.keep_unchanged_all([(rel, key)])[0]
 
     def keep_unchanged_all(self, pages: list[tuple[str, str]]) -> list[bool]:
         """:meth:`keep_unchanged` of each (page, key), with set operations (a call per page

@@ -240,9 +240,6 @@ _ROWS_SCHEMA = pa.schema([*((c, _ROW_TYPES[c]) for c in _ROW_COLUMNS), ("_key", 
 ROWS_CACHE_SCHEMA = "occbench.runs-cache/2"
 
 
-_stat_text = _statcheck.stat_text
-
-
 def _cache_common(st: RunStore) -> str:
     """What every cached row also depends on: this code, the store's formats and view, and
     every protocol's digest (stored metrics of a changed protocol are stale: recomputed)."""
@@ -322,10 +319,6 @@ class _Keys:
         self.runs, self.od, self.ld = str(st.runs_dir), str(od), str(st.labels_dir)
         self.names = ("record.json", *RUN_FILES)
 
-    def run_files(self, jid: str) -> str:
-        d = f"{self.runs}/{jid}/"
-        return "|".join([_stat_text(d + n) for n in self.names])
-
     def metrics_dir(self, protocol: str) -> str | None:
         """The folder of the metrics files under ``protocol`` (None: not a protocol id)."""
         md = self.metrics_dirs.get(protocol, "")
@@ -339,11 +332,9 @@ class _Keys:
 
     def derived(self, jid: str, protocol: str, digest: str) -> str:
         if digest not in self.labels:
-            self.labels[digest] = _stat_text(f"{self.ld}/{digest}.parquet")
-        md = self.metrics_dir(protocol)
-        m = "?" if md is None else _stat_text(f"{md}/{jid}.json")
-        o = _stat_text(f"{self.od}/{jid}.json") if f"{jid}.json" in self.origins else "-"
-        return f"{m}|{self.labels[digest]}|{o}"
+            self.labels[digest] = _statcheck.stat_text(f"{self.ld}/{digest}.parquet")
+        return _statcheck.derived_text(jid, self.metrics_dir(protocol), self.labels[digest],
+                                       self.od, f"{jid}.json" in self.origins)
 
 
 class _RowsCache:
@@ -413,7 +404,7 @@ def _read_one(st: RunStore, keys: _Keys, jid: str) -> _Read:
         return jid, why, "", None, None
     try:
         # the run files' part of the key is the stat check_run took before reading them (a
-        # change since reads them again), in the text run_files gives
+        # change since reads them again), in _statcheck.stat_text's form
         files = "|".join(f"{s}.{m}.{i}" for s, m, i in st._verified[jid])
         rec = st.run_record(jid)
         pid = st.view_protocol(rec)
